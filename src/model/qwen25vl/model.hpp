@@ -1,0 +1,64 @@
+// Qwen2.5-VL on the CPU (fp32 compute from bf16/f16/f32 weights): the reference engine every faster
+// path is checked against. Spec: shared/reference/qwen25vl-spec.md §4–5.
+#pragma once
+#include <array>
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "io/model_config.hpp"
+#include "vision/preprocess.hpp"
+
+namespace mv::qwen25vl {
+
+struct LoadOptions {
+  int threads = 0;  // 0 = all hardware threads
+};
+
+// Key/value cache and position bookkeeping of one sequence. Sized at creation; no allocation while
+// decoding. M-RoPE: after the prompt, text position of token n is n + rope_delta (spec §5.4).
+class Session {
+ public:
+  virtual ~Session() = default;
+  virtual std::int64_t length() const = 0;      // tokens in the cache
+  virtual std::int64_t capacity() const = 0;    // max tokens
+  virtual std::int64_t rope_delta() const = 0;
+  virtual void reset() = 0;
+};
+
+// Position ids [3][n] (temporal, height, width) for a prompt and its images, plus the rope delta,
+// as transformers' get_rope_index does for images (spec §5.4).
+struct RopeIndex {
+  std::vector<std::int64_t> t, h, w;
+  std::int64_t rope_delta = 0;
+};
+RopeIndex get_rope_index(const ModelConfig& config, std::span<const std::int32_t> ids,
+                         std::span<const std::array<std::int64_t, 3>> image_grids_thw);
+
+class Model {
+ public:
+  static std::unique_ptr<Model> load(const std::filesystem::path& model_dir, const LoadOptions& options = {});
+  virtual ~Model() = default;
+  virtual const ModelConfig& config() const = 0;
+  virtual std::unique_ptr<Session> new_session(std::int64_t max_tokens) const = 0;
+
+  // Vision tower over several images; returns the merged features of all images concatenated in order,
+  // [sum_k grid_t*gh*gw/4, out_hidden_size] row-major.
+  virtual std::vector<float> encode_images(std::span<const PixelValues> images) = 0;
+
+  // Runs the prompt (ids may contain image-pad tokens; their count must equal the images' merged
+  // tokens) and appends it to the session's cache. Writes the logits of the last position
+  // (config().text.vocab_size floats).
+  virtual void prefill(Session& session, std::span<const std::int32_t> ids, std::span<const PixelValues> images,
+                       std::span<float> logits) = 0;
+  // Same, with image features already computed by encode_images.
+  virtual void prefill_with_features(Session& session, std::span<const std::int32_t> ids,
+                                     std::span<const std::array<std::int64_t, 3>> image_grids_thw,
+                                     std::span<const float> image_features, std::span<float> logits) = 0;
+  // One token: appends it to the cache and writes the next-token logits.
+  virtual void decode(Session& session, std::int32_t token, std::span<float> logits) = 0;
+};
+
+}  // namespace mv::qwen25vl
