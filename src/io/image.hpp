@@ -1,7 +1,13 @@
-// Image decoding to 8-bit RGB: PNG, JPEG (EXIF orientation applied), TIFF (multi-page), WebP, BMP, and
-// PDF pages (poppler). Limits are checked from the headers before any pixel is decoded.
-// Colour conversion follows PIL's convert("RGB") (what the reference processor uses): alpha is dropped,
-// grayscale is replicated, palettes are expanded.
+// Image decoding to 8-bit RGB: PNG, JPEG, TIFF (multi-page), WebP, BMP, and PDF pages (poppler).
+// Limits are checked from the headers before any pixel is decoded. The format comes from the magic bytes,
+// never from the file name.
+// The pixels equal what the reference processor sees: PIL.Image.open -> ImageOps.exif_transpose ->
+// convert("RGB"). Alpha is dropped (not composited), grayscale replicated, palettes expanded through the
+// PLTE (indices past it are black); 16-bit RGB/RGBA/LA samples keep their high byte; 16-bit grayscale is
+// clipped (any value over 255 becomes 255, PIL's "I;16" -> RGB rule); CMYK JPEGs are read as Adobe-inverted
+// CMYK and converted with PIL's formula; the EXIF orientation (JPEG APP1, PNG eXIf, WebP EXIF, TIFF's own
+// tag; XMP tiff:Orientation as fallback) is applied with the same eight transposes.
+// docs/design/image-decoding.md lists the choices and the known differences for rare formats.
 #pragma once
 #include <cstdint>
 #include <filesystem>

@@ -6,6 +6,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <span>
 #include <string>
 #include <string_view>
@@ -18,9 +19,9 @@ namespace mv {
 
 enum class DType { kF32, kF16, kBF16, kU8, kI8, kI16, kI32, kI64, kBool, kF8E4M3, kF8E5M2 };
 
-std::size_t dtype_size(DType dt) noexcept;            // bytes per element
-const char* dtype_name(DType dt) noexcept;            // "F32", "BF16", "F8_E4M3", ...
-DType parse_dtype(std::string_view name);             // throws kInvalidInput on unknown names
+std::size_t dtype_size(DType dt) noexcept;  // bytes per element
+const char* dtype_name(DType dt) noexcept;  // "F32", "BF16", "F8_E4M3", ...
+DType parse_dtype(std::string_view name);   // throws kInvalidInput on unknown names
 bool dtype_is_float(DType dt) noexcept;
 
 struct TensorInfo {
@@ -75,10 +76,13 @@ class TensorStore {
   std::vector<std::string> names() const;        // sorted
   std::size_t size() const { return where_.size(); }
   std::vector<fs::path> files() const;
+  bool has_index() const { return has_index_; }  // opened through model.safetensors.index.json
 
  private:
-  SafetensorsFile& shard(std::size_t i) const;
+  SafetensorsFile& shard(std::size_t i) const;  // opens shard i on first use (thread-safe)
   SafetensorsLimits limits_;
+  bool has_index_ = false;
+  std::unique_ptr<std::mutex> mutex_ = std::make_unique<std::mutex>();
   std::vector<fs::path> shard_paths_;
   mutable std::vector<std::unique_ptr<SafetensorsFile>> shards_;
   std::unordered_map<std::string, std::size_t> where_;  // tensor name -> shard
@@ -90,7 +94,8 @@ class TensorStore {
 class SafetensorsWriter {
  public:
   using Producer = std::function<void(std::span<std::uint8_t> out)>;
-  void add(std::string name, DType dtype, std::vector<std::int64_t> shape, std::span<const std::uint8_t> data);
+  void add(std::string name, DType dtype, std::vector<std::int64_t> shape,
+           std::span<const std::uint8_t> data);
   void add(std::string name, DType dtype, std::vector<std::int64_t> shape, Producer produce);
   void set_metadata(std::string key, std::string value) { metadata_[std::move(key)] = std::move(value); }
   std::uint64_t total_bytes() const;

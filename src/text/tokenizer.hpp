@@ -13,14 +13,19 @@ namespace mv {
 
 class Tokenizer {
  public:
-  static Tokenizer load(const std::filesystem::path& tokenizer_json);      // throws kNotFound / kInvalidInput
+  // Throws kNotFound / kInvalidInput, or kUnsupported for a tokenizer.json that is not byte-level BPE.
+  static Tokenizer load(const std::filesystem::path& tokenizer_json);
   static Tokenizer from_model_dir(const std::filesystem::path& model_dir);  // <dir>/tokenizer.json
   Tokenizer(Tokenizer&&) noexcept;
   Tokenizer& operator=(Tokenizer&&) noexcept;
   ~Tokenizer();
 
-  std::vector<std::int32_t> encode(std::string_view text) const;  // added/special tokens recognised
-  // Invalid UTF-8 in the decoded bytes is replaced by U+FFFD (like errors="replace").
+  // Same ids as Hugging Face tokenizers' encode(text, add_special_tokens=False): added/special tokens
+  // recognised in the text, NFC, regex split, byte-level BPE. Throws kInvalidInput when `text` is not
+  // valid UTF-8. Safe to call from several threads at once (the piece cache is shared).
+  std::vector<std::int32_t> encode(std::string_view text) const;
+  // Invalid UTF-8 in the decoded bytes is replaced by U+FFFD (like errors="replace", maximal subparts).
+  // Throws kInvalidInput for an id outside the vocabulary.
   std::string decode(std::span<const std::int32_t> ids, bool skip_special_tokens = false) const;
   // Bytes of one token (no UTF-8 repair) for streaming decoders; empty for unknown ids.
   std::string token_bytes(std::int32_t id) const;

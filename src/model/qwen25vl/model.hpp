@@ -14,7 +14,8 @@
 namespace mv::qwen25vl {
 
 struct LoadOptions {
-  int threads = 0;  // 0 = all hardware threads
+  int threads = 0;                   // 0 = all hardware threads
+  std::int64_t prefill_chunk = 256;  // prompt rows per forward pass (bounds activation memory)
 };
 
 // Key/value cache and position bookkeeping of one sequence. Sized at creation; no allocation while
@@ -22,8 +23,8 @@ struct LoadOptions {
 class Session {
  public:
   virtual ~Session() = default;
-  virtual std::int64_t length() const = 0;      // tokens in the cache
-  virtual std::int64_t capacity() const = 0;    // max tokens
+  virtual std::int64_t length() const = 0;    // tokens in the cache
+  virtual std::int64_t capacity() const = 0;  // max tokens
   virtual std::int64_t rope_delta() const = 0;
   virtual void reset() = 0;
 };
@@ -51,8 +52,8 @@ class Model {
   // Runs the prompt (ids may contain image-pad tokens; their count must equal the images' merged
   // tokens) and appends it to the session's cache. Writes the logits of the last position
   // (config().text.vocab_size floats).
-  virtual void prefill(Session& session, std::span<const std::int32_t> ids, std::span<const PixelValues> images,
-                       std::span<float> logits) = 0;
+  virtual void prefill(Session& session, std::span<const std::int32_t> ids,
+                       std::span<const PixelValues> images, std::span<float> logits) = 0;
   // Same, with image features already computed by encode_images.
   virtual void prefill_with_features(Session& session, std::span<const std::int32_t> ids,
                                      std::span<const std::array<std::int64_t, 3>> image_grids_thw,

@@ -1,0 +1,68 @@
+// Qwen2.5-VL weights: matrices stay mapped in their checkpoint dtype (F32/F16/BF16); the small vectors
+// (norm weights, biases) are converted to fp32 at load. Every tensor's shape is checked against the
+// config. Both key layouts are accepted (see canonical_key).
+#pragma once
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "io/model_config.hpp"
+#include "io/safetensors.hpp"
+#include "ops/ops.hpp"
+
+namespace mv::qwen25vl {
+
+struct Linear {
+  ops::Matrix w;
+  std::vector<float> bias;  // empty when the layer has none
+  const float* b() const { return bias.empty() ? nullptr : bias.data(); }
+};
+
+struct VisionBlockWeights {
+  std::vector<float> norm1, norm2;
+  Linear qkv, proj, gate, up, down;
+};
+
+struct VisionWeights {
+  ops::Matrix patch_embed;  // Conv3d [hidden, C, T, P, P] viewed as [hidden, C*T*P*P]
+  std::vector<VisionBlockWeights> blocks;
+  std::vector<float> ln_q;
+  Linear mlp0, mlp2;
+};
+
+struct TextLayerWeights {
+  std::vector<float> input_norm, post_norm;
+  Linear q, k, v, o, gate, up, down;
+};
+
+struct TextWeights {
+  ops::Matrix embed;  // [vocab, hidden]
+  std::vector<TextLayerWeights> layers;
+  std::vector<float> norm;
+  ops::Matrix lm_head;  // lm_head.weight, or embed when the embeddings are tied
+  bool tied = false;
+};
+
+// Checks the config values the engine depends on (head dims, M-RoPE sections, window size, ...);
+// throws kInvalidInput / kUnsupported naming the field.
+void validate_config(const ModelConfig& config, const std::string& where);
+
+class Weights {
+ public:
+  // Opens <dir> (safetensors shards) and binds every tensor the config needs.
+  static std::unique_ptr<Weights> load(const std::filesystem::path& dir, const ModelConfig& config);
+
+  TextWeights text;
+  VisionWeights vision;
+  std::string dtype_summary;  // e.g. "BF16" or "BF16+F32"
+  std::uint64_t mapped_bytes = 0;
+
+ private:
+  Weights() = default;
+  TensorStore store_;
+  std::vector<std::vector<float>> owned_;  // copies of tensors whose data was misaligned in the file
+  friend class WeightBinder;
+};
+
+}  // namespace mv::qwen25vl
