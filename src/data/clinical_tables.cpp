@@ -351,6 +351,7 @@ ClinicalTables ClinicalTables::load(const std::filesystem::path& dir) {
         s.modality = o.str_or("modality", "");
         s.technique = o.str_or("technique", "");
         s.tags = o.strs("tags");
+        s.indications = o.strs("indications", false);
         s.variants = variants(o, "findings", "impression");
         (std::string(key) == "radiology" ? t.radiology : t.cardiology).push_back(std::move(s));
       });

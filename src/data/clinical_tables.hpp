@@ -87,6 +87,7 @@ struct FindingVariant {
 struct StudyInfo {  // radiology and cardiology studies
   std::string name, modality, technique;
   std::vector<std::string> tags;
+  std::vector<std::string> indications;  // free-text reasons for the study
   std::vector<FindingVariant> variants;
 };
 

@@ -103,6 +103,8 @@ TextBlock Canvas::measure(const std::vector<Span>& spans, const Font& font, doub
     if (end > begin)
       for (const auto& key : s.fields) b.tagged_.push_back({key, static_cast<int>(begin), static_cast<int>(end)});
   }
+  // Break long words without inserting hyphens: the printed text must stay the truth's text.
+  pango_attr_list_insert(attrs, pango_attr_insert_hyphens_new(FALSE));
   b.layout_ = pango_layout_new(engine_.context());
   PangoFontDescription* desc = pango_font_description_new();
   pango_font_description_set_family(desc, font.family.c_str());

@@ -45,6 +45,7 @@ Style random_style(Rng& rng, const std::string& type) {
   s.table_style = static_cast<int>(rng.range(0, 3));
   s.flag_style = static_cast<int>(rng.range(0, 2));
   s.kv_style = static_cast<int>(rng.range(0, 2));
+  s.word_variant = static_cast<int>(rng.range(0, 2));
   s.last_first = rng.chance(0.5);
   s.long_sig = rng.chance(0.5);
   s.us_units = rng.chance(0.75);
@@ -90,14 +91,14 @@ std::string unit_for_dose(const ClinicalTables& t, const std::string& unit, cons
   return u;
 }
 
-std::pair<std::string, std::string> med_status_word(Rng& rng, const std::string& status) {
+std::pair<std::string, std::string> med_status_word(int variant, const std::string& status) {
   static const std::map<std::string, std::vector<std::string>> kWords = {
       {"new", {"NEW", "New", "START"}},        {"continued", {"CONTINUE", "Continue", "Cont."}},
       {"changed", {"CHANGED", "Dose change", "MODIFY"}}, {"held", {"HOLD", "Held", "ON HOLD"}},
       {"discontinued", {"STOP", "Discontinue", "D/C"}}, {"active", {"Active", "Taking"}},
       {"completed", {"Completed", "Course done"}}};
   const auto& words = kWords.at(status);
-  return {words[rng.index(words.size())], status};
+  return {words[static_cast<std::size_t>(variant) % words.size()], status};
 }
 
 Doc::Doc(const std::string& type, const ClinicalTables& tables, const TextEngine& engine, Rng& r)
@@ -269,7 +270,7 @@ Row Doc::med_row(const MedOrder& m, const std::string& status) {
   med.frequency = t.frequencies.at(m.frequency).abbr;
   if (m.prn) med.prn = true;
   std::string status_word;
-  if (!status.empty()) std::tie(status_word, med.status) = med_status_word(rng, status);
+  if (!status.empty()) std::tie(status_word, med.status) = med_status_word(style.word_variant, status);
   const int i = push(truth.medications, med);
   Row row;
   row.push_back({f(K::kMedication, i, "name", med.name, true), s(" "), f(K::kMedication, i, "strength", m.strength)});
@@ -289,7 +290,7 @@ std::vector<Span> Doc::followup_line(const FollowupInfo& fu) {
   item.text = fu.text;
   item.when = rng.pick(fu.when);
   const int i = push(truth.followups, item);
-  return {f(K::kFollowup, i, "text", fu.text), s(rng.chance(0.5) ? " - " : ": "), f(K::kFollowup, i, "when", *item.when)};
+  return {f(K::kFollowup, i, "text", fu.text), s(style.word_variant == 1 ? ": " : " - "), f(K::kFollowup, i, "when", *item.when)};
 }
 
 std::vector<Span> Doc::diagnosis_line(const DiagnosisInfo& d, const char* status, const char* role, bool code_first) {

@@ -18,6 +18,7 @@ struct Style {
   Rgb ink{0.08, 0.08, 0.10}, accent, muted{0.36, 0.36, 0.40}, rule{0.55, 0.55, 0.58}, shade;
   int date_style = 0, time_style = 0;
   int header_style = 0, heading_style = 0, table_style = 0, flag_style = 0, kv_style = 0;
+  int word_variant = 0;  // which spelling of status words and separators this document uses
   bool last_first = false, long_sig = false, us_units = true;
   double gap = 12;  // vertical space between blocks
 };
@@ -117,6 +118,6 @@ class Doc {
 // Plural of a dose unit when the dose is not 1 ("2 tablets").
 std::string unit_for_dose(const ClinicalTables& t, const std::string& unit, const std::string& dose, bool abbreviate);
 // Printed status words for medications and diagnoses, and the schema value they stand for.
-std::pair<std::string, std::string> med_status_word(Rng& rng, const std::string& status);
+std::pair<std::string, std::string> med_status_word(int variant, const std::string& status);
 
 }  // namespace mv::synth::detail

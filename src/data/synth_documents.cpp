@@ -180,13 +180,13 @@ void radiology_report(Doc& d) {
   d.paragraph({Doc::f(K::kProcedure, p, "name", study->name, true), S("   "), Doc::f(K::kProcedure, p, "date", d.date_text(exam))});
   // Indication: a diagnosis that fits the study, else a symptom.
   const DiagnosisInfo* ind = nullptr;
-  for (int tries = 0; tries < 20 && ind == nullptr; ++tries) {
+  for (int tries = 0; tries < 20 && ind == nullptr && r.chance(0.97); ++tries) {
     const DiagnosisInfo* x = d.gen.diagnosis_by_tag(r.pick(study->tags), d.patient.sex);
     if (x != nullptr && x->kind == "acute") ind = x;
   }
   d.section(pick_s(r, {"Clinical Indication", "Indication", "History"}));
   if (ind != nullptr) d.paragraph(d.diagnosis_line(*ind, nullptr, nullptr, r.chance(0.5)));
-  else d.paragraph({S("Evaluate.")});
+  else d.paragraph({S(study->indications.empty() ? "Evaluate." : r.pick(study->indications))});
   d.section("Technique");
   d.paragraph({S(study->technique + (r.chance(0.5) ? " Dose reduction techniques were used." : ""))});
   d.section("Comparison");
@@ -678,7 +678,7 @@ void cardiology_consultation(Doc& d) {
   d.section("Assessment and Plan");
   d.paragraph(d.diagnosis_line(*reason[0], "active", "impression", r.chance(0.3)));
   std::vector<std::vector<Span>> plan;
-  for (const auto* fu : d.gen.followups(all, static_cast<std::size_t>(r.range(2, 3)))) plan.push_back(d.followup_line(*fu));
+  for (const auto* fu : d.gen.followups(reason, static_cast<std::size_t>(r.range(2, 3)))) plan.push_back(d.followup_line(*fu));
   d.bullets(plan, true);
   d.paragraph({S("Thank you for this consultation. We will follow along with you.")});
   d.signature("Electronically signed by", {S(cons.full() + ", Cardiology")}, d.datetime_text(add_minutes(d.date, 90)));
