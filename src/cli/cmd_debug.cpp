@@ -1,6 +1,8 @@
 // medvision debug <tool>: developer tools.
-//   random-checkpoint --config 3b|7b|tiny|CONFIG.json --out DIR [--seed S] [--dtype bf16|f16|f32] [--init-std X]
-//     writes a random-initialised checkpoint laid out like a published one (see model/qwen25vl/random_checkpoint.hpp).
+//   random-checkpoint --config 3b|7b|tiny|CONFIG.json --out DIR [--seed S] [--dtype bf16|f16|f32] [--init-std
+//   X]
+//     writes a random-initialised checkpoint laid out like a published one (see
+//     model/qwen25vl/random_checkpoint.hpp).
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -58,8 +60,8 @@ void run_random_checkpoint(const RandomCheckpointArgs& a) {
                 {"weight_files", info.weight_files.size()},
                 {"files", files}});
   } else {
-    std::printf("wrote %s: %zu tensors, %llu parameters, %llu bytes of weights in %zu file(s)\n", a.out.c_str(),
-                info.tensors, static_cast<unsigned long long>(info.parameters),
+    std::printf("wrote %s: %zu tensors, %llu parameters, %llu bytes of weights in %zu file(s)\n",
+                a.out.c_str(), info.tensors, static_cast<unsigned long long>(info.parameters),
                 static_cast<unsigned long long>(info.weight_bytes), info.weight_files.size());
   }
 }
@@ -71,9 +73,9 @@ void add_debug_command(CLI::App& app) {
   debug->require_subcommand(1);
 
   auto args = std::make_shared<RandomCheckpointArgs>();
-  auto* rc = debug->add_subcommand(
-      "random-checkpoint",
-      "Write a random-initialised Qwen2.5-VL checkpoint (legacy key names, config, tokenizer, processor files)");
+  auto* rc = debug->add_subcommand("random-checkpoint",
+                                   "Write a random-initialised Qwen2.5-VL checkpoint (legacy key names, "
+                                   "config, tokenizer, processor files)");
   rc->add_option("--config", args->config, "3b, 7b (released shapes), tiny, or a config.json")->required();
   rc->add_option("--out", args->out, "output directory")->required();
   rc->add_option("--seed", args->seed, "seed of the weights")->capture_default_str();

@@ -44,7 +44,8 @@ struct GenerateArgs {
 void run_generate(const GenerateArgs& a) {
   if (a.max_new_tokens < 1) fail(Errc::kUsage, "--max-new-tokens must be >= 1");
   const bool sampling = a.temperature || a.top_p || a.top_k;
-  if (a.greedy && sampling) fail(Errc::kUsage, "--greedy cannot be combined with --temperature/--top-p/--top-k");
+  if (a.greedy && sampling)
+    fail(Errc::kUsage, "--greedy cannot be combined with --temperature/--top-p/--top-k");
 
   qwen25vl::GenerateOptions options;
   options.max_new_tokens = a.max_new_tokens;
@@ -65,14 +66,16 @@ void run_generate(const GenerateArgs& a) {
   if (a.min_pixels) pre.min_pixels = *a.min_pixels;
   if (a.max_pixels) pre.max_pixels = *a.max_pixels;
   if (pre.min_pixels <= 0 || pre.max_pixels < pre.min_pixels)
-    fail(Errc::kUsage, "need 0 < --min-pixels <= --max-pixels (have {} and {})", pre.min_pixels, pre.max_pixels);
+    fail(Errc::kUsage, "need 0 < --min-pixels <= --max-pixels (have {} and {})", pre.min_pixels,
+         pre.max_pixels);
 
   const auto t0 = std::chrono::steady_clock::now();
   const Tokenizer tokenizer = Tokenizer::from_model_dir(a.model_dir);
   qwen25vl::LoadOptions load_options;
   load_options.threads = a.threads;
   auto model = qwen25vl::Model::load(a.model_dir, load_options);
-  const double load_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  const double load_ms =
+      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
 
   std::vector<ChatMessage> messages;
   if (a.system) messages.push_back(ChatMessage::text("system", *a.system));
@@ -110,20 +113,22 @@ void run_generate(const GenerateArgs& a) {
   std::fputc('\n', stdout);
   std::fflush(stdout);
   const auto& t = result.timings;
-  std::fprintf(stderr,
-               "generate: load %.0f ms, preprocess %.0f ms, vision %.0f ms, prefill %.0f ms (%lld tokens, %.1f "
-               "tok/s), ttft %.0f ms, decode %.2f tok/s (%lld tokens, %s), peak RSS %.0f MiB\n",
-               t.load_ms, t.preprocess_ms, t.vision_ms, t.prefill_ms, static_cast<long long>(t.prompt_tokens),
-               t.prefill_tokens_per_s(), t.ttft_ms, t.decode_tokens_per_s(),
-               static_cast<long long>(t.generated_tokens), result.finish_reason.c_str(),
-               static_cast<double>(t.peak_rss_bytes) / (1024.0 * 1024.0));
+  std::fprintf(
+      stderr,
+      "generate: load %.0f ms, preprocess %.0f ms, vision %.0f ms, prefill %.0f ms (%lld tokens, %.1f "
+      "tok/s), ttft %.0f ms, decode %.2f tok/s (%lld tokens, %s), peak RSS %.0f MiB\n",
+      t.load_ms, t.preprocess_ms, t.vision_ms, t.prefill_ms, static_cast<long long>(t.prompt_tokens),
+      t.prefill_tokens_per_s(), t.ttft_ms, t.decode_tokens_per_s(),
+      static_cast<long long>(t.generated_tokens), result.finish_reason.c_str(),
+      static_cast<double>(t.peak_rss_bytes) / (1024.0 * 1024.0));
 }
 
 }  // namespace
 
 void add_generate_command(CLI::App& app) {
   auto args = std::make_shared<GenerateArgs>();
-  auto* cmd = app.add_subcommand("generate", "Run Qwen2.5-VL on images and a prompt (CPU engine), streaming the answer");
+  auto* cmd = app.add_subcommand("generate",
+                                 "Run Qwen2.5-VL on images and a prompt (CPU engine), streaming the answer");
   cmd->add_option("--model", args->model_dir, "model directory (config.json, safetensors, tokenizer.json)")
       ->required();
   cmd->add_option("--image", args->images, "image file (first page of PDF/TIFF); repeat for several images");
@@ -132,19 +137,24 @@ void add_generate_command(CLI::App& app) {
   cmd->add_option("--max-new-tokens", args->max_new_tokens, "most tokens to generate")->capture_default_str();
   cmd->add_flag("--greedy", args->greedy, "argmax decoding (the default when no sampling option is given)");
   cmd->add_option("--temperature", args->temperature, "sample with this temperature (> 0)");
-  cmd->add_option("--top-p", args->top_p, "sample from the smallest set of tokens with this probability mass");
+  cmd->add_option("--top-p", args->top_p,
+                  "sample from the smallest set of tokens with this probability mass");
   cmd->add_option("--top-k", args->top_k, "sample from the k most likely tokens (0 = all)");
-  cmd->add_option("--repetition-penalty", args->repetition_penalty,
-                  "HF repetition penalty over prompt and output (1 = off; the released generation_config says 1.05)")
+  cmd->add_option(
+         "--repetition-penalty", args->repetition_penalty,
+         "HF repetition penalty over prompt and output (1 = off; the released generation_config says 1.05)")
       ->capture_default_str();
   cmd->add_flag("--ignore-eos", args->ignore_eos, "do not stop at <|im_end|> / <|endoftext|>");
   cmd->add_option("--seed", args->seed, "sampling seed")->capture_default_str();
   cmd->add_option("--logits-out", args->logits_out,
                   "write the raw float32 logits [vocab] of the last prompt position to this file");
-  cmd->add_option("--min-pixels", args->min_pixels, "smallest image area after resizing (default: the model's)");
-  cmd->add_option("--max-pixels", args->max_pixels, "largest image area after resizing (default: the model's)");
+  cmd->add_option("--min-pixels", args->min_pixels,
+                  "smallest image area after resizing (default: the model's)");
+  cmd->add_option("--max-pixels", args->max_pixels,
+                  "largest image area after resizing (default: the model's)");
   cmd->add_option("--threads", args->threads, "CPU threads (0 = all)")->capture_default_str();
-  cmd->add_flag("--json", args->json, "print {prompt_ids, generated_ids, text, timings} as JSON instead of streaming");
+  cmd->add_flag("--json", args->json,
+                "print {prompt_ids, generated_ids, text, timings} as JSON instead of streaming");
   cmd->callback([args] { run_generate(*args); });
 }
 

@@ -151,8 +151,8 @@ std::string range_text(const RangeSpec& r, int decimals) {
     if (*r.low < 0) return format_fixed(*r.low, decimals) + " to " + format_fixed(*r.high, decimals);
     return format_fixed(*r.low, decimals) + "-" + format_fixed(*r.high, decimals);
   }
-  if (r.high) return "<" + format_fixed(*r.high, decimals);
-  return ">" + format_fixed(*r.low, decimals);
+  if (r.high) return fmt::format("<{}", format_fixed(*r.high, decimals));
+  return fmt::format(">{}", format_fixed(*r.low, decimals));
 }
 
 std::string lab_flag(const LabTest& t, const RangeSpec& r, double v) {

@@ -165,6 +165,12 @@ Provider CaseGen::provider() {
   return p;
 }
 
+Provider CaseGen::physician() {
+  Provider p = provider();
+  p.credential = rng_.chance(0.85) ? "MD" : "DO";
+  return p;
+}
+
 Provider CaseGen::nurse() {
   Provider p = provider();
   p.credential = rng_.pick(t_.nurse_credentials);
@@ -312,12 +318,12 @@ LabResult CaseGen::lab(const LabTest& test, const std::string& sex, double abnor
   const double scale = std::pow(10.0, test.decimals);
   v = std::round(v * scale) / scale;
   if (test.floor_below && v < *test.floor_below) {
-    r.value = "<" + format_fixed(*test.floor_below, test.decimals);
+    r.value = fmt::format("<{}", format_fixed(*test.floor_below, test.decimals));
     r.flag = lab_flag(test, r.range, *test.floor_below - 0.5 / scale);
     return r;
   }
   if (test.cap_above && v > *test.cap_above) {
-    r.value = ">" + format_fixed(*test.cap_above, test.decimals);
+    r.value = fmt::format(">{}", format_fixed(*test.cap_above, test.decimals));
     r.flag = lab_flag(test, r.range, *test.cap_above + 0.5 / scale);
     return r;
   }

@@ -69,7 +69,8 @@ class CaseGen {
   CaseGen(const ClinicalTables& tables, Rng& rng) : t_(tables), rng_(rng) {}
 
   Person person(const Date& today, int min_age = 18, int max_age = 94);
-  Provider provider();
+  Provider provider();   // any prescriber: MD, DO, NP or PA-C
+  Provider physician();  // MD or DO (surgeons, radiologists, pathologists, attendings)
   Provider nurse();
   Provider pharmacist();
   const Facility& facility() { return rng_.pick(t_.facilities); }

@@ -116,6 +116,8 @@ Doc::Doc(const std::string& type, const ClinicalTables& tables, const TextEngine
   last_date = date;
   patient = gen.person(date);
   facility = gen.facility();
+  const bool lab_document = type == "lab_results" || type == "complex_lab_panel";
+  while (!lab_document && facility.name.find("Laboratory") != std::string::npos) facility = gen.facility();
   const Town& town = rng.pick(t.towns);
   facility_address = fmt::format("{} {}, {}, {} {:05d}", rng.range(100, 9800), rng.pick(t.streets), town.city,
                                  town.state, rng.range(10000, 99899));

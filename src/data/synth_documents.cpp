@@ -161,7 +161,7 @@ void radiology_report(Doc& d) {
   }
   const FindingVariant& v = r.pick(study->variants);
   d.letterhead(pick_s(r, {"Radiology Report", "Diagnostic Imaging Report", "Imaging Report"}), "Department of Radiology");
-  const Provider ordering = d.gen.provider(), radiologist = d.gen.provider();
+  const Provider ordering = d.gen.provider(), radiologist = d.gen.physician();
   const Date exam = d.date;
   d.patient_block({{"Exam Date", {d.enc_date(exam, true)}},
                    {"Ordering Physician", {S(ordering.full())}},
@@ -300,7 +300,7 @@ void discharge_summary(Doc& d) {
   d.letterhead(pick_s(r, {"Discharge Summary", "Hospital Discharge Summary"}), r.chance(0.5) ? "Hospital Medicine" : "");
   const Date admit = d.date;
   const Date dis = with_time(add_days(admit, static_cast<int>(r.range(2, 9))), static_cast<int>(r.range(10, 16)), 0);
-  const Provider att = d.gen.provider();
+  const Provider att = d.gen.physician();
   d.last_date = dis;
   d.patient_block({{"Admission Date", {d.enc_admission(admit)}},
                    {"Discharge Date", {d.enc_discharge(dis)}},
@@ -471,7 +471,7 @@ void icu_flowsheet(Doc& d) {
   Rng& r = d.rng;
   d.letterhead(pick_s(r, {"ICU Flowsheet", "Critical Care Flowsheet", "ICU Nursing Flowsheet - 24 Hour"}),
                pick_s(r, {"Medical Intensive Care Unit", "Surgical ICU", "Cardiac ICU"}));
-  const Provider att = d.gen.provider();
+  const Provider att = d.gen.physician();
   Date day = d.date;
   day.hh = -1;
   d.patient_block({{"Date", {d.enc_date(day, false)}},
@@ -615,7 +615,7 @@ void icu_flowsheet(Doc& d) {
 void cardiology_consultation(Doc& d) {
   Rng& r = d.rng;
   d.letterhead(pick_s(r, {"Cardiology Consultation", "Cardiology Consult Note"}), r.chance(0.6) ? "Cardiology" : "");
-  const Provider cons = d.gen.provider(), ref = d.gen.provider();
+  const Provider cons = d.gen.physician(), ref = d.gen.provider();
   d.patient_block({{"Date of Consultation", {d.enc_date(d.date, true)}},
                    {"Consultant", {d.enc_field("provider", cons.full())}},
                    {"Referring Physician", {S(ref.full())}}});
@@ -741,8 +741,7 @@ void complex_lab_panel(Doc& d) {
                                d.time_text(add_minutes(collected, static_cast<int>(r.range(60, 200))))), true)});
   d.paragraph({S("Results flagged H/L fall outside the reference interval; HH/LL (or !!) are critical. Interpret in clinical context.")},
               &d.style.small);
-  Provider dir = d.gen.provider();
-  dir.credential = "MD";
+  const Provider dir = d.gen.physician();
   d.signature("Laboratory Director", {S(dir.full())}, d.datetime_text(add_minutes(collected, static_cast<int>(r.range(300, 1400)))));
 }
 
@@ -757,7 +756,7 @@ void surgical_operative_note(Doc& d) {
   }
   MV_CHECK(pre != nullptr, "no diagnosis fits any operation");
   d.letterhead(pick_s(r, {"Operative Report", "Operative Note", "Brief Operative Note"}), "Department of Surgery");
-  const Provider surgeon = d.gen.provider(), assistant = d.gen.provider(), anesth = d.gen.provider();
+  const Provider surgeon = d.gen.physician(), assistant = d.gen.provider(), anesth = d.gen.physician();
   d.patient_block({{"Date of Surgery", {d.enc_date(d.date, false)}},
                    {"Surgeon", {d.enc_field("provider", surgeon.full())}},
                    {"Assistant", {S(assistant.full())}},
@@ -880,7 +879,7 @@ void pathology_report(Doc& d) {
   d.letterhead(pick_s(r, {"Surgical Pathology Report", "Pathology Report"}), "Department of Pathology");
   Date collected = d.date;
   collected.hh = -1;
-  const Provider path = d.gen.provider(), sub = d.gen.provider();
+  const Provider path = d.gen.physician(), sub = d.gen.physician();
   const Date reported = add_days(collected, static_cast<int>(r.range(2, 6)));
   d.last_date = reported;
   d.patient_block({{"Accession #", {S(fmt::format("S{:02d}-{:05d}", collected.y % 100, r.range(100, 99999)))}},

@@ -345,7 +345,7 @@ TEST(SafetensorsHeader, RandomCorruptionIsRejectedCleanly) {
   std::mt19937 rng(99);
   const fs::path p = dir / "bad.safetensors";
   int rejected = 0;
-  for (int round = 0; round < 3000; ++round) {
+  for (int round = 0; round < 500; ++round) {
     std::string bytes = original;
     const int edits = 1 + static_cast<int>(rng() % 4);
     for (int e = 0; e < edits; ++e) {
@@ -374,7 +374,7 @@ TEST(SafetensorsHeader, RandomCorruptionIsRejectedCleanly) {
       ++rejected;
     }
   }
-  EXPECT_GT(rejected, 1000);
+  EXPECT_GT(rejected, 150);
 }
 
 // ---- TensorStore --------------------------------------------------------------------------------

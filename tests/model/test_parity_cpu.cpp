@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <map>
@@ -135,7 +136,8 @@ std::vector<PixelValues> hf_pixels(const Prepared& p) {
     px.rows = px.grid_thw[0] * px.grid_thw[1] * px.grid_thw[2];
     px.cols = p.expected["pixel_values"]["shape"][1].get<std::int64_t>();
     const std::size_t n = static_cast<std::size_t>(px.rows * px.cols);
-    px.data.assign(all.begin() + static_cast<std::ptrdiff_t>(row), all.begin() + static_cast<std::ptrdiff_t>(row + n));
+    px.data.assign(all.begin() + static_cast<std::ptrdiff_t>(row),
+                   all.begin() + static_cast<std::ptrdiff_t>(row + n));
     row += n;
     out.push_back(std::move(px));
   }
@@ -160,7 +162,8 @@ TEST_P(Parity, PromptIds) {
   auto& p = prepared(GetParam());
   std::vector<std::int64_t> image_tokens;
   for (const auto& g : p.expected["image_grid_thw"])
-    image_tokens.push_back(g[0].get<std::int64_t>() * g[1].get<std::int64_t>() * g[2].get<std::int64_t>() / 4);
+    image_tokens.push_back(g[0].get<std::int64_t>() * g[1].get<std::int64_t>() * g[2].get<std::int64_t>() /
+                           4);
   EXPECT_EQ(encode_chat(*p.tokenizer, p.messages, image_tokens, true), expected_ids(p));
 }
 
@@ -212,7 +215,8 @@ TEST_P(Parity, RopePositions) {
   EXPECT_EQ(r.t, rows[base + 0].get<std::vector<std::int64_t>>());
   EXPECT_EQ(r.h, rows[base + 1].get<std::vector<std::int64_t>>());
   EXPECT_EQ(r.w, rows[base + 2].get<std::vector<std::int64_t>>());
-  if (!p.expected["rope_deltas"].is_null()) EXPECT_EQ(r.rope_delta, p.expected["rope_deltas"][0].get<std::int64_t>());
+  if (!p.expected["rope_deltas"].is_null())
+    EXPECT_EQ(r.rope_delta, p.expected["rope_deltas"][0].get<std::int64_t>());
 }
 
 TEST_P(Parity, VisionFeatures) {
@@ -221,7 +225,9 @@ TEST_P(Parity, VisionFeatures) {
   if (want.empty()) GTEST_SKIP() << "text-only fixture";
   const auto got = p.model->encode_images(hf_pixels(p));
   ASSERT_EQ(got.size(), want.size());
-  EXPECT_LE(rel_l2(got, want), kLogitsRelL2);
+  const double e = rel_l2(got, want);
+  std::printf("[ parity   ] %s: vision features rel L2 %.2e\n", p.name.c_str(), e);
+  EXPECT_LE(e, kLogitsRelL2);
 }
 
 TEST_P(Parity, LastLogitsWithReferencePixels) {
@@ -233,7 +239,8 @@ TEST_P(Parity, LastLogitsWithReferencePixels) {
   const auto pixels = hf_pixels(p);
   p.model->prefill(*session, ids, pixels, logits);
   const double e = rel_l2(logits, want);
-  RecordProperty("rel_l2", std::to_string(e));
+  std::printf("[ parity   ] %s: last logits rel L2 %.2e (transformers float32 vs float64: %.2e)\n",
+              p.name.c_str(), e, p.expected["fp32_vs_fp64_rel_l2"].get<double>());
   EXPECT_LE(e, kLogitsRelL2) << "transformers' own float32 vs float64 distance is "
                              << p.expected["fp32_vs_fp64_rel_l2"].get<double>();
 }
@@ -247,6 +254,7 @@ TEST_P(Parity, TeacherForcedStepLogits) {
   auto session = p.model->new_session(static_cast<std::int64_t>(ids.size() + tokens.size()));
   std::vector<float> logits(static_cast<std::size_t>(p.model->config().text.vocab_size));
   p.model->prefill(*session, ids, hf_pixels(p), logits);
+  double worst = 0;
   for (std::size_t s = 0; s < tokens.size(); ++s) {
     const auto top_ids = steps[s]["top_ids"].get<std::vector<std::int64_t>>();
     const auto top_values = steps[s]["top_values"].get<std::vector<double>>();
@@ -256,8 +264,11 @@ TEST_P(Parity, TeacherForcedStepLogits) {
       err = std::max(err, std::abs(double(logits[static_cast<std::size_t>(top_ids[k])]) - top_values[k]));
     }
     EXPECT_LE(err, 1e-4 * std::max(scale, 1.0)) << "step " << s;
+    worst = std::max(worst, err / std::max(scale, 1.0));
     if (s + 1 < tokens.size()) p.model->decode(*session, tokens[s], logits);
   }
+  std::printf("[ parity   ] %s: teacher-forced top-%zu logits, worst relative error %.2e over %zu steps\n",
+              p.name.c_str(), steps[0]["top_ids"].size(), worst, tokens.size());
 }
 
 TEST_P(Parity, GreedyTokens) {
@@ -270,7 +281,9 @@ TEST_P(Parity, GreedyTokens) {
   const auto r = generate(*p.model, *p.tokenizer, p.messages, p.images, PreprocessConfig::load(p.dir), opt);
   EXPECT_EQ(r.prompt_ids, expected_ids(p));
   EXPECT_EQ(r.generated_ids, want);
-  EXPECT_LE(rel_l2(r.prompt_logits, p.array("last_logits")), kLogitsRelL2) << "end to end, our preprocessing";
+  const double e = rel_l2(r.prompt_logits, p.array("last_logits"));
+  std::printf("[ parity   ] %s: end to end (our preprocessing) last logits rel L2 %.2e\n", p.name.c_str(), e);
+  EXPECT_LE(e, kLogitsRelL2) << "end to end, our preprocessing";
   ASSERT_TRUE(p.expected["argmax_consistent"].get<bool>()) << "the reference's tokens are not its argmax";
 }
 

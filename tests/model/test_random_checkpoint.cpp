@@ -82,8 +82,10 @@ TEST(RandomCheckpoint, ReleasedShapesHaveThePublishedParameterCounts) {
   EXPECT_TRUE(has(c7, "lm_head.weight"));
   EXPECT_TRUE(has(c7, "visual.merger.mlp.2.bias"));
   for (const auto& t : checkpoint_tensors(c7)) {
-    if (t.name == "visual.patch_embed.proj.weight") EXPECT_EQ(t.shape, (std::vector<std::int64_t>{1280, 3, 2, 14, 14}));
-    if (t.name == "model.layers.0.self_attn.k_proj.weight") EXPECT_EQ(t.shape, (std::vector<std::int64_t>{512, 3584}));
+    if (t.name == "visual.patch_embed.proj.weight")
+      EXPECT_EQ(t.shape, (std::vector<std::int64_t>{1280, 3, 2, 14, 14}));
+    if (t.name == "model.layers.0.self_attn.k_proj.weight")
+      EXPECT_EQ(t.shape, (std::vector<std::int64_t>{512, 3584}));
     if (t.name == "visual.merger.mlp.2.weight") EXPECT_EQ(t.shape, (std::vector<std::int64_t>{3584, 5120}));
   }
   EXPECT_NO_THROW(random_checkpoint_config("tiny"));
@@ -223,9 +225,8 @@ TEST(RandomCheckpoint, ShardsWithAnIndexAndReplacesOldWeights) {
   const auto index = nlohmann::json::parse(mv::read_file(d.path / "model.safetensors.index.json"));
   EXPECT_EQ(index["metadata"]["total_size"].get<std::uint64_t>(), info.weight_bytes);
   EXPECT_EQ(index["weight_map"].size(), checkpoint_tensors(config).size());
-  EXPECT_EQ(index["weight_map"]["model.embed_tokens.weight"], "model-00001-of-" +
-                                                                  fmt::format("{:05d}", info.weight_files.size()) +
-                                                                  ".safetensors");
+  EXPECT_EQ(index["weight_map"]["model.embed_tokens.weight"],
+            "model-00001-of-" + fmt::format("{:05d}", info.weight_files.size()) + ".safetensors");
   std::uint64_t bytes = 0;
   for (const auto& f : info.weight_files) {
     const mv::SafetensorsFile file(f);

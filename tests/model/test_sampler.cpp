@@ -132,10 +132,8 @@ TEST(Sampler, TopPBoundaries) {
   const std::vector<Case> cases{
       {0.49f, {false, false, true, false}},  // the top token alone crosses 0.49
       {0.51f, {true, false, true, false}},   // 0.5 < 0.51: the next token is needed (and kept)
-      {0.79f, {true, false, true, false}},
-      {0.81f, {true, false, true, true}},
-      {0.94f, {true, false, true, true}},
-      {0.96f, {true, true, true, true}},
+      {0.79f, {true, false, true, false}},  {0.81f, {true, false, true, true}},
+      {0.94f, {true, false, true, true}},   {0.96f, {true, true, true, true}},
       {1e-6f, {false, false, true, false}},  // the most likely token always stays
   };
   for (const auto& c : cases) {

@@ -129,11 +129,12 @@ std::uint64_t peak_rss_bytes() {
 namespace {
 
 GenerateResult run(Model& model, const Tokenizer& tokenizer, std::vector<std::int32_t> prompt_ids,
-                   const std::vector<PixelValues>& images, const GenerateOptions& options, Clock::time_point t0,
-                   double preprocess_ms) {
+                   const std::vector<PixelValues>& images, const GenerateOptions& options,
+                   Clock::time_point t0, double preprocess_ms) {
   const ModelConfig& config = model.config();
   const std::size_t vocab = static_cast<std::size_t>(config.text.vocab_size);
-  if (options.max_new_tokens < 1) fail(Errc::kUsage, "max_new_tokens must be >= 1, got {}", options.max_new_tokens);
+  if (options.max_new_tokens < 1)
+    fail(Errc::kUsage, "max_new_tokens must be >= 1, got {}", options.max_new_tokens);
   if (prompt_ids.empty()) fail(Errc::kInvalidInput, "the prompt is empty");
 
   GenerateResult result;
@@ -165,9 +166,12 @@ GenerateResult run(Model& model, const Tokenizer& tokenizer, std::vector<std::in
   result.timings.prefill_ms = ms_since(t);
   if (options.keep_prompt_logits) result.prompt_logits = logits;
   spdlog::debug("generate: prompt {} tokens ({} image tokens), vision {:.1f} ms, prefill {:.1f} ms",
-                prompt_ids.size(), result.timings.image_tokens, result.timings.vision_ms, result.timings.prefill_ms);
+                prompt_ids.size(), result.timings.image_tokens, result.timings.vision_ms,
+                result.timings.prefill_ms);
 
+  // Buffers sized up front so the token loop itself does not allocate (text grows only past 8 bytes/token).
   result.generated_ids.reserve(static_cast<std::size_t>(options.max_new_tokens));
+  result.text.reserve(static_cast<std::size_t>(options.max_new_tokens) * 8);
   std::string piece;
   piece.reserve(256);
   Utf8Stream utf8;
@@ -180,8 +184,8 @@ GenerateResult run(Model& model, const Tokenizer& tokenizer, std::vector<std::in
       result.timings.ttft_ms = ms_since(t0);
       decode_start = Clock::now();
     }
-    const bool stop = !options.ignore_eos && std::find(options.stop_ids.begin(), options.stop_ids.end(), token) !=
-                                                 options.stop_ids.end();
+    const bool stop = !options.ignore_eos && std::find(options.stop_ids.begin(), options.stop_ids.end(),
+                                                       token) != options.stop_ids.end();
     if (!stop && !tokenizer.is_special(token)) {
       piece.clear();
       utf8.push(tokenizer.token_bytes(token), piece);
@@ -215,8 +219,9 @@ GenerateResult run(Model& model, const Tokenizer& tokenizer, std::vector<std::in
 
 }  // namespace
 
-GenerateResult generate_from_ids(Model& model, const Tokenizer& tokenizer, std::vector<std::int32_t> prompt_ids,
-                                 const std::vector<PixelValues>& images, const GenerateOptions& options) {
+GenerateResult generate_from_ids(Model& model, const Tokenizer& tokenizer,
+                                 std::vector<std::int32_t> prompt_ids, const std::vector<PixelValues>& images,
+                                 const GenerateOptions& options) {
   return run(model, tokenizer, std::move(prompt_ids), images, options, Clock::now(), 0.0);
 }
 

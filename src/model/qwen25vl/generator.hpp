@@ -4,11 +4,10 @@
 #include <array>
 #include <cstdint>
 #include <functional>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <string_view>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "io/image.hpp"
 #include "model/qwen25vl/model.hpp"
@@ -79,8 +78,9 @@ GenerateResult generate(Model& model, const Tokenizer& tokenizer, const std::vec
                         const GenerateOptions& options);
 
 // The same from prompt ids and preprocessed images (the image pads in `prompt_ids` must match them).
-GenerateResult generate_from_ids(Model& model, const Tokenizer& tokenizer, std::vector<std::int32_t> prompt_ids,
-                                 const std::vector<PixelValues>& images, const GenerateOptions& options);
+GenerateResult generate_from_ids(Model& model, const Tokenizer& tokenizer,
+                                 std::vector<std::int32_t> prompt_ids, const std::vector<PixelValues>& images,
+                                 const GenerateOptions& options);
 
 // Peak resident set size of this process so far, in bytes (0 when the platform does not say).
 std::uint64_t peak_rss_bytes();

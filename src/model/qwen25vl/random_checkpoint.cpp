@@ -101,8 +101,8 @@ void validate(const ModelConfig& c) {
   positive("vision_config.spatial_merge_size", v.spatial_merge_size);
   positive("vision_config.out_hidden_size", v.out_hidden_size);
   if (t.hidden_size % t.num_attention_heads != 0)
-    fail(Errc::kInvalidInput, "config: hidden_size {} is not a multiple of num_attention_heads {}", t.hidden_size,
-         t.num_attention_heads);
+    fail(Errc::kInvalidInput, "config: hidden_size {} is not a multiple of num_attention_heads {}",
+         t.hidden_size, t.num_attention_heads);
   if (t.num_attention_heads % t.num_key_value_heads != 0)
     fail(Errc::kInvalidInput, "config: num_attention_heads {} is not a multiple of num_key_value_heads {}",
          t.num_attention_heads, t.num_key_value_heads);
@@ -121,8 +121,8 @@ void validate(const ModelConfig& c) {
     if (i < 0 || i >= v.depth)
       fail(Errc::kInvalidInput, "config: fullatt_block_indexes entry {} is outside 0..{}", i, v.depth - 1);
   if (v.window_size < v.spatial_merge_size * v.patch_size)
-    fail(Errc::kInvalidInput, "config: window_size {} is smaller than one merged patch ({} px)", v.window_size,
-         v.spatial_merge_size * v.patch_size);
+    fail(Errc::kInvalidInput, "config: window_size {} is smaller than one merged patch ({} px)",
+         v.window_size, v.spatial_merge_size * v.patch_size);
 }
 
 std::uint64_t tensor_key(std::uint64_t seed, std::string_view name) {
@@ -210,7 +210,8 @@ void remove_old_weights(const fs::path& dir) {
     const bool shard = name.starts_with("model-") && name.ends_with(".safetensors");
     if (name == "model.safetensors" || name == "model.safetensors.index.json" || shard) {
       fs::remove(entry.path(), ec);
-      if (ec) fail(Errc::kIo, "{}: cannot remove the earlier weight file: {}", entry.path().string(), ec.message());
+      if (ec)
+        fail(Errc::kIo, "{}: cannot remove the earlier weight file: {}", entry.path().string(), ec.message());
     }
   }
 }
@@ -238,7 +239,8 @@ nlohmann::json qwen25vl_tokenizer_json(const fs::path& source) {
     const std::int64_t id = t["id"].get<std::int64_t>();
     if (id >= kFirstQwen3OnlyId && id <= kLastQwen3OnlyId) continue;
     if (id >= kFirstQwen3OnlyId)
-      fail(Errc::kInvalidInput, "{}: added token id {} is beyond the Qwen2.5-VL vocabulary", source.string(), id);
+      fail(Errc::kInvalidInput, "{}: added token id {} is beyond the Qwen2.5-VL vocabulary", source.string(),
+           id);
     if (id == 151655 && t["content"] == "<|image_pad|>") has_image_pad = true;
     kept.push_back(t);
   }
@@ -263,13 +265,12 @@ nlohmann::json tokenizer_config_json(const nlohmann::json& added_tokens) {
   for (const auto& t : added_tokens) {
     const std::string content = t["content"].get<std::string>();
     const bool special = t.value("special", false);
-    decoder[std::to_string(t["id"].get<std::int64_t>())] = {
-        {"content", content},
-        {"lstrip", t.value("lstrip", false)},
-        {"normalized", t.value("normalized", false)},
-        {"rstrip", t.value("rstrip", false)},
-        {"single_word", t.value("single_word", false)},
-        {"special", special}};
+    decoder[std::to_string(t["id"].get<std::int64_t>())] = {{"content", content},
+                                                            {"lstrip", t.value("lstrip", false)},
+                                                            {"normalized", t.value("normalized", false)},
+                                                            {"rstrip", t.value("rstrip", false)},
+                                                            {"single_word", t.value("single_word", false)},
+                                                            {"special", special}};
     if (special && content != "<|endoftext|>") extra.push_back(content);
   }
   return {{"add_bos_token", false},
@@ -325,7 +326,8 @@ std::vector<TensorSpec> checkpoint_tensors(const ModelConfig& config) {
   validate(config);
   const TextConfig& t = config.text;
   const VisionConfig& v = config.vision;
-  const std::int64_t h = t.hidden_size, hd = t.head_dim(), q = static_cast<std::int64_t>(t.num_attention_heads) * hd,
+  const std::int64_t h = t.hidden_size, hd = t.head_dim(),
+                     q = static_cast<std::int64_t>(t.num_attention_heads) * hd,
                      kv = static_cast<std::int64_t>(t.num_key_value_heads) * hd, inter = t.intermediate_size,
                      vocab = t.vocab_size;
   std::vector<TensorSpec> out;
@@ -353,8 +355,8 @@ std::vector<TensorSpec> checkpoint_tensors(const ModelConfig& config) {
 
   const std::int64_t vh = v.hidden_size, vi = v.intermediate_size,
                      merged = vh * v.spatial_merge_size * v.spatial_merge_size;
-  add("visual.patch_embed.proj.weight", {vh, v.in_channels, v.temporal_patch_size, v.patch_size, v.patch_size},
-      InitKind::kWeight);
+  add("visual.patch_embed.proj.weight",
+      {vh, v.in_channels, v.temporal_patch_size, v.patch_size, v.patch_size}, InitKind::kWeight);
   for (int j = 0; j < v.depth; ++j) {
     const std::string p = fmt::format("visual.blocks.{}.", j);
     add(p + "norm1.weight", {vh}, InitKind::kNorm);
@@ -472,7 +474,8 @@ RandomCheckpointInfo write_random_checkpoint(const ModelConfig& config, const fs
   if (config.text.vocab_size < kTokenizerSize)
     fail(Errc::kInvalidInput, "config: vocab_size {} is smaller than the Qwen tokenizer's {} tokens",
          config.text.vocab_size, kTokenizerSize);
-  const fs::path tokenizer_src = options.tokenizer_json.empty() ? default_tokenizer_json() : options.tokenizer_json;
+  const fs::path tokenizer_src =
+      options.tokenizer_json.empty() ? default_tokenizer_json() : options.tokenizer_json;
   // Read the tokenizer first: a missing vocabulary fails before gigabytes are written.
   const nlohmann::json tokenizer = qwen25vl_tokenizer_json(tokenizer_src);
 
@@ -499,8 +502,9 @@ RandomCheckpointInfo write_random_checkpoint(const ModelConfig& config, const fs
     shard_bytes += bytes;
   }
 
-  const int threads = options.threads > 0 ? options.threads
-                                          : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  const int threads = options.threads > 0
+                          ? options.threads
+                          : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   Progress progress("random checkpoint", info.weight_bytes, "B");
   nlohmann::json weight_map = nlohmann::json::object();
   for (std::size_t s = 0; s < shards.size(); ++s) {
@@ -513,10 +517,11 @@ RandomCheckpointInfo write_random_checkpoint(const ModelConfig& config, const fs
       const std::uint64_t key = tensor_key(options.seed, t->name);
       const InitScale scale = init_scale(t->init, options.init_std);
       const DType dtype = options.dtype;
-      writer.add(t->name, dtype, t->shape, [key, scale, dtype, threads, &progress](std::span<std::uint8_t> out) {
-        fill_parallel(key, scale, dtype, out, threads);
-        progress.advance(out.size());
-      });
+      writer.add(t->name, dtype, t->shape,
+                 [key, scale, dtype, threads, &progress](std::span<std::uint8_t> out) {
+                   fill_parallel(key, scale, dtype, out, threads);
+                   progress.advance(out.size());
+                 });
       weight_map[t->name] = file;
     }
     writer.write(out_dir / file);
@@ -524,7 +529,8 @@ RandomCheckpointInfo write_random_checkpoint(const ModelConfig& config, const fs
   }
   progress.finish();
   if (shards.size() > 1) {
-    const nlohmann::json index = {{"metadata", {{"total_size", info.weight_bytes}}}, {"weight_map", weight_map}};
+    const nlohmann::json index = {{"metadata", {{"total_size", info.weight_bytes}}},
+                                  {"weight_map", weight_map}};
     write_json(out_dir / "model.safetensors.index.json", index);
     info.files.push_back(out_dir / "model.safetensors.index.json");
   }
@@ -540,8 +546,8 @@ RandomCheckpointInfo write_random_checkpoint(const ModelConfig& config, const fs
                         "preprocessor_config.json", "generation_config.json"})
     info.files.push_back(out_dir / f);
   spdlog::info("random checkpoint: {} tensors, {} parameters, {} bytes of {} weights in {} file(s) at {}",
-               info.tensors, info.parameters, info.weight_bytes, dtype_name(options.dtype), info.weight_files.size(),
-               out_dir.string());
+               info.tensors, info.parameters, info.weight_bytes, dtype_name(options.dtype),
+               info.weight_files.size(), out_dir.string());
   return info;
 }
 

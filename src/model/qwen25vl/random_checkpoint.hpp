@@ -5,11 +5,10 @@
 #pragma once
 #include <cstdint>
 #include <filesystem>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <string_view>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "io/model_config.hpp"
 #include "io/safetensors.hpp"
@@ -41,10 +40,10 @@ nlohmann::json hf_config_json(const ModelConfig& config, DType dtype);
 
 struct RandomCheckpointOptions {
   std::uint64_t seed = 0;
-  DType dtype = DType::kBF16;                          // kBF16, kF16 or kF32
-  std::uint64_t max_shard_bytes = 4'000'000'000ull;    // larger checkpoints are sharded with an index
-  std::filesystem::path tokenizer_json;                // empty: mv::default_tokenizer_json()
-  int threads = 0;                                     // 0: all hardware threads
+  DType dtype = DType::kBF16;                        // kBF16, kF16 or kF32
+  std::uint64_t max_shard_bytes = 4'000'000'000ull;  // larger checkpoints are sharded with an index
+  std::filesystem::path tokenizer_json;              // empty: mv::default_tokenizer_json()
+  int threads = 0;                                   // 0: all hardware threads
   // Standard deviation of the weights. Tiny parity models use a larger one so that their layers, not
   // the embedding alone, decide the next token.
   double init_std = 0.02;

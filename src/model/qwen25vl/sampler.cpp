@@ -114,10 +114,11 @@ void Sampler::apply_top_p(std::span<float> logits) {
   if (n == 0) return;  // cannot happen: the largest probability is >= 1/V > certain
   // Ascending by logit; among equal logits the higher id first, so the lowest id ranks as most likely
   // (the order argmax uses).
-  std::sort(order_.begin(), order_.begin() + static_cast<std::ptrdiff_t>(n), [&](std::int32_t a, std::int32_t b) {
-    const float la = logits[static_cast<std::size_t>(a)], lb = logits[static_cast<std::size_t>(b)];
-    return la < lb || (la == lb && a > b);
-  });
+  std::sort(order_.begin(), order_.begin() + static_cast<std::ptrdiff_t>(n),
+            [&](std::int32_t a, std::int32_t b) {
+              const float la = logits[static_cast<std::size_t>(a)], lb = logits[static_cast<std::size_t>(b)];
+              return la < lb || (la == lb && a > b);
+            });
   for (std::size_t i = 0; i < vocab_; ++i)
     if (probs_[i] <= certain) logits[i] = kNegInf;
   float cumulative = skipped_mass;

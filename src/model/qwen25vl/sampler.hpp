@@ -53,11 +53,11 @@ class Sampler {
 
   SamplingParams params_;
   std::size_t vocab_;
-  std::vector<std::uint8_t> seen_;       // [vocab] 1 when the id is in the history
-  std::vector<std::int32_t> seen_ids_;   // distinct history ids, capacity vocab
-  std::vector<float> scratch_;           // [vocab] top-k selection
-  std::vector<std::int32_t> order_;      // [vocab] top-p candidates
-  std::vector<float> probs_;             // [vocab] softmax
+  std::vector<std::uint8_t> seen_;      // [vocab] 1 when the id is in the history
+  std::vector<std::int32_t> seen_ids_;  // distinct history ids, capacity vocab
+  std::vector<float> scratch_;          // [vocab] top-k selection
+  std::vector<std::int32_t> order_;     // [vocab] top-p candidates
+  std::vector<float> probs_;            // [vocab] softmax
   Xoshiro256 rng_;
 };
 

@@ -1,6 +1,7 @@
 // CPU op helpers: SIMD dispatch, vector exp, conversions, per-thread scratch, BLAS threading.
 #include <cblas.h>
 
+#include <algorithm>
 #include <array>
 #include <atomic>
 #include <mutex>
