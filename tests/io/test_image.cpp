@@ -17,7 +17,9 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <nlohmann/json.hpp>
 #include <random>
+#include <set>
 #include <string>
 #include <vector>
 // clang-format off
@@ -1321,6 +1323,32 @@ TEST(ImageRobustness, EveryTruncationAndByteFlip) {
   ImageLimits low_dpi;          // poppler renders each corrupted variant: keep the pages small
   low_dpi.pdf_dpi = 18.0;
   check_all_cuts_and_flips(two_page_pdf(), "all.pdf", 1, low_dpi);  // the final newline after %%EOF
+}
+
+}  // namespace
+
+namespace {
+
+// Bit-exact parity with Pillow 12.3 on the preprocessing fixtures
+// (tools/reference/make_preprocess_fixtures.py stored the sha256 of PIL's exif_transpose + convert("RGB")
+// pixels): PNG RGB/L/RGBA/P, JPEG 4:2:0, and a JPEG with EXIF orientation 6.
+TEST(ImagePillowParity, PreprocessFixturesDecodeToPilPixels) {
+  const fs::path root = fs::path(MV_FIXTURES_DIR) / "preprocess";
+  const fs::path index = root / "index.json";
+  if (!fs::exists(index)) GTEST_SKIP() << "no preprocessing fixtures at " << index;
+  const auto doc = nlohmann::json::parse(mv::read_file(index));
+  std::set<std::string> seen;
+  for (const auto& c : doc.at("cases")) {
+    const std::string image = c.at("image").get<std::string>();
+    if (!seen.insert(image).second) continue;
+    SCOPED_TRACE(image);
+    const ImageRGB8 im = mv::load_image(root / image);
+    EXPECT_EQ(im.width, c.at("width").get<int>());
+    EXPECT_EQ(im.height, c.at("height").get<int>());
+    const std::string_view bytes(reinterpret_cast<const char*>(im.pixels.data()), im.pixels.size());
+    EXPECT_EQ(mv::sha256_hex(bytes), c.at("rgb_sha256").get<std::string>()) << "pixels differ from PIL's";
+  }
+  EXPECT_GE(seen.size(), 10u);
 }
 
 }  // namespace
