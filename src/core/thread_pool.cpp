@@ -1,6 +1,8 @@
 #include "core/thread_pool.hpp"
 
 #include <algorithm>
+#include <atomic>
+#include <thread>
 
 namespace mv {
 
@@ -25,6 +27,32 @@ ThreadPool::~ThreadPool() {
 }
 
 int ThreadPool::worker_index() { return t_worker_index; }
+
+void ThreadPool::for_each_thread(const std::function<void()>& fn) {
+  const int n = size();
+  if (n == 1 || t_in_job) {
+    fn();
+    return;
+  }
+  // n items of one each: every participant takes one, then waits until all n have arrived, so no thread
+  // can take a second item and each thread runs fn exactly once (every worker joins every job).
+  std::atomic<int> arrived{0};
+  parallel_for(
+      n,
+      [&](std::int64_t b, std::int64_t e) {
+        for (std::int64_t i = b; i < e; ++i) {
+          try {
+            fn();
+          } catch (...) {
+            arrived.fetch_add(1);
+            throw;
+          }
+          arrived.fetch_add(1);
+          while (arrived.load() < n) std::this_thread::yield();
+        }
+      },
+      1);
+}
 
 void ThreadPool::work_on_current_job() {
   for (;;) {

@@ -6,6 +6,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <exception>
+#include <functional>
 #include <mutex>
 #include <thread>
 #include <type_traits>
@@ -36,6 +37,10 @@ class ThreadPool {
   // Index of the thread running the current job chunk: 0 for the caller (or outside any job),
   // 1..size()-1 for the pool's workers. Lets callers keep per-thread scratch.
   static int worker_index();
+
+  // Runs fn() exactly once on every thread of the pool (the caller included), e.g. to set up per-thread
+  // scratch before a hot loop. Must not be called from inside a job.
+  void for_each_thread(const std::function<void()>& fn);
 
  private:
   using Trampoline = void (*)(void*, std::int64_t, std::int64_t);

@@ -88,6 +88,10 @@ void embedding(const Matrix& table, const std::int32_t* ids, std::int64_t n, flo
 // Converts n elements of a floating dtype (F32/F16/BF16) to fp32.
 void convert_to_f32(const void* src, DType dtype, std::int64_t n, float* dst);
 
+// Sizes every pool thread's scratch for decoding (GEMV rows up to max_cols floats, attention with
+// head_dim), so that the decode loop allocates nothing, not even on a thread's first task.
+void reserve_decode_scratch(ThreadPool* pool, std::int64_t max_cols, int head_dim);
+
 // True when the SIMD (AVX2+FMA+F16C) paths are in use on this CPU.
 bool cpu_has_simd();
 // Forces the portable scalar paths (tests compare both); returns the previous setting.

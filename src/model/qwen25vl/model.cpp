@@ -73,6 +73,8 @@ class ModelImpl final : public Model {
     v_.resize(rows * nkv_ * hd_);
     attn_.resize(rows * nh_ * hd_);
     gate_.resize(rows * I_);
+    // Every thread's GEMV and attention scratch is sized now, so decoding allocates nothing.
+    ops::reserve_decode_scratch(&pool_, std::max<std::int64_t>(H_, I_), hd_);
     up_.resize(rows * I_);
     cos_.resize(rows * hd_ / 2);
     sin_.resize(rows * hd_ / 2);

@@ -89,6 +89,20 @@ void run(ThreadPool* pool, std::int64_t n, F&& body) {
 
 }  // namespace
 
+void reserve_decode_scratch(ThreadPool* pool, std::int64_t max_cols, int head_dim) {
+  auto reserve = [&] {
+    cpu::thread_scratch(1, static_cast<std::size_t>(max_cols));
+    cpu::thread_scratch(2, static_cast<std::size_t>(kQueryBlock) * kKeyChunk);
+    cpu::thread_scratch(3, static_cast<std::size_t>(kQueryBlock) * head_dim);
+    cpu::thread_scratch(4, static_cast<std::size_t>(kQueryBlock) * 2);
+  };
+  if (pool == nullptr) {
+    reserve();
+  } else {
+    pool->for_each_thread(reserve);
+  }
+}
+
 void attention_causal(const float* q, std::int64_t m, std::int64_t q_stride, int n_heads, int n_kv_heads,
                       int head_dim, const float* k_cache, const float* v_cache,
                       std::int64_t cache_head_stride, std::int64_t past, float* out, std::int64_t out_stride,
