@@ -1,9 +1,9 @@
 #include "data/clinical_tables.hpp"
 
+#include <fmt/format.h>
+
 #include <cmath>
 #include <cstdlib>
-
-#include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
 #include "core/error.hpp"
@@ -18,10 +18,13 @@ using nlohmann::json;
 // Typed access to one JSON object of a table, with errors that name the file and the entry.
 class Obj {
  public:
-  Obj(const json& j, std::string file, std::string where) : j_(j), file_(std::move(file)), where_(std::move(where)) {
+  Obj(const json& j, std::string file, std::string where)
+      : j_(j), file_(std::move(file)), where_(std::move(where)) {
     if (!j_.is_object()) bad("expected an object");
   }
-  [[noreturn]] void bad(const std::string& what) const { fail(Errc::kInvalidInput, "{}: {}: {}", file_, where_, what); }
+  [[noreturn]] void bad(const std::string& what) const {
+    fail(Errc::kInvalidInput, "{}: {}: {}", file_, where_, what);
+  }
   bool has(const char* key) const { return j_.contains(key); }
   const json& at(const char* key) const {
     auto it = j_.find(key);
@@ -185,7 +188,8 @@ ClinicalTables ClinicalTables::load(const std::filesystem::path& dir) {
       if (!m.is_object() || m.empty()) top.bad(fmt::format("\"{}\" must be a non-empty object", key));
       for (const auto& [code, v] : m.items()) {
         Obj o(v, path.string(), fmt::format("{}.{}", key, code));
-        (std::string(key) == "routes" ? t.routes : t.frequencies)[code] = {o.str("abbr"), o.str("long"), o.num_or("per_day", 0)};
+        (std::string(key) == "routes" ? t.routes : t.frequencies)[code] = {o.str("abbr"), o.str("long"),
+                                                                           o.num_or("per_day", 0)};
       }
     }
     Obj prn = top.sub("prn_words");
@@ -329,7 +333,8 @@ ClinicalTables ClinicalTables::load(const std::filesystem::path& dir) {
       bool found = false;
       for (const auto& panel : t.panels) found = found || panel.id == p;
       if (!found)
-        fail(Errc::kInvalidInput, "{}: diagnosis \"{}\": unknown lab panel \"{}\"", (dir / "diagnoses.json").string(), d.text, p);
+        fail(Errc::kInvalidInput, "{}: diagnosis \"{}\": unknown lab panel \"{}\"",
+             (dir / "diagnoses.json").string(), d.text, p);
     }
   {  // procedures.json
     const auto path = dir / "procedures.json";
@@ -340,7 +345,8 @@ ClinicalTables ClinicalTables::load(const std::filesystem::path& dir) {
       if (!arr.is_array() || arr.empty()) o.bad("\"variants\" must be a non-empty array");
       for (std::size_t i = 0; i < arr.size(); ++i) {
         Obj v(arr[i], o.file(), fmt::format("{}.variants[{}]", o.where(), i));
-        out.push_back({v.str(findings_key), v.str(impression_key), v.str_or("icd10", ""), v.str_or("dx", "")});
+        out.push_back(
+            {v.str(findings_key), v.str(impression_key), v.str_or("icd10", ""), v.str_or("dx", "")});
       }
       return out;
     };
@@ -388,13 +394,14 @@ ClinicalTables ClinicalTables::load(const std::filesystem::path& dir) {
     each(root, path, "allergies", [&](const Obj& o) {
       AllergyInfo a{o.str("substance"), o.str("type"), o.strs("reactions")};
       for (const auto& r : a.reactions)
-        if (!t.severity_by_reaction.count(r)) o.bad("reaction \"" + r + "\" has no entry in severity_by_reaction");
+        if (!t.severity_by_reaction.count(r))
+          o.bad("reaction \"" + r + "\" has no entry in severity_by_reaction");
       t.allergies.push_back(std::move(a));
     });
     for (const auto& [reaction, severity] : t.severity_by_reaction)
       if (severity != "mild" && severity != "moderate" && severity != "severe")
-        fail(Errc::kInvalidInput, "{}: severity_by_reaction.{}: must be mild, moderate or severe", path.string(),
-             reaction);
+        fail(Errc::kInvalidInput, "{}: severity_by_reaction.{}: must be mild, moderate or severe",
+             path.string(), reaction);
   }
   {  // vaccines.json
     const auto path = dir / "vaccines.json";
@@ -426,7 +433,9 @@ ClinicalTables ClinicalTables::load(const std::filesystem::path& dir) {
     t.nurse_credentials = o.strs("nurse_credentials");
     t.pharmacist_credentials = o.strs("pharmacist_credentials");
     each(root, path, "towns", [&](const Obj& e) { t.towns.push_back({e.str("city"), e.str("state")}); });
-    each(root, path, "facilities", [&](const Obj& e) { t.facilities.push_back({e.str("name"), e.str("short")}); });
+    each(root, path, "facilities", [&](const Obj& e) {
+      t.facilities.push_back({e.str("name"), e.str("short")});
+    });
   }
   {  // followups.json
     const auto path = dir / "followups.json";

@@ -51,7 +51,9 @@ class Rng {
     const auto span = static_cast<unsigned __int128>(static_cast<std::uint64_t>(hi - lo) + 1);
     return lo + static_cast<long long>((static_cast<unsigned __int128>(next()) * span) >> 64);
   }
-  std::size_t index(std::size_t n) { return n == 0 ? 0 : static_cast<std::size_t>(range(0, static_cast<long long>(n) - 1)); }
+  std::size_t index(std::size_t n) {
+    return n == 0 ? 0 : static_cast<std::size_t>(range(0, static_cast<long long>(n) - 1));
+  }
   bool chance(double p) { return uniform() < p; }
   // Standard normal (Box-Muller).
   double normal() {

@@ -2,6 +2,8 @@
 
 #include <cairo-pdf.h>
 #include <cairo.h>
+#include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <png.h>
 
 #include <algorithm>
@@ -10,12 +12,9 @@
 #include <cmath>
 #include <cstring>
 #include <mutex>
+#include <nlohmann/json.hpp>
 #include <sstream>
 #include <thread>
-
-#include <fmt/format.h>
-#include <fmt/ranges.h>
-#include <nlohmann/json.hpp>
 
 #include "core/error.hpp"
 #include "core/file.hpp"
@@ -99,10 +98,10 @@ std::string encode_png(const ImageRGB8& img) {
   }
   png_set_write_fn(png, &out, png_write_to_string, png_flush_noop);
   png_set_IHDR(png, info, static_cast<png_uint_32>(img.width), static_cast<png_uint_32>(img.height), 8,
-               gray ? PNG_COLOR_TYPE_GRAY : PNG_COLOR_TYPE_RGB, PNG_INTERLACE_NONE, PNG_COMPRESSION_TYPE_DEFAULT,
-               PNG_FILTER_TYPE_DEFAULT);
+               gray ? PNG_COLOR_TYPE_GRAY : PNG_COLOR_TYPE_RGB, PNG_INTERLACE_NONE,
+               PNG_COMPRESSION_TYPE_DEFAULT, PNG_FILTER_TYPE_DEFAULT);
   png_set_compression_level(png, 1);
-  png_set_filter(png, 0, PNG_FILTER_SUB | PNG_FILTER_UP);
+  png_set_filter(png, 0, PNG_FILTER_UP);
   png_write_info(png, info);
   row.resize(static_cast<std::size_t>(img.width));
   for (int y = 0; y < img.height; ++y) {
@@ -124,49 +123,82 @@ cairo_status_t cairo_write_to_string(void* closure, const unsigned char* data, u
   return CAIRO_STATUS_SUCCESS;
 }
 
-// A PDF of the document: vector pages from the canvas, or JPEG images of degraded pages. Page size follows
-// 150 dpi, so a page rasterised at 150 dpi has the truth's pixel coordinates.
-std::string encode_pdf(const Canvas& canvas, const std::vector<ImageRGB8>* raster, const std::string& date_iso) {
+// PDFs: pages are 150 dpi in size, so a page rasterised at 150 dpi has the truth's pixel coordinates.
+// Creation date and metadata are fixed so a seed gives identical bytes (cairo would stamp the current time).
+struct PdfWriter {
   std::string out;
-  const double pt_w = canvas.page_width() * 72.0 / kDpi, pt_h = canvas.page_height() * 72.0 / kDpi;
-  cairo_surface_t* surface = cairo_pdf_surface_create_for_stream(cairo_write_to_string, &out, pt_w, pt_h);
-  // Fixed metadata so a seed gives identical bytes (cairo would stamp the current time).
-  cairo_pdf_surface_set_metadata(surface, CAIRO_PDF_METADATA_CREATE_DATE, date_iso.c_str());
-  cairo_pdf_surface_set_metadata(surface, CAIRO_PDF_METADATA_TITLE, "Synthetic clinical document (MedVision)");
-  cairo_pdf_surface_set_metadata(surface, CAIRO_PDF_METADATA_CREATOR, "medvision synth");
-  cairo_t* cr = cairo_create(surface);
-  cairo_scale(cr, 72.0 / kDpi, 72.0 / kDpi);
-  for (int p = 1; p <= canvas.page_count(); ++p) {
-    if (raster == nullptr) {
-      canvas.paint(p, cr);
-    } else {
-      const ImageRGB8& img = (*raster)[static_cast<std::size_t>(p - 1)];
-      cairo_surface_t* page = cairo_image_surface_create(CAIRO_FORMAT_RGB24, img.width, img.height);
-      unsigned char* data = cairo_image_surface_get_data(page);
-      const int stride = cairo_image_surface_get_stride(page);
-      for (int y = 0; y < img.height; ++y) {
-        auto* dst = reinterpret_cast<std::uint32_t*>(data + static_cast<std::size_t>(y) * stride);
-        const std::uint8_t* src = img.row(y);
-        for (int x = 0; x < img.width; ++x)
-          dst[x] = (0xFFu << 24) | (std::uint32_t{src[3 * x]} << 16) | (std::uint32_t{src[3 * x + 1]} << 8) | src[3 * x + 2];
-      }
-      cairo_surface_mark_dirty(page);
-      // Embed the page as JPEG (as scanners do); cairo takes the bytes as they are.
-      auto* jpeg = new std::vector<std::uint8_t>(encode_jpeg(img, 88));
-      cairo_surface_set_mime_data(page, CAIRO_MIME_TYPE_JPEG, jpeg->data(), jpeg->size(),
-                                  [](void* p) { delete static_cast<std::vector<std::uint8_t>*>(p); }, jpeg);
-      cairo_set_source_surface(cr, page, 0, 0);
-      cairo_paint(cr);
-      cairo_surface_destroy(page);
-    }
-    cairo_show_page(cr);
+  cairo_surface_t* surface = nullptr;
+  cairo_t* cr = nullptr;
+  PdfWriter(int w, int h, const std::string& date_iso) {
+    surface =
+        cairo_pdf_surface_create_for_stream(cairo_write_to_string, &out, w * 72.0 / kDpi, h * 72.0 / kDpi);
+    cairo_pdf_surface_set_metadata(surface, CAIRO_PDF_METADATA_CREATE_DATE, date_iso.c_str());
+    cairo_pdf_surface_set_metadata(surface, CAIRO_PDF_METADATA_TITLE,
+                                   "Synthetic clinical document (MedVision)");
+    cairo_pdf_surface_set_metadata(surface, CAIRO_PDF_METADATA_CREATOR, "medvision synth");
+    cr = cairo_create(surface);
+    cairo_scale(cr, 72.0 / kDpi, 72.0 / kDpi);
   }
-  cairo_destroy(cr);
-  cairo_surface_finish(surface);
-  const cairo_status_t status = cairo_surface_status(surface);
-  cairo_surface_destroy(surface);
-  if (status != CAIRO_STATUS_SUCCESS) fail(Errc::kFailure, "synth: PDF output failed: {}", cairo_status_to_string(status));
-  return out;
+  ~PdfWriter() {
+    if (cr != nullptr) cairo_destroy(cr);
+    if (surface != nullptr) cairo_surface_destroy(surface);
+  }
+  std::string finish() {
+    cairo_destroy(cr);
+    cr = nullptr;
+    cairo_surface_finish(surface);
+    const cairo_status_t status = cairo_surface_status(surface);
+    if (status != CAIRO_STATUS_SUCCESS)
+      fail(Errc::kFailure, "synth: PDF output failed: {}", cairo_status_to_string(status));
+    return std::move(out);
+  }
+};
+
+std::string pdf_date(const extract::Extraction& truth) {
+  if (truth.encounter && truth.encounter->date) return truth.encounter->date->substr(0, 10) + "T12:00:00";
+  if (truth.encounter && truth.encounter->admission_date)
+    return truth.encounter->admission_date->substr(0, 10) + "T12:00:00";
+  return "2024-01-01T12:00:00";
+}
+
+// Vector pages (undegraded documents): real text, as a born-digital PDF.
+std::string encode_pdf(const Canvas& canvas, std::nullptr_t, const std::string& date_iso) {
+  PdfWriter pdf(canvas.page_width(), canvas.page_height(), date_iso);
+  for (int p = 1; p <= canvas.page_count(); ++p) {
+    canvas.paint(p, pdf.cr);
+    cairo_show_page(pdf.cr);
+  }
+  return pdf.finish();
+}
+
+// Raster pages (degraded documents), embedded as JPEG as scanners do.
+std::string encode_pdf(int w, int h, const std::vector<ImageRGB8>& pages,
+                       const std::vector<int>& jpeg_quality, const std::string& date_iso) {
+  PdfWriter pdf(w, h, date_iso);
+  for (std::size_t k = 0; k < pages.size(); ++k) {
+    const ImageRGB8& img = pages[k];
+    cairo_surface_t* page = cairo_image_surface_create(CAIRO_FORMAT_RGB24, img.width, img.height);
+    unsigned char* data = cairo_image_surface_get_data(page);
+    const int stride = cairo_image_surface_get_stride(page);
+    for (int y = 0; y < img.height; ++y) {
+      auto* dst = reinterpret_cast<std::uint32_t*>(data + static_cast<std::size_t>(y) * stride);
+      const std::uint8_t* src = img.row(y);
+      for (int x = 0; x < img.width; ++x)
+        dst[x] = (0xFFu << 24) | (std::uint32_t{src[3 * x]} << 16) | (std::uint32_t{src[3 * x + 1]} << 8) |
+                 src[3 * x + 2];
+    }
+    cairo_surface_mark_dirty(page);
+    // cairo embeds the JPEG bytes as they are.
+    auto* jpeg = new std::vector<std::uint8_t>(encode_jpeg(img, jpeg_quality[k] > 0 ? jpeg_quality[k] : 88));
+    cairo_surface_set_mime_data(
+        page, CAIRO_MIME_TYPE_JPEG, jpeg->data(), jpeg->size(),
+        [](void* p) { delete static_cast<std::vector<std::uint8_t>*>(p); }, jpeg);
+    cairo_set_source_surface(pdf.cr, page, 0, 0);
+    cairo_paint(pdf.cr);
+    cairo_surface_destroy(page);
+    cairo_show_page(pdf.cr);
+  }
+  return pdf.finish();
 }
 
 // ---- one document ----------------------------------------------------------------------------------------
@@ -176,7 +208,8 @@ struct DocResult {
   int pages = 0;
 };
 
-void transform_provenance(std::optional<extract::Provenance>& prov, const std::vector<Homography>& hs, int w, int h) {
+void transform_provenance(std::optional<extract::Provenance>& prov, const std::vector<Homography>& hs, int w,
+                          int h) {
   if (!prov) return;
   const Homography& hm = hs[static_cast<std::size_t>(prov->page - 1)];
   if (prov->bbox) prov->bbox = transform_box(*prov->bbox, hm, w, h);
@@ -188,36 +221,52 @@ void transform_list(std::vector<T>& items, const std::vector<Homography>& hs, in
   for (auto& item : items) transform_provenance(item.provenance, hs, w, h);
 }
 
-DocResult render_one(const SynthOptions& opt, const std::vector<std::string>& types, const ClinicalTables& tables,
-                     const TextEngine& engine, int index) {
+// cairo 1.16 can deadlock when several threads create and destroy scaled fonts at once (its global font
+// caches take locks in different orders), even with one Pango font map per thread. All Pango and cairo work
+// therefore runs under this lock; the expensive pixel work (degradations, PNG/JPEG encoding) runs outside it.
+std::mutex& cairo_mutex() {
+  static std::mutex m;
+  return m;
+}
+
+DocResult render_one(const SynthOptions& opt, const std::vector<std::string>& types,
+                     const ClinicalTables& tables, const TextEngine& engine, int index) {
   DocResult res;
   res.type = types[static_cast<std::size_t>(index) % types.size()];
   res.id = fmt::format("{}_{:05d}", res.type, index);
   Rng rng = Rng::derive(opt.seed, 0, static_cast<std::uint64_t>(index));
   Rng drng = Rng::derive(opt.seed, 1, static_cast<std::uint64_t>(index));
-  ComposedDocument doc = compose_document(res.type, tables, engine, rng);
   res.degrade = opt.degrade;
   if (res.degrade == "mixed") {
     static const char* kModes[] = {"none", "scan", "fax", "photo"};
     res.degrade = kModes[drng.weighted({25, 35, 15, 25})];
   }
-  const Canvas& canvas = *doc.canvas;
-  const int pages = canvas.page_count();
-  res.pages = pages;
-  extract::Extraction& truth = doc.truth;
+
+  extract::Extraction truth;
+  std::vector<ImageRGB8> images;
+  std::string vector_pdf;
+  int w = 0, h = 0;
+  {
+    std::lock_guard<std::mutex> lock(cairo_mutex());
+    ComposedDocument doc = compose_document(res.type, tables, engine, rng);
+    const Canvas& canvas = *doc.canvas;
+    res.pages = canvas.page_count();
+    w = canvas.page_width();
+    h = canvas.page_height();
+    truth = std::move(doc.truth);
+    if (res.pages == 1 || res.degrade != "none") {
+      for (int p = 1; p <= res.pages; ++p) images.push_back(rasterize(canvas, p));
+    } else {
+      vector_pdf = encode_pdf(canvas, nullptr, pdf_date(truth));
+    }
+    doc.canvas.reset();  // Pango layouts are released under the lock too
+  }
   truth.document_id = res.id;
 
-  std::vector<ImageRGB8> images;
-  std::vector<Homography> hs;
-  if (pages == 1 || res.degrade != "none") {
-    for (int p = 1; p <= pages; ++p) {
-      images.push_back(rasterize(canvas, p));
-      hs.push_back(degrade(images.back(), res.degrade, drng));
-    }
-  } else {
-    hs.assign(static_cast<std::size_t>(pages), Homography{});
-  }
-  const int w = canvas.page_width(), h = canvas.page_height();
+  std::vector<Homography> hs(static_cast<std::size_t>(res.pages));
+  std::vector<int> jpeg_quality(images.size(), 0);  // > 0: the page is written as JPEG (scans, photos)
+  for (std::size_t p = 0; p < images.size(); ++p)
+    hs[p] = degrade(images[p], res.degrade, drng, &jpeg_quality[p]);
   if (truth.patient) transform_provenance(truth.patient->provenance, hs, w, h);
   if (truth.encounter) transform_provenance(truth.encounter->provenance, hs, w, h);
   transform_list(truth.diagnoses, hs, w, h);
@@ -232,14 +281,21 @@ DocResult render_one(const SynthOptions& opt, const std::vector<std::string>& ty
   const json j = extract::to_json(truth);
   extract::check_extraction(j, res.id + ".json (generated)");  // a failure here is a bug in synth
 
-  if (pages == 1) {
+  if (res.pages == 1 && jpeg_quality.front() > 0) {
+    res.file = res.id + ".jpg";
+    const auto bytes = encode_jpeg(images.front(), jpeg_quality.front());
+    write_file(opt.out_dir / res.file,
+               std::span<const std::byte>(reinterpret_cast<const std::byte*>(bytes.data()), bytes.size()));
+  } else if (res.pages == 1) {
     res.file = res.id + ".png";
     write_file(opt.out_dir / res.file, encode_png(images.front()));
   } else {
     res.file = res.id + ".pdf";
-    const std::string date = truth.encounter && truth.encounter->date ? truth.encounter->date->substr(0, 10) + "T12:00:00"
-                                                                      : "2024-01-01T12:00:00";
-    write_file(opt.out_dir / res.file, encode_pdf(canvas, res.degrade == "none" ? nullptr : &images, date));
+    if (vector_pdf.empty()) {
+      std::lock_guard<std::mutex> lock(cairo_mutex());
+      vector_pdf = encode_pdf(w, h, images, jpeg_quality, pdf_date(truth));
+    }
+    write_file(opt.out_dir / res.file, vector_pdf);
   }
   res.truth_file = res.id + ".json";
   write_file(opt.out_dir / res.truth_file, j.dump(1) + "\n");
@@ -257,25 +313,30 @@ std::vector<std::string> parse_types(const std::string& list) {
     item.erase(item.find_last_not_of(" \t") + 1);
     if (item.empty()) continue;
     const auto& all = synth_types();
-    if (std::find(all.begin(), all.end(), item) == all.end()) unknown.push_back(item);
-    else if (std::find(out.begin(), out.end(), item) == out.end()) out.push_back(item);
+    if (std::find(all.begin(), all.end(), item) == all.end())
+      unknown.push_back(item);
+    else if (std::find(out.begin(), out.end(), item) == out.end())
+      out.push_back(item);
   }
   if (!unknown.empty())
     fail(Errc::kUsage, "synth: unknown document type(s) {}; valid types: {}", fmt::join(unknown, ", "),
          fmt::join(synth_types(), ", "));
-  if (out.empty()) fail(Errc::kUsage, "synth: --types is empty; valid types: {}", fmt::join(synth_types(), ", "));
+  if (out.empty())
+    fail(Errc::kUsage, "synth: --types is empty; valid types: {}", fmt::join(synth_types(), ", "));
   return out;
 }
 
 SynthSummary run_synth(const SynthOptions& opt) {
   if (opt.out_dir.empty()) fail(Errc::kUsage, "synth: --out DIR is required");
-  if (opt.count < 1 || opt.count > kMaxCount) fail(Errc::kUsage, "synth: --count must be between 1 and {}, got {}", kMaxCount, opt.count);
+  if (opt.count < 1 || opt.count > kMaxCount)
+    fail(Errc::kUsage, "synth: --count must be between 1 and {}, got {}", kMaxCount, opt.count);
   const auto& modes = degrade_modes();
   if (std::find(modes.begin(), modes.end(), opt.degrade) == modes.end())
     fail(Errc::kUsage, "synth: --degrade must be one of {}, got \"{}\"", fmt::join(modes, ", "), opt.degrade);
   std::vector<std::string> types = opt.types.empty() ? synth_types() : opt.types;
   for (const auto& t : types)
-    if (std::find(synth_types().begin(), synth_types().end(), t) == synth_types().end()) parse_types(t);  // throws
+    if (std::find(synth_types().begin(), synth_types().end(), t) == synth_types().end())
+      parse_types(t);  // throws
   if (opt.threads < 0) fail(Errc::kUsage, "synth: --threads must be >= 0");
 
   std::error_code ec;
@@ -284,11 +345,13 @@ SynthSummary run_synth(const SynthOptions& opt) {
   fs::create_directories(opt.out_dir, ec);
   if (ec) fail(Errc::kIo, "synth: cannot create {}: {}", opt.out_dir.string(), ec.message());
 
-  const ClinicalTables tables = ClinicalTables::load((opt.data_dir.empty() ? data_dir() : opt.data_dir) / "clinical");
+  const ClinicalTables tables =
+      ClinicalTables::load((opt.data_dir.empty() ? data_dir() : opt.data_dir) / "clinical");
   const auto start = std::chrono::steady_clock::now();
   const int hw = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   const int nthreads = std::min(opt.count, opt.threads > 0 ? opt.threads : hw);
-  spdlog::info("synth: {} documents, {} types, degrade {}, {} threads", opt.count, types.size(), opt.degrade, nthreads);
+  spdlog::info("synth: {} documents, {} types, degrade {}, {} threads", opt.count, types.size(), opt.degrade,
+               nthreads);
 
   std::vector<DocResult> results(static_cast<std::size_t>(opt.count));
   std::atomic<int> next{0}, done{0};
@@ -297,10 +360,14 @@ SynthSummary run_synth(const SynthOptions& opt) {
   std::string first_error;
   Errc first_code = Errc::kFailure;
   auto worker = [&] {
+    std::unique_ptr<TextEngine> engine;
     try {
-      TextEngine engine;
+      {
+        std::lock_guard<std::mutex> lock(cairo_mutex());
+        engine = std::make_unique<TextEngine>();
+      }
       for (int i = next.fetch_add(1); i < opt.count && !failed; i = next.fetch_add(1)) {
-        results[static_cast<std::size_t>(i)] = render_one(opt, types, tables, engine, i);
+        results[static_cast<std::size_t>(i)] = render_one(opt, types, tables, *engine, i);
         done.fetch_add(1);
       }
     } catch (const Error& e) {
@@ -310,6 +377,8 @@ SynthSummary run_synth(const SynthOptions& opt) {
       std::lock_guard<std::mutex> lock(error_mutex);
       if (!failed.exchange(true)) first_error = e.what(), first_code = Errc::kInternal;
     }
+    std::lock_guard<std::mutex> lock(cairo_mutex());
+    engine.reset();
   };
   {
     Progress progress("synth", static_cast<std::uint64_t>(opt.count), "docs");
@@ -328,7 +397,11 @@ SynthSummary run_synth(const SynthOptions& opt) {
   SynthSummary summary;
   json docs = json::array();
   for (const auto& r : results) {
-    docs.push_back({{"id", r.id}, {"type", r.type}, {"file", r.file}, {"truth", r.truth_file}, {"pages", r.pages},
+    docs.push_back({{"id", r.id},
+                    {"type", r.type},
+                    {"file", r.file},
+                    {"truth", r.truth_file},
+                    {"pages", r.pages},
                     {"degrade", r.degrade}});
     ++summary.documents;
     summary.pages += r.pages;
@@ -347,19 +420,26 @@ SynthSummary run_synth(const SynthOptions& opt) {
   summary.manifest = opt.out_dir / "manifest.json";
   write_file(summary.manifest, manifest.dump(1) + "\n");
   summary.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  spdlog::info("synth: wrote {} documents ({} pages) in {:.1f} s", summary.documents, summary.pages, summary.seconds);
+  spdlog::info("synth: wrote {} documents ({} pages) in {:.1f} s", summary.documents, summary.pages,
+               summary.seconds);
   return summary;
 }
 
 const std::string& training_prompt() {
   static const std::string kPrompt =
-      "Extract the clinical information in this document as JSON following the MedVision extraction schema 1.0: "
-      "document_type; patient (name, birth_date, mrn, sex); encounter (date, admission_date, discharge_date, facility, "
-      "department, provider); diagnoses (text, icd10, status, role); medications (name, strength, dose, unit, form, "
+      "Extract the clinical information in this document as JSON following the MedVision extraction schema "
+      "1.0: "
+      "document_type; patient (name, birth_date, mrn, sex); encounter (date, admission_date, discharge_date, "
+      "facility, "
+      "department, provider); diagnoses (text, icd10, status, role); medications (name, strength, dose, "
+      "unit, form, "
       "route, frequency, prn, duration, indication, status, quantity, refills); labs (test, value, unit, "
-      "reference_range, flag, time, loinc); vitals (name, value, unit, time); allergies (substance, reaction, "
-      "severity) or no_known_allergies; procedures (name, date, findings, impression); immunizations (vaccine, date, "
-      "dose_number, manufacturer, lot, route, site); followups (text, when). Copy values exactly as printed, write "
+      "reference_range, flag, time, loinc); vitals (name, value, unit, time); allergies (substance, "
+      "reaction, "
+      "severity) or no_known_allergies; procedures (name, date, findings, impression); immunizations "
+      "(vaccine, date, "
+      "dose_number, manufacturer, lot, route, site); followups (text, when). Copy values exactly as printed, "
+      "write "
       "dates as YYYY-MM-DD, leave out fields that are not on the document, and output only the JSON.";
   return kPrompt;
 }
@@ -386,11 +466,14 @@ ExportSummary export_training(const fs::path& synth_dir, const fs::path& out_dir
   const auto& docs = manifest["documents"];
   for (std::size_t i = 0; i < docs.size(); ++i) {
     const json& d = docs[i];
-    if (!d.is_object() || !d.contains("file") || !d["file"].is_string() || !d.contains("truth") || !d["truth"].is_string())
-      fail(Errc::kInvalidInput, "{}: documents[{}]: needs string \"file\" and \"truth\"", manifest_path.string(), i);
+    if (!d.is_object() || !d.contains("file") || !d["file"].is_string() || !d.contains("truth") ||
+        !d["truth"].is_string())
+      fail(Errc::kInvalidInput, "{}: documents[{}]: needs string \"file\" and \"truth\"",
+           manifest_path.string(), i);
     const fs::path image = synth_dir / d["file"].get<std::string>();
     const fs::path truth_path = synth_dir / d["truth"].get<std::string>();
-    if (!fs::exists(image, ec)) fail(Errc::kNotFound, "{}: documents[{}]: {} not found", manifest_path.string(), i, image.string());
+    if (!fs::exists(image, ec))
+      fail(Errc::kNotFound, "{}: documents[{}]: {} not found", manifest_path.string(), i, image.string());
     json truth;
     try {
       truth = json::parse(read_file(truth_path));
@@ -400,7 +483,8 @@ ExportSummary export_training(const fs::path& synth_dir, const fs::path& out_dir
     extract::check_extraction(truth, truth_path.string());
     json response = extract::strip_provenance(truth);
     response.erase("document_id");
-    const std::string rel = fs::absolute(image).lexically_normal().lexically_relative(abs_out).generic_string();
+    const std::string rel =
+        fs::absolute(image).lexically_normal().lexically_relative(abs_out).generic_string();
     json line = {{"image_path", rel.empty() ? image.generic_string() : rel},
                  {"prompt", training_prompt()},
                  {"response", response.dump()}};

@@ -101,7 +101,8 @@ TextBlock Canvas::measure(const std::vector<Span>& spans, const Font& font, doub
       pango_attr_list_insert(attrs, a);
     }
     if (end > begin)
-      for (const auto& key : s.fields) b.tagged_.push_back({key, static_cast<int>(begin), static_cast<int>(end)});
+      for (const auto& key : s.fields)
+        b.tagged_.push_back({key, static_cast<int>(begin), static_cast<int>(end)});
   }
   // Break long words without inserting hyphens: the printed text must stay the truth's text.
   pango_attr_list_insert(attrs, pango_attr_insert_hyphens_new(FALSE));
@@ -167,8 +168,10 @@ void Canvas::draw(TextBlock&& block, double x, double y0, Rgb color) {
     for (std::size_t k = 0; k < block.tagged_.size(); ++k) {
       if (!acc[k].any) continue;
       auto round1 = [](double v) { return std::round(v * 10.0) / 10.0; };
-      boxes_.push_back({block.tagged_[k].key, current_ + 1,
-                        {round1(x + acc[k].x0), round1(y0 + acc[k].y0), round1(x + acc[k].x1), round1(y0 + acc[k].y1)}});
+      boxes_.push_back(
+          {block.tagged_[k].key,
+           current_ + 1,
+           {round1(x + acc[k].x0), round1(y0 + acc[k].y0), round1(x + acc[k].x1), round1(y0 + acc[k].y1)}});
     }
   }
   Op op;
@@ -181,8 +184,8 @@ void Canvas::draw(TextBlock&& block, double x, double y0, Rgb color) {
   ops().push_back(op);
 }
 
-double Canvas::text(const std::vector<Span>& spans, const Font& font, double x, double y0, double width, Align align,
-                    Rgb color) {
+double Canvas::text(const std::vector<Span>& spans, const Font& font, double x, double y0, double width,
+                    Align align, Rgb color) {
   TextBlock b = measure(spans, font, width, align);
   const double h = b.height();
   draw(std::move(b), x, y0, color);
@@ -216,7 +219,9 @@ void Canvas::line(double x0, double y0, double x1, double y1, Rgb color, double 
   ops().push_back(op);
 }
 
-Canvas::Mark Canvas::mark() const { return {pages_.size(), pages_[current_].size(), boxes_.size(), current_}; }
+Canvas::Mark Canvas::mark() const {
+  return {pages_.size(), pages_[current_].size(), boxes_.size(), current_};
+}
 
 void Canvas::rollback(const Mark& m) {
   MV_CHECK(pages_.size() == m.pages && current_ == m.current, "rollback across pages");
@@ -256,8 +261,10 @@ void Canvas::paint(int page, cairo_t* cr) const {
         cairo_rectangle(cr, op.x, op.y, op.w, op.h);
         if (op.fill) {
           cairo_set_source_rgb(cr, op.fill->r, op.fill->g, op.fill->b);
-          if (op.stroke) cairo_fill_preserve(cr);
-          else cairo_fill(cr);
+          if (op.stroke)
+            cairo_fill_preserve(cr);
+          else
+            cairo_fill(cr);
         }
         if (op.stroke) {
           cairo_set_source_rgb(cr, op.stroke->r, op.stroke->g, op.stroke->b);

@@ -18,7 +18,18 @@ typedef struct _cairo cairo_t;
 
 namespace mv::synth {
 
-enum class ItemKind { kPatient, kEncounter, kDiagnosis, kMedication, kLab, kVital, kAllergy, kProcedure, kImmunization, kFollowup };
+enum class ItemKind {
+  kPatient,
+  kEncounter,
+  kDiagnosis,
+  kMedication,
+  kLab,
+  kVital,
+  kAllergy,
+  kProcedure,
+  kImmunization,
+  kFollowup
+};
 
 struct FieldKey {
   ItemKind kind = ItemKind::kPatient;
@@ -38,9 +49,21 @@ struct Font {
   double size = 20;  // pixels
   bool bold = false;
   bool italic = false;
-  Font with_size(double s) const { Font f = *this; f.size = s; return f; }
-  Font with_bold(bool b = true) const { Font f = *this; f.bold = b; return f; }
-  Font with_italic(bool i = true) const { Font f = *this; f.italic = i; return f; }
+  Font with_size(double s) const {
+    Font f = *this;
+    f.size = s;
+    return f;
+  }
+  Font with_bold(bool b = true) const {
+    Font f = *this;
+    f.bold = b;
+    return f;
+  }
+  Font with_italic(bool i = true) const {
+    Font f = *this;
+    f.italic = i;
+    return f;
+  }
 };
 
 struct Rgb {
@@ -118,17 +141,18 @@ class Canvas {
   std::function<void()> on_new_page;
 
   // Measures text. width <= 0: one line per paragraph, no wrapping.
-  TextBlock measure(const std::vector<Span>& spans, const Font& font, double width = 0, Align align = Align::kLeft,
-                    double line_spacing = 1.0) const;
+  TextBlock measure(const std::vector<Span>& spans, const Font& font, double width = 0,
+                    Align align = Align::kLeft, double line_spacing = 1.0) const;
   // Places a measured block with its top-left corner at (x, y); records the boxes of its fields.
   void draw(TextBlock&& block, double x, double y, Rgb color = {});
   // Measures and draws; returns the height.
   double text(const std::vector<Span>& spans, const Font& font, double x, double y, double width = 0,
               Align align = Align::kLeft, Rgb color = {});
 
-  void rect(double x, double y, double w, double h, std::optional<Rgb> fill, std::optional<Rgb> stroke = std::nullopt,
-            double line_width = 1.0);
-  void line(double x0, double y0, double x1, double y1, Rgb color = {}, double width = 1.0, bool dashed = false);
+  void rect(double x, double y, double w, double h, std::optional<Rgb> fill,
+            std::optional<Rgb> stroke = std::nullopt, double line_width = 1.0);
+  void line(double x0, double y0, double x1, double y1, Rgb color = {}, double width = 1.0,
+            bool dashed = false);
 
   // Runs draw(y) -> height at the cursor. When the block crosses the bottom margin and the cursor is not at
   // the top of a page, the block is undone and drawn again on a new page. Advances the cursor past it.

@@ -1,10 +1,10 @@
 #include "data/synth_case.hpp"
 
+#include <fmt/format.h>
+
 #include <algorithm>
 #include <cmath>
 #include <set>
-
-#include <fmt/format.h>
 
 namespace mv::synth {
 
@@ -89,11 +89,16 @@ std::string iso_datetime(const Date& d) {
 
 std::string format_date(const Date& d, int style) {
   switch (style) {
-    case 1: return iso_date(d);
-    case 2: return fmt::format("{:02d}-{}-{:04d}", d.d, kMonths[d.m - 1], d.y);
-    case 3: return fmt::format("{} {}, {:04d}", kMonths[d.m - 1], d.d, d.y);
-    case 4: return fmt::format("{}/{}/{:02d}", d.m, d.d, d.y % 100);
-    default: return fmt::format("{:02d}/{:02d}/{:04d}", d.m, d.d, d.y);
+    case 1:
+      return iso_date(d);
+    case 2:
+      return fmt::format("{:02d}-{}-{:04d}", d.d, kMonths[d.m - 1], d.y);
+    case 3:
+      return fmt::format("{} {}, {:04d}", kMonths[d.m - 1], d.d, d.y);
+    case 4:
+      return fmt::format("{}/{}/{:02d}", d.m, d.d, d.y % 100);
+    default:
+      return fmt::format("{:02d}/{:02d}/{:04d}", d.m, d.d, d.y);
   }
 }
 
@@ -112,12 +117,15 @@ int age_on(const Date& birth, const Date& on) {
   return age;
 }
 
-std::string Person::full() const { return middle.empty() ? first + " " + last : first + " " + middle + ". " + last; }
+std::string Person::full() const {
+  return middle.empty() ? first + " " + last : first + " " + middle + ". " + last;
+}
 
 std::string Person::last_first() const {
   std::string s = last + ", " + first;
   if (!middle.empty()) s += " " + middle;
-  std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return static_cast<char>(std::toupper(c)); });
+  std::transform(s.begin(), s.end(), s.begin(),
+                 [](unsigned char c) { return static_cast<char>(std::toupper(c)); });
   return s;
 }
 
@@ -141,9 +149,15 @@ Person CaseGen::person(const Date& today, int min_age, int max_age) {
   p.birth = add_days(Date{today.y - age, today.m, today.d}, -static_cast<int>(rng_.range(1, 364)));
   p.birth.hh = -1;
   switch (rng_.range(0, 2)) {
-    case 0: p.mrn = fmt::format("{:08d}", rng_.range(100000, 99999999)); break;
-    case 1: p.mrn = fmt::format("{:07d}", rng_.range(1000000, 9999999)); break;
-    default: p.mrn = fmt::format("{}{:06d}", static_cast<char>('A' + rng_.range(0, 25)), rng_.range(0, 999999)); break;
+    case 0:
+      p.mrn = fmt::format("{:08d}", rng_.range(100000, 99999999));
+      break;
+    case 1:
+      p.mrn = fmt::format("{:07d}", rng_.range(1000000, 9999999));
+      break;
+    default:
+      p.mrn = fmt::format("{}{:06d}", static_cast<char>('A' + rng_.range(0, 25)), rng_.range(0, 999999));
+      break;
   }
   p.street = fmt::format("{} {}", rng_.range(10, 9899), rng_.pick(t_.streets));
   const Town& town = rng_.pick(t_.towns);
@@ -154,7 +168,9 @@ Person CaseGen::person(const Date& today, int min_age, int max_age) {
   return p;
 }
 
-std::string CaseGen::phone() { return fmt::format("({:03d}) 555-01{:02d}", rng_.range(201, 989), rng_.range(0, 99)); }
+std::string CaseGen::phone() {
+  return fmt::format("({:03d}) 555-01{:02d}", rng_.range(201, 989), rng_.range(0, 99));
+}
 
 Provider CaseGen::provider() {
   Provider p;
@@ -202,7 +218,8 @@ std::vector<const DiagnosisInfo*> CaseGen::diagnoses(const std::string& setting,
   }
   if (pool.empty())  // a setting with nothing of that kind: any diagnosis of the kind
     for (const auto& d : t_.diagnoses)
-      if ((kind.empty() || d.kind == kind) && (d.sex.empty() || d.sex == sex) && d.icd10 != "Z23") pool.push_back(&d);
+      if ((kind.empty() || d.kind == kind) && (d.sex.empty() || d.sex == sex) && d.icd10 != "Z23")
+        pool.push_back(&d);
   return rng_.sample(pool, n);
 }
 
@@ -241,14 +258,17 @@ MedOrder CaseGen::med(const DrugInfo& drug) {
   return m;
 }
 
-std::vector<MedOrder> CaseGen::meds_for(const std::vector<const DiagnosisInfo*>& dx, std::size_t n, bool inpatient) {
+std::vector<MedOrder> CaseGen::meds_for(const std::vector<const DiagnosisInfo*>& dx, std::size_t n,
+                                        bool inpatient) {
   std::vector<const DrugInfo*> matched, common;
   for (const auto& d : t_.drugs) {
     if (!inpatient && d.setting == "inpatient") continue;
     bool match = false;
     for (const auto* x : dx) match = match || shares_tag(d.tags, x->tags);
-    if (match) matched.push_back(&d);
-    else common.push_back(&d);
+    if (match)
+      matched.push_back(&d);
+    else
+      common.push_back(&d);
   }
   rng_.shuffle(matched);
   rng_.shuffle(common);
@@ -293,7 +313,8 @@ LabResult CaseGen::lab(const LabTest& test, const std::string& sex, double abnor
     if (high) {
       double top = test.gen_max;
       const bool critical = test.crit_high && *test.crit_high < test.gen_max && rng_.chance(0.15);
-      if (critical) v = rng_.uniform(*test.crit_high, test.gen_max);
+      if (critical)
+        v = rng_.uniform(*test.crit_high, test.gen_max);
       else {
         if (test.crit_high) top = std::min(top, *test.crit_high);
         // Mostly mildly abnormal: the distance above the limit is skewed toward small values.
@@ -303,7 +324,8 @@ LabResult CaseGen::lab(const LabTest& test, const std::string& sex, double abnor
     } else {
       double floor = test.gen_min;
       const bool critical = test.crit_low && *test.crit_low > test.gen_min && rng_.chance(0.15);
-      if (critical) v = rng_.uniform(test.gen_min, *test.crit_low);
+      if (critical)
+        v = rng_.uniform(test.gen_min, *test.crit_low);
       else {
         if (test.crit_low) floor = std::max(floor, *test.crit_low);
         const double u = rng_.uniform();
@@ -315,6 +337,11 @@ LabResult CaseGen::lab(const LabTest& test, const std::string& sex, double abnor
     const double span = hi - lo;
     v = rng_.uniform(lo + span * 0.05, hi - span * 0.05);
   }
+  return printed(r, v);
+}
+
+LabResult CaseGen::printed(LabResult r, double v) const {
+  const LabTest& test = *r.test;
   const double scale = std::pow(10.0, test.decimals);
   v = std::round(v * scale) / scale;
   if (test.floor_below && v < *test.floor_below) {
@@ -332,7 +359,19 @@ LabResult CaseGen::lab(const LabTest& test, const std::string& sex, double abnor
   return r;
 }
 
-std::vector<LabResult> CaseGen::panel(const std::string& panel_id, const std::string& sex, double abnormal_p) {
+LabResult CaseGen::lab_trend(const LabResult& earlier, const std::string& sex) {
+  const LabTest& test = *earlier.test;
+  if (test.qualitative || earlier.value.empty() || earlier.value[0] == '<' || earlier.value[0] == '>')
+    return lab(test, sex, 0.3);
+  LabResult r = earlier;
+  const double span = test.gen_max - test.gen_min;
+  const double v =
+      std::clamp(std::stod(earlier.value) + rng_.normal() * span * 0.04, test.gen_min, test.gen_max);
+  return printed(r, v);
+}
+
+std::vector<LabResult> CaseGen::panel(const std::string& panel_id, const std::string& sex,
+                                      double abnormal_p) {
   std::vector<LabResult> out;
   for (const auto& id : t_.panel(panel_id).tests) {
     const LabTest& test = t_.lab(id);
@@ -355,8 +394,10 @@ VitalReading CaseGen::vital(const std::string& id, double sickness, bool us_unit
     return rng_.uniform(nlo, nhi);
   };
   if (id == "bp") {
-    const int sys = static_cast<int>(std::lround(draw(info.sys_normal_lo, info.sys_normal_hi, info.sys_gen_lo, info.sys_gen_hi)));
-    int dia = static_cast<int>(std::lround(draw(info.dia_normal_lo, info.dia_normal_hi, info.dia_gen_lo, info.dia_gen_hi)));
+    const int sys = static_cast<int>(
+        std::lround(draw(info.sys_normal_lo, info.sys_normal_hi, info.sys_gen_lo, info.sys_gen_hi)));
+    int dia = static_cast<int>(
+        std::lround(draw(info.dia_normal_lo, info.dia_normal_hi, info.dia_gen_lo, info.dia_gen_hi)));
     dia = std::min(dia, sys - 20);
     r.value = fmt::format("{}/{}", sys, dia);
     return r;
@@ -408,8 +449,8 @@ std::vector<AllergyEntry> CaseGen::allergies(std::size_t n) {
   return out;
 }
 
-std::vector<const FollowupInfo*> CaseGen::followups(const std::vector<const DiagnosisInfo*>& dx, std::size_t n,
-                                                    bool orders) {
+std::vector<const FollowupInfo*> CaseGen::followups(const std::vector<const DiagnosisInfo*>& dx,
+                                                    std::size_t n, bool orders) {
   const auto& src = orders ? t_.orders : t_.followups;
   std::vector<const FollowupInfo*> tagged, generic;
   for (const auto& f : src) {

@@ -39,7 +39,7 @@ struct Person {
 
 struct Provider {
   std::string first, middle, last, credential;
-  std::string full() const;  // First M. Last, MD
+  std::string full() const;        // First M. Last, MD
   std::string short_name() const;  // Dr. Last (or First Last, NP)
 };
 
@@ -77,14 +77,16 @@ class CaseGen {
   Date encounter_date();  // 2019..2025 with a time of day
 
   // n distinct diagnoses typical of `setting` (any when empty), of `kind` (any when empty), fit for `sex`.
-  std::vector<const DiagnosisInfo*> diagnoses(const std::string& setting, const std::string& kind, std::size_t n,
-                                              const std::string& sex);
+  std::vector<const DiagnosisInfo*> diagnoses(const std::string& setting, const std::string& kind,
+                                              std::size_t n, const std::string& sex);
   const DiagnosisInfo* diagnosis_by_tag(const std::string& tag, const std::string& sex);
   MedOrder med(const DrugInfo& drug);
   // Orders for the tags of `dx` first, then common chronic drugs; outpatient drugs only unless inpatient.
   std::vector<MedOrder> meds_for(const std::vector<const DiagnosisInfo*>& dx, std::size_t n, bool inpatient);
   LabResult lab(const LabTest& test, const std::string& sex, double abnormal_p);
   std::vector<LabResult> panel(const std::string& panel_id, const std::string& sex, double abnormal_p);
+  // A later result of the same test near the earlier one (a trend on a flowsheet).
+  LabResult lab_trend(const LabResult& earlier, const std::string& sex);
   VitalReading vital(const std::string& id, double sickness, bool us_units);
   std::vector<VitalReading> vital_set(double sickness, bool us_units, bool with_body = false);
   std::vector<AllergyEntry> allergies(std::size_t n);
@@ -100,6 +102,9 @@ class CaseGen {
   const ClinicalTables& tables() const { return t_; }
 
  private:
+  // Rounds v to the test's decimals and sets the printed value (with "<"/">" past the reporting limits) and
+  // flag.
+  LabResult printed(LabResult r, double v) const;
   const ClinicalTables& t_;
   Rng& rng_;
 };

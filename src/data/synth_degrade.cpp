@@ -15,12 +15,15 @@ namespace {
 
 constexpr double kPi = 3.14159265358979323846;
 
-std::uint8_t clamp_u8(double v) { return static_cast<std::uint8_t>(v <= 0 ? 0 : v >= 255 ? 255 : static_cast<int>(v + 0.5)); }
+std::uint8_t clamp_u8(double v) {
+  return static_cast<std::uint8_t>(v <= 0 ? 0 : v >= 255 ? 255 : static_cast<int>(v + 0.5));
+}
 
 // Approximately standard normal from one 64-bit draw (sum of four 16-bit uniforms).
 double fast_normal(Rng& rng) {
   const std::uint64_t r = rng.next();
-  const double s = static_cast<double>((r & 0xFFFF) + ((r >> 16) & 0xFFFF) + ((r >> 32) & 0xFFFF) + (r >> 48));
+  const double s =
+      static_cast<double>((r & 0xFFFF) + ((r >> 16) & 0xFFFF) + ((r >> 32) & 0xFFFF) + (r >> 48));
   return (s - 131070.0) / 37837.0;
 }
 
@@ -61,14 +64,18 @@ Homography Homography::inverse() const {
                      a[2] * (a[3] * a[7] - a[4] * a[6]);
   MV_CHECK(std::fabs(det) > 1e-12, "singular homography");
   Homography out;
-  out.m = {(a[4] * a[8] - a[5] * a[7]) / det, (a[2] * a[7] - a[1] * a[8]) / det, (a[1] * a[5] - a[2] * a[4]) / det,
-           (a[5] * a[6] - a[3] * a[8]) / det, (a[0] * a[8] - a[2] * a[6]) / det, (a[2] * a[3] - a[0] * a[5]) / det,
-           (a[3] * a[7] - a[4] * a[6]) / det, (a[1] * a[6] - a[0] * a[7]) / det, (a[0] * a[4] - a[1] * a[3]) / det};
+  out.m = {(a[4] * a[8] - a[5] * a[7]) / det, (a[2] * a[7] - a[1] * a[8]) / det,
+           (a[1] * a[5] - a[2] * a[4]) / det, (a[5] * a[6] - a[3] * a[8]) / det,
+           (a[0] * a[8] - a[2] * a[6]) / det, (a[2] * a[3] - a[0] * a[5]) / det,
+           (a[3] * a[7] - a[4] * a[6]) / det, (a[1] * a[6] - a[0] * a[7]) / det,
+           (a[0] * a[4] - a[1] * a[3]) / det};
   return out;
 }
 
 Homography Homography::translate(double tx, double ty) { return {{1, 0, tx, 0, 1, ty, 0, 0, 1}}; }
-Homography Homography::rotate(double r) { return {{std::cos(r), -std::sin(r), 0, std::sin(r), std::cos(r), 0, 0, 0, 1}}; }
+Homography Homography::rotate(double r) {
+  return {{std::cos(r), -std::sin(r), 0, std::sin(r), std::cos(r), 0, 0, 0, 1}};
+}
 Homography Homography::scale(double sx, double sy) { return {{sx, 0, 0, 0, sy, 0, 0, 0, 1}}; }
 
 Homography Homography::from_quads(const std::array<double, 8>& src, const std::array<double, 8>& dst) {
@@ -123,37 +130,67 @@ ImageRGB8 warp(const ImageRGB8& src, const Homography& forward, int out_w, int o
   const auto& m = inv.m;
   const int sw = src.width, sh = src.height;
   const bool affine = m[6] == 0 && m[7] == 0;
+  auto fetch = [&](int ix, int iy, int fx, int fy, std::uint8_t* o) {
+    // Bilinear with 8-bit fixed-point weights; neighbours outside the source take the background.
+    const int w00 = (256 - fx) * (256 - fy), w01 = fx * (256 - fy), w10 = (256 - fx) * fy, w11 = fx * fy;
+    const std::uint8_t *p00, *p01, *p10, *p11;
+    if (ix >= 0 && iy >= 0 && ix + 1 < sw && iy + 1 < sh) {
+      p00 = src.row(iy) + 3 * ix;
+      p01 = p00 + 3;
+      p10 = src.row(iy + 1) + 3 * ix;
+      p11 = p10 + 3;
+    } else {
+      auto at = [&](int cx, int cy) -> const std::uint8_t* {
+        return (cx < 0 || cy < 0 || cx >= sw || cy >= sh) ? bg.data() : src.row(cy) + 3 * cx;
+      };
+      p00 = at(ix, iy), p01 = at(ix + 1, iy), p10 = at(ix, iy + 1), p11 = at(ix + 1, iy + 1);
+    }
+    for (int c = 0; c < 3; ++c)
+      o[c] = static_cast<std::uint8_t>((w00 * p00[c] + w01 * p01[c] + w10 * p10[c] + w11 * p11[c] + 32768) >>
+                                       16);
+  };
+  if (affine) {
+    // Source coordinates in 16.16 fixed point, stepped along each row.
+    const double inv8 = 1.0 / m[8];
+    const auto dx = static_cast<std::int64_t>(std::llround(m[0] * inv8 * 65536.0));
+    const auto dy = static_cast<std::int64_t>(std::llround(m[3] * inv8 * 65536.0));
+    for (int y = 0; y < out_h; ++y) {
+      std::uint8_t* row = out.row(y);
+      const double py = y + 0.5;
+      auto fx0 =
+          static_cast<std::int64_t>(std::llround(((m[0] * 0.5 + m[1] * py + m[2]) * inv8 - 0.5) * 65536.0));
+      auto fy0 =
+          static_cast<std::int64_t>(std::llround(((m[3] * 0.5 + m[4] * py + m[5]) * inv8 - 0.5) * 65536.0));
+      for (int x = 0; x < out_w; ++x, fx0 += dx, fy0 += dy) {
+        std::uint8_t* o = row + 3 * x;
+        if (fx0 < -65536 || fy0 < -65536 || fx0 > std::int64_t{sw} * 65536 ||
+            fy0 > std::int64_t{sh} * 65536) {
+          o[0] = bg[0], o[1] = bg[1], o[2] = bg[2];
+          continue;
+        }
+        const int ix = static_cast<int>(fx0 >> 16),
+                  iy = static_cast<int>(fy0 >> 16);  // floor (arithmetic shift)
+        fetch(ix, iy, static_cast<int>((fx0 >> 8) & 255), static_cast<int>((fy0 >> 8) & 255), o);
+      }
+    }
+    return out;
+  }
   for (int y = 0; y < out_h; ++y) {
     std::uint8_t* row = out.row(y);
     const double py = y + 0.5;
-    // Source position of the first pixel's centre, stepped along the row.
-    double nx = m[0] * 0.5 + m[1] * py + m[2], ny = m[3] * 0.5 + m[4] * py + m[5], nw = m[6] * 0.5 + m[7] * py + m[8];
+    // Source position of the first pixel's centre, stepped along the row (projective: divide per pixel).
+    double nx = m[0] * 0.5 + m[1] * py + m[2], ny = m[3] * 0.5 + m[4] * py + m[5],
+           nw = m[6] * 0.5 + m[7] * py + m[8];
     for (int x = 0; x < out_w; ++x, nx += m[0], ny += m[3], nw += m[6]) {
-      const double sx = (affine ? nx / m[8] : nx / nw) - 0.5;
-      const double sy = (affine ? ny / m[8] : ny / nw) - 0.5;
+      const double sx = nx / nw - 0.5;
+      const double sy = ny / nw - 0.5;
       std::uint8_t* o = row + 3 * x;
       if (sx < -1 || sy < -1 || sx > sw || sy > sh) {
         o[0] = bg[0], o[1] = bg[1], o[2] = bg[2];
         continue;
       }
       const int ix = static_cast<int>(std::floor(sx)), iy = static_cast<int>(std::floor(sy));
-      // Bilinear weights in 8-bit fixed point.
-      const int fx = static_cast<int>((sx - ix) * 256.0), fy = static_cast<int>((sy - iy) * 256.0);
-      const int w00 = (256 - fx) * (256 - fy), w01 = fx * (256 - fy), w10 = (256 - fx) * fy, w11 = fx * fy;
-      const std::uint8_t *p00, *p01, *p10, *p11;
-      if (ix >= 0 && iy >= 0 && ix + 1 < sw && iy + 1 < sh) {
-        p00 = src.row(iy) + 3 * ix;
-        p01 = p00 + 3;
-        p10 = src.row(iy + 1) + 3 * ix;
-        p11 = p10 + 3;
-      } else {
-        auto at = [&](int cx, int cy) -> const std::uint8_t* {
-          return (cx < 0 || cy < 0 || cx >= sw || cy >= sh) ? bg.data() : src.row(cy) + 3 * cx;
-        };
-        p00 = at(ix, iy), p01 = at(ix + 1, iy), p10 = at(ix, iy + 1), p11 = at(ix + 1, iy + 1);
-      }
-      for (int c = 0; c < 3; ++c)
-        o[c] = static_cast<std::uint8_t>((w00 * p00[c] + w01 * p01[c] + w10 * p10[c] + w11 * p11[c] + 32768) >> 16);
+      fetch(ix, iy, static_cast<int>((sx - ix) * 256.0), static_cast<int>((sy - iy) * 256.0), o);
     }
   }
   return out;
@@ -161,51 +198,55 @@ ImageRGB8 warp(const ImageRGB8& src, const Homography& forward, int out_w, int o
 
 void gaussian_blur(ImageRGB8& img, double sigma) {
   if (sigma <= 0.05) return;
-  const int radius = std::max(1, static_cast<int>(std::ceil(sigma * 2.5)));
-  std::vector<int> k(2 * radius + 1);
-  double sum = 0;
+  // 8-bit weights summing to 256, so sums fit 16-bit lanes (255 * 256 + 128 < 65536).
+  const int radius = std::max(1, static_cast<int>(std::ceil(sigma * 2.2)));
+  std::vector<std::uint16_t> k(static_cast<std::size_t>(2 * radius + 1));
   std::vector<double> kd(k.size());
-  for (int i = -radius; i <= radius; ++i) sum += kd[i + radius] = std::exp(-0.5 * i * i / (sigma * sigma));
+  double sum = 0;
+  for (int i = -radius; i <= radius; ++i)
+    sum += kd[static_cast<std::size_t>(i + radius)] = std::exp(-0.5 * i * i / (sigma * sigma));
   int isum = 0;
-  for (std::size_t i = 0; i < k.size(); ++i) isum += k[i] = static_cast<int>(std::lround(kd[i] / sum * 4096));
-  k[radius] += 4096 - isum;  // weights sum to exactly 4096
+  for (std::size_t i = 0; i < k.size(); ++i)
+    isum += k[i] = static_cast<std::uint16_t>(std::lround(kd[i] / sum * 256));
+  k[static_cast<std::size_t>(radius)] =
+      static_cast<std::uint16_t>(k[static_cast<std::size_t>(radius)] + 256 - isum);
   const int w = img.width, h = img.height;
   if (w <= 2 * radius || h <= 2 * radius) return;
   const std::size_t stride = static_cast<std::size_t>(w) * 3;
   std::vector<std::uint8_t> tmp(img.pixels.size());
-  std::vector<std::int32_t> acc(stride);
+  std::vector<std::uint16_t> acc(stride);
   // Horizontal pass (img -> tmp): the interior runs over contiguous bytes; the edges clamp.
   const std::size_t lo = static_cast<std::size_t>(radius) * 3, hi = stride - lo;
   for (int y = 0; y < h; ++y) {
     const std::uint8_t* s = img.row(y);
     std::uint8_t* d = tmp.data() + static_cast<std::size_t>(y) * stride;
-    std::fill(acc.begin(), acc.end(), 2048);
+    std::fill(acc.begin(), acc.end(), std::uint16_t{128});
     for (int i = -radius; i <= radius; ++i) {
-      const int kv = k[static_cast<std::size_t>(i + radius)];
+      const std::uint16_t kv = k[static_cast<std::size_t>(i + radius)];
       const std::uint8_t* sp = s + 3 * i;
-      for (std::size_t j = lo; j < hi; ++j) acc[j] += kv * sp[j];
+      for (std::size_t j = lo; j < hi; ++j) acc[j] = static_cast<std::uint16_t>(acc[j] + kv * sp[j]);
     }
-    for (std::size_t j = lo; j < hi; ++j) d[j] = static_cast<std::uint8_t>(acc[j] >> 12);
+    for (std::size_t j = lo; j < hi; ++j) d[j] = static_cast<std::uint8_t>(acc[j] >> 8);
     for (int x = 0; x < w; ++x) {
       if (x >= radius && x < w - radius) continue;
       for (int c = 0; c < 3; ++c) {
-        int a = 2048;
+        int a = 128;
         for (int i = -radius; i <= radius; ++i)
           a += k[static_cast<std::size_t>(i + radius)] * s[3 * std::clamp(x + i, 0, w - 1) + c];
-        d[3 * x + c] = static_cast<std::uint8_t>(a >> 12);
+        d[3 * x + c] = static_cast<std::uint8_t>(a >> 8);
       }
     }
   }
   // Vertical pass (tmp -> img): whole rows at a time.
   for (int y = 0; y < h; ++y) {
-    std::fill(acc.begin(), acc.end(), 2048);
+    std::fill(acc.begin(), acc.end(), std::uint16_t{128});
     for (int i = -radius; i <= radius; ++i) {
-      const int kv = k[static_cast<std::size_t>(i + radius)];
+      const std::uint16_t kv = k[static_cast<std::size_t>(i + radius)];
       const std::uint8_t* sp = tmp.data() + static_cast<std::size_t>(std::clamp(y + i, 0, h - 1)) * stride;
-      for (std::size_t j = 0; j < stride; ++j) acc[j] += kv * sp[j];
+      for (std::size_t j = 0; j < stride; ++j) acc[j] = static_cast<std::uint16_t>(acc[j] + kv * sp[j]);
     }
     std::uint8_t* d = img.row(y);
-    for (std::size_t j = 0; j < stride; ++j) d[j] = static_cast<std::uint8_t>(acc[j] >> 12);
+    for (std::size_t j = 0; j < stride; ++j) d[j] = static_cast<std::uint8_t>(acc[j] >> 8);
   }
 }
 
@@ -213,7 +254,8 @@ void add_noise(ImageRGB8& img, double sigma, Rng& rng, bool per_channel) {
   if (sigma <= 0) return;
   // A table of 65,536 gaussian samples, indexed by 16-bit slices of one random draw: four samples per draw.
   std::vector<std::int16_t> table(65536);
-  for (auto& v : table) v = static_cast<std::int16_t>(std::lround(std::clamp(sigma * fast_normal(rng), -255.0, 255.0)));
+  for (auto& v : table)
+    v = static_cast<std::int16_t>(std::lround(std::clamp(sigma * fast_normal(rng), -255.0, 255.0)));
   auto add = [](std::uint8_t& p, int d) { p = static_cast<std::uint8_t>(std::clamp(p + d, 0, 255)); };
   const std::size_t n = img.pixels.size() / 3;
   std::uint64_t bits = 0;
@@ -354,7 +396,14 @@ void fax_binarize(ImageRGB8& img, Rng& rng) {
   }
 }
 
-Homography degrade(ImageRGB8& img, const std::string& kind, Rng& rng) {
+Homography degrade(ImageRGB8& img, const std::string& kind, Rng& rng, int* jpeg_quality) {
+  if (jpeg_quality != nullptr) *jpeg_quality = 0;
+  auto finish_jpeg = [&](int quality) {
+    if (jpeg_quality != nullptr)
+      *jpeg_quality = quality;
+    else
+      jpeg_roundtrip(img, quality);
+  };
   const int w = img.width, h = img.height;
   const double cx = w / 2.0, cy = h / 2.0;
   if (kind == "none") return {};
@@ -364,8 +413,8 @@ Homography degrade(ImageRGB8& img, const std::string& kind, Rng& rng) {
     for (std::size_t i = 0; i < img.pixels.size(); ++i)
       img.pixels[i] = static_cast<std::uint8_t>(img.pixels[i] * tone[i % 3]);
     const double angle = rng.uniform(0.3, 2.0) * (rng.chance(0.5) ? 1 : -1) * kPi / 180.0;
-    const Homography hm = Homography::translate(-cx, -cy).then(Homography::rotate(angle)).then(
-        Homography::translate(cx, cy));
+    const Homography hm =
+        Homography::translate(-cx, -cy).then(Homography::rotate(angle)).then(Homography::translate(cx, cy));
     const std::uint8_t g = static_cast<std::uint8_t>(rng.range(215, 250));
     img = warp(img, hm, w, h, {g, g, g});
     if (rng.chance(0.4)) {
@@ -381,13 +430,13 @@ Homography degrade(ImageRGB8& img, const std::string& kind, Rng& rng) {
     }
     gaussian_blur(img, rng.uniform(0.35, 0.9));
     add_noise(img, rng.uniform(2.0, 5.0), rng, false);
-    if (rng.chance(0.5)) jpeg_roundtrip(img, static_cast<int>(rng.range(60, 92)));
+    if (rng.chance(0.5)) finish_jpeg(static_cast<int>(rng.range(60, 92)));
     return hm;
   }
   if (kind == "fax") {
     const double angle = rng.uniform(0.2, 1.2) * (rng.chance(0.5) ? 1 : -1) * kPi / 180.0;
-    const Homography hm = Homography::translate(-cx, -cy).then(Homography::rotate(angle)).then(
-        Homography::translate(cx, cy));
+    const Homography hm =
+        Homography::translate(-cx, -cy).then(Homography::rotate(angle)).then(Homography::translate(cx, cy));
     img = warp(img, hm, w, h, {255, 255, 255});
     gaussian_blur(img, rng.uniform(0.3, 0.7));
     fax_binarize(img, rng);
@@ -404,7 +453,8 @@ Homography degrade(ImageRGB8& img, const std::string& kind, Rng& rng) {
                                  w * (inset + jitter()),     h * (1 - inset + jitter())};
     for (std::size_t i = 0; i < dst.size(); ++i) dst[i] = std::clamp(dst[i], 2.0, (i % 2 == 0 ? w : h) - 2.0);
     const Homography hm = Homography::from_quads(src, dst);
-    static const std::array<std::uint8_t, 3> kTables[] = {{92, 64, 44}, {58, 58, 62}, {150, 118, 84}, {34, 40, 52}, {120, 120, 112}};
+    static const std::array<std::uint8_t, 3> kTables[] = {
+        {92, 64, 44}, {58, 58, 62}, {150, 118, 84}, {34, 40, 52}, {120, 120, 112}};
     img = warp(img, hm, w, h, kTables[rng.index(5)]);
     // Lighting: a linear ramp in a random direction plus a soft-edged shadow band.
     const double dir = rng.uniform(0, 2 * kPi);
@@ -422,19 +472,21 @@ Homography degrade(ImageRGB8& img, const std::string& kind, Rng& rng) {
     std::vector<float> shade(static_cast<std::size_t>(2 * reach + 1), 1.0f);
     if (shadow)
       for (int d = -reach; d <= reach; ++d)  // d > 0 inside the shadow
-        shade[static_cast<std::size_t>(d + reach)] = static_cast<float>(1.0 - sdark / (1.0 + std::exp(-(d - soff) / soft)));
+        shade[static_cast<std::size_t>(d + reach)] =
+            static_cast<float>(1.0 - sdark / (1.0 + std::exp(-(d - soff) / soft)));
     for (int y = 0; y < h; ++y) {
       std::uint8_t* row = img.row(y);
       for (int x = 0; x < w; ++x) {
         const double t = ((x - cx) * dx + (y - cy) * dy) / norm + 0.5;
         const int d = static_cast<int>(std::lround((x - cx) * sx + (y - cy) * sy));
-        const double f = (1.0 - ramp * t) * shade[static_cast<std::size_t>(std::clamp(d, -reach, reach) + reach)];
+        const double f =
+            (1.0 - ramp * t) * shade[static_cast<std::size_t>(std::clamp(d, -reach, reach) + reach)];
         for (int c = 0; c < 3; ++c) row[3 * x + c] = clamp_u8(row[3 * x + c] * f * tint[c]);
       }
     }
     gaussian_blur(img, rng.uniform(0.6, 1.3));
     add_noise(img, rng.uniform(3.0, 7.0), rng, true);
-    jpeg_roundtrip(img, static_cast<int>(rng.range(55, 85)));
+    finish_jpeg(static_cast<int>(rng.range(55, 85)));
     return hm;
   }
   fail(Errc::kUsage, "synth: unknown degradation \"{}\" (expected none, scan, fax, photo or mixed)", kind);

@@ -34,11 +34,14 @@ inline const std::vector<std::string>& degrade_modes() {
 }
 
 // Applies the degradation `kind` (none | scan | fax | photo; "mixed" must be resolved by the caller) to
-// `image` in place; returns the page-to-output homography.
-Homography degrade(ImageRGB8& image, const std::string& kind, Rng& rng);
+// `image` in place; returns the page-to-output homography. When the degradation ends with JPEG compression
+// and jpeg_quality is given, the compression is left to the caller (who writes the JPEG file itself) and
+// *jpeg_quality is set; otherwise the JPEG round trip is applied to the pixels and *jpeg_quality is 0.
+Homography degrade(ImageRGB8& image, const std::string& kind, Rng& rng, int* jpeg_quality = nullptr);
 
 // Individual steps (exposed for tests).
-ImageRGB8 warp(const ImageRGB8& src, const Homography& forward, int out_w, int out_h, std::array<std::uint8_t, 3> bg);
+ImageRGB8 warp(const ImageRGB8& src, const Homography& forward, int out_w, int out_h,
+               std::array<std::uint8_t, 3> bg);
 void gaussian_blur(ImageRGB8& image, double sigma);
 void add_noise(ImageRGB8& image, double sigma, Rng& rng, bool per_channel);
 void jpeg_roundtrip(ImageRGB8& image, int quality);

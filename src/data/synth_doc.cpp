@@ -1,13 +1,13 @@
 #include "data/synth_doc.hpp"
 
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
 #include <algorithm>
 #include <cmath>
 #include <map>
 #include <set>
 #include <tuple>
-
-#include <fmt/format.h>
-#include <fmt/ranges.h>
 
 #include "core/error.hpp"
 
@@ -15,13 +15,15 @@ namespace mv::synth::detail {
 
 namespace {
 
-const char* kBodyFamilies[] = {"DejaVu Sans", "DejaVu Serif", "Liberation Sans", "Liberation Serif",
-                               "DejaVu Sans Condensed", "Liberation Sans"};
+const char* kBodyFamilies[] = {"DejaVu Sans",      "DejaVu Serif",          "Liberation Sans",
+                               "Liberation Serif", "DejaVu Sans Condensed", "Liberation Sans"};
 const char* kHeadFamilies[] = {"DejaVu Sans", "Liberation Sans", "DejaVu Serif", "Liberation Serif"};
 const Rgb kAccents[] = {{0.10, 0.20, 0.45}, {0.04, 0.33, 0.38}, {0.42, 0.10, 0.12},
                         {0.10, 0.10, 0.12}, {0.12, 0.34, 0.16}, {0.30, 0.18, 0.45}};
 
-Rgb mix(Rgb a, Rgb b, double t) { return {a.r + (b.r - a.r) * t, a.g + (b.g - a.g) * t, a.b + (b.b - a.b) * t}; }
+Rgb mix(Rgb a, Rgb b, double t) {
+  return {a.r + (b.r - a.r) * t, a.g + (b.g - a.g) * t, a.b + (b.b - a.b) * t};
+}
 
 Style random_style(Rng& rng, const std::string& type) {
   Style s;
@@ -35,7 +37,8 @@ Style random_style(Rng& rng, const std::string& type) {
   s.title = {head, size * rng.uniform(1.55, 1.95), true};
   s.table = {body, size * rng.uniform(0.86, 0.98)};
   s.mono = {rng.chance(0.5) ? "Liberation Mono" : "DejaVu Sans Mono", size * 0.86};
-  if (type == "icu_flowsheet") s.table = rng.chance(0.5) ? s.mono : Font{"DejaVu Sans Condensed", size * 0.86};
+  if (type == "icu_flowsheet")
+    s.table = rng.chance(0.5) ? s.mono : Font{"DejaVu Sans Condensed", size * 0.86};
   s.accent = kAccents[rng.index(std::size(kAccents))];
   s.shade = mix(s.accent, {1, 1, 1}, rng.uniform(0.84, 0.92));
   s.date_style = static_cast<int>(rng.weighted({5, 2, 2, 2, 1}));
@@ -54,35 +57,48 @@ Style random_style(Rng& rng, const std::string& type) {
 }
 
 std::string upper(std::string s) {
-  std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return static_cast<char>(std::toupper(c)); });
+  std::transform(s.begin(), s.end(), s.begin(),
+                 [](unsigned char c) { return static_cast<char>(std::toupper(c)); });
   return s;
 }
 
 const char* list_name(K kind) {
   switch (kind) {
-    case K::kPatient: return "patient";
-    case K::kEncounter: return "encounter";
-    case K::kDiagnosis: return "diagnoses";
-    case K::kMedication: return "medications";
-    case K::kLab: return "labs";
-    case K::kVital: return "vitals";
-    case K::kAllergy: return "allergies";
-    case K::kProcedure: return "procedures";
-    case K::kImmunization: return "immunizations";
-    case K::kFollowup: return "followups";
+    case K::kPatient:
+      return "patient";
+    case K::kEncounter:
+      return "encounter";
+    case K::kDiagnosis:
+      return "diagnoses";
+    case K::kMedication:
+      return "medications";
+    case K::kLab:
+      return "labs";
+    case K::kVital:
+      return "vitals";
+    case K::kAllergy:
+      return "allergies";
+    case K::kProcedure:
+      return "procedures";
+    case K::kImmunization:
+      return "immunizations";
+    case K::kFollowup:
+      return "followups";
   }
   return "?";
 }
 
 template <typename T>
 std::optional<extract::Provenance>* provenance_slot(std::vector<T>& list, int index) {
-  MV_CHECK(index >= 0 && static_cast<std::size_t>(index) < list.size(), "item index {} of {}", index, list.size());
+  MV_CHECK(index >= 0 && static_cast<std::size_t>(index) < list.size(), "item index {} of {}", index,
+           list.size());
   return &list[static_cast<std::size_t>(index)].provenance;
 }
 
 }  // namespace
 
-std::string unit_for_dose(const ClinicalTables& t, const std::string& unit, const std::string& dose, bool abbreviate) {
+std::string unit_for_dose(const ClinicalTables& t, const std::string& unit, const std::string& dose,
+                          bool abbreviate) {
   std::string u = unit;
   if (abbreviate)
     if (auto it = t.dose_unit_abbr.find(u); it != t.dose_unit_abbr.end()) u = it->second;
@@ -93,9 +109,12 @@ std::string unit_for_dose(const ClinicalTables& t, const std::string& unit, cons
 
 std::pair<std::string, std::string> med_status_word(int variant, const std::string& status) {
   static const std::map<std::string, std::vector<std::string>> kWords = {
-      {"new", {"NEW", "New", "START"}},        {"continued", {"CONTINUE", "Continue", "Cont."}},
-      {"changed", {"CHANGED", "Dose change", "MODIFY"}}, {"held", {"HOLD", "Held", "ON HOLD"}},
-      {"discontinued", {"STOP", "Discontinue", "D/C"}}, {"active", {"Active", "Taking"}},
+      {"new", {"NEW", "New", "START"}},
+      {"continued", {"CONTINUE", "Continue", "Cont."}},
+      {"changed", {"CHANGED", "Dose change", "MODIFY"}},
+      {"held", {"HOLD", "Held", "ON HOLD"}},
+      {"discontinued", {"STOP", "Discontinue", "D/C"}},
+      {"active", {"Active", "Taking"}},
       {"completed", {"Completed", "Course done"}}};
   const auto& words = kWords.at(status);
   return {words[static_cast<std::size_t>(variant) % words.size()], status};
@@ -109,7 +128,8 @@ Doc::Doc(const std::string& type, const ClinicalTables& tables, const TextEngine
   const bool a4 = !pad && rng.chance(0.2);
   const int w = pad ? 825 : a4 ? 1240 : 1275, h = pad ? 1275 : a4 ? 1754 : 1650;
   const double mx = pad ? rng.uniform(45, 65) : rng.uniform(70, 115);
-  canvas_ = std::make_unique<Canvas>(engine, w, h, mx, rng.uniform(pad ? 40 : 60, pad ? 60 : 95), rng.uniform(85, 110));
+  canvas_ = std::make_unique<Canvas>(engine, w, h, mx, rng.uniform(pad ? 40 : 60, pad ? 60 : 95),
+                                     rng.uniform(85, 110));
   truth.document_type = type;
   truth.encounter.emplace();
   date = gen.encounter_date();
@@ -164,10 +184,14 @@ Span Doc::enc_discharge(const Date& d) {
 
 Span Doc::enc_field(const char* field, const std::string& text) {
   const std::string name = field;
-  if (name == "facility") truth.encounter->facility = text;
-  else if (name == "department") truth.encounter->department = text;
-  else if (name == "provider") truth.encounter->provider = text;
-  else MV_CHECK(false, "unknown encounter field {}", name);
+  if (name == "facility")
+    truth.encounter->facility = text;
+  else if (name == "department")
+    truth.encounter->department = text;
+  else if (name == "provider")
+    truth.encounter->provider = text;
+  else
+    MV_CHECK(false, "unknown encounter field {}", name);
   return f(K::kEncounter, 0, field, text);
 }
 
@@ -193,8 +217,10 @@ std::vector<Span> Doc::med_line(const MedOrder& m, bool long_form, bool with_ind
       head.push_back(f(K::kMedication, i, "form", m.drug->form));
       tm.form = m.drug->form;
     }
-    if (sig_out != nullptr) out.push_back(s(m.frequency == "CONT" ? "Infuse at " : "Take "));
-    else out.push_back(s(m.frequency == "CONT" ? ": infuse at " : rng.chance(0.5) ? ": Take " : " - take "));
+    if (sig_out != nullptr)
+      out.push_back(s(m.frequency == "CONT" ? "Infuse at " : "Take "));
+    else
+      out.push_back(s(m.frequency == "CONT" ? ": infuse at " : rng.chance(0.5) ? ": Take " : " - take "));
     out.push_back(f(K::kMedication, i, "dose", m.dose));
     tm.dose = m.dose;
     const std::string unit = unit_for_dose(t, m.dose_unit, m.dose, false);
@@ -275,7 +301,8 @@ Row Doc::med_row(const MedOrder& m, const std::string& status) {
   if (!status.empty()) std::tie(status_word, med.status) = med_status_word(style.word_variant, status);
   const int i = push(truth.medications, med);
   Row row;
-  row.push_back({f(K::kMedication, i, "name", med.name, true), s(" "), f(K::kMedication, i, "strength", m.strength)});
+  row.push_back(
+      {f(K::kMedication, i, "name", med.name, true), s(" "), f(K::kMedication, i, "strength", m.strength)});
   Cell dose{f(K::kMedication, i, "dose", m.dose)};
   if (med.unit) dose.push_back(s(" ")), dose.push_back(f(K::kMedication, i, "unit", *med.unit));
   row.push_back(dose);
@@ -292,10 +319,12 @@ std::vector<Span> Doc::followup_line(const FollowupInfo& fu) {
   item.text = fu.text;
   item.when = rng.pick(fu.when);
   const int i = push(truth.followups, item);
-  return {f(K::kFollowup, i, "text", fu.text), s(style.word_variant == 1 ? ": " : " - "), f(K::kFollowup, i, "when", *item.when)};
+  return {f(K::kFollowup, i, "text", fu.text), s(style.word_variant == 1 ? ": " : " - "),
+          f(K::kFollowup, i, "when", *item.when)};
 }
 
-std::vector<Span> Doc::diagnosis_line(const DiagnosisInfo& d, const char* status, const char* role, bool code_first) {
+std::vector<Span> Doc::diagnosis_line(const DiagnosisInfo& d, const char* status, const char* role,
+                                      bool code_first) {
   extract::Diagnosis dx;
   dx.text = d.text;
   dx.icd10 = d.icd10;
@@ -327,8 +356,11 @@ std::vector<Span> Doc::diagnosis_line(const DiagnosisInfo& d, const char* status
     out.push_back(s(")"));
   }
   if (status != nullptr) {
-    static const std::map<std::string, std::string> kPrinted = {
-        {"active", "active"}, {"chronic", "chronic"}, {"resolved", "resolved"}, {"history", "history of"}, {"suspected", "suspected"}};
+    static const std::map<std::string, std::string> kPrinted = {{"active", "active"},
+                                                                {"chronic", "chronic"},
+                                                                {"resolved", "resolved"},
+                                                                {"history", "history of"},
+                                                                {"suspected", "suspected"}};
     truth.diagnoses[static_cast<std::size_t>(i)].status = status;
     out.push_back(s(" - "));
     out.push_back(f(K::kDiagnosis, i, "status", kPrinted.at(status)));
@@ -359,8 +391,11 @@ std::vector<Span> Doc::vital_span(const VitalReading& v, bool abbr, const Date* 
 
 std::string Doc::flag_text(const std::string& flag) const {
   static const std::map<std::string, std::array<const char*, 3>> kFlags = {
-      {"H", {"H", "HIGH", "H *"}},      {"L", {"L", "LOW", "L *"}},          {"HH", {"HH", "CRIT HIGH", "H !!"}},
-      {"LL", {"LL", "CRIT LOW", "L !!"}}, {"A", {"A", "ABNORMAL", "ABN *"}}};
+      {"H", {"H", "HIGH", "H *"}},
+      {"L", {"L", "LOW", "L *"}},
+      {"HH", {"HH", "CRIT HIGH", "H !!"}},
+      {"LL", {"LL", "CRIT LOW", "L !!"}},
+      {"A", {"A", "ABNORMAL", "ABN *"}}};
   auto it = kFlags.find(flag);
   return it == kFlags.end() ? "" : it->second[static_cast<std::size_t>(style.flag_style)];
 }
@@ -413,11 +448,14 @@ void Doc::letterhead(const std::string& title, const std::string& department) {
   Font fac_font = style.heading.with_size(style.title.size * 0.92);
   switch (style.header_style) {
     case 0: {  // centred letterhead
-      c.y += c.text({enc_field("facility", facility.name)}, fac_font, c.left(), c.y, w, Align::kCenter, style.accent);
+      c.y += c.text({enc_field("facility", facility.name)}, fac_font, c.left(), c.y, w, Align::kCenter,
+                    style.accent);
       if (!department.empty())
-        c.y += c.text({enc_field("department", department)}, style.body.with_bold(), c.left(), c.y, w, Align::kCenter);
-      c.y += c.text({s(facility_address + "   " + contact)}, style.small, c.left(), c.y + 2, w, Align::kCenter,
-                    style.muted) + 6;
+        c.y += c.text({enc_field("department", department)}, style.body.with_bold(), c.left(), c.y, w,
+                      Align::kCenter);
+      c.y += c.text({s(facility_address + "   " + contact)}, style.small, c.left(), c.y + 2, w,
+                    Align::kCenter, style.muted) +
+             6;
       c.line(c.left(), c.y, c.right(), c.y, style.accent, 2.0);
       c.y += 10;
       c.y += c.text({s(title)}, style.title, c.left(), c.y, w, Align::kCenter) + style.gap;
@@ -425,13 +463,17 @@ void Doc::letterhead(const std::string& title, const std::string& department) {
     }
     case 1: {  // facility left, title right
       const double top = c.y;
-      double left_h = c.text({enc_field("facility", facility.name)}, fac_font, c.left(), c.y, w * 0.6, Align::kLeft,
-                             style.accent);
+      double left_h = c.text({enc_field("facility", facility.name)}, fac_font, c.left(), c.y, w * 0.6,
+                             Align::kLeft, style.accent);
       if (!department.empty())
-        left_h += c.text({enc_field("department", department)}, style.body.with_bold(), c.left(), top + left_h, w * 0.6);
-      left_h += c.text({s(facility_address)}, style.small, c.left(), top + left_h + 2, w * 0.6, Align::kLeft, style.muted);
-      left_h += c.text({s(contact)}, style.small, c.left(), top + left_h + 2, w * 0.6, Align::kLeft, style.muted);
-      const double right_h = c.text({s(title)}, style.title, c.left() + w * 0.55, top, w * 0.45, Align::kRight);
+        left_h += c.text({enc_field("department", department)}, style.body.with_bold(), c.left(),
+                         top + left_h, w * 0.6);
+      left_h += c.text({s(facility_address)}, style.small, c.left(), top + left_h + 2, w * 0.6, Align::kLeft,
+                       style.muted);
+      left_h +=
+          c.text({s(contact)}, style.small, c.left(), top + left_h + 2, w * 0.6, Align::kLeft, style.muted);
+      const double right_h =
+          c.text({s(title)}, style.title, c.left() + w * 0.55, top, w * 0.45, Align::kRight);
       c.y = top + std::max(left_h, right_h) + 8;
       c.line(c.left(), c.y, c.right(), c.y, style.accent, 3.0);
       c.y += style.gap + 4;
@@ -446,9 +488,12 @@ void Doc::letterhead(const std::string& title, const std::string& department) {
       const double top = c.y;
       double left_h = c.text({s(title)}, style.title, c.left(), top, w * 0.6);
       if (!department.empty())
-        left_h += c.text({enc_field("department", department)}, style.body.with_bold(), c.left(), top + left_h, w * 0.6);
-      double right_h = c.text({s(facility_address)}, style.small, c.left() + w * 0.6, top, w * 0.4, Align::kRight, style.muted);
-      right_h += c.text({s(contact)}, style.small, c.left() + w * 0.6, top + right_h, w * 0.4, Align::kRight, style.muted);
+        left_h += c.text({enc_field("department", department)}, style.body.with_bold(), c.left(),
+                         top + left_h, w * 0.6);
+      double right_h = c.text({s(facility_address)}, style.small, c.left() + w * 0.6, top, w * 0.4,
+                              Align::kRight, style.muted);
+      right_h += c.text({s(contact)}, style.small, c.left() + w * 0.6, top + right_h, w * 0.4, Align::kRight,
+                        style.muted);
       c.y = top + std::max(left_h, right_h) + style.gap;
       break;
     }
@@ -456,9 +501,10 @@ void Doc::letterhead(const std::string& title, const std::string& department) {
   // Continuation pages get a running header with the patient's name and MRN (not tagged: page 1 has them).
   c.on_new_page = [this] {
     Canvas& cc = cv();
-    const std::string line = fmt::format("{}   MRN: {}   DOB: {}   (continued)", patient_name_text(), patient.mrn,
-                                         date_text(patient.birth));
-    cc.y += cc.text({s(line)}, style.small, cc.left(), cc.y, cc.content_width(), Align::kLeft, style.muted) + 4;
+    const std::string line = fmt::format("{}   MRN: {}   DOB: {}   (continued)", patient_name_text(),
+                                         patient.mrn, date_text(patient.birth));
+    cc.y +=
+        cc.text({s(line)}, style.small, cc.left(), cc.y, cc.content_width(), Align::kLeft, style.muted) + 4;
     cc.line(cc.left(), cc.y, cc.right(), cc.y, style.rule, 1.0);
     cc.y += style.gap;
   };
@@ -478,11 +524,14 @@ void Doc::patient_block(std::vector<KV> extra, bool with_sex, bool with_address)
   if (with_sex) {
     p.sex = patient.sex;
     const bool short_form = rng.chance(0.5);
-    const std::string printed = short_form ? (patient.sex == "female" ? "F" : "M") : (patient.sex == "female" ? "Female" : "Male");
+    const std::string printed =
+        short_form ? (patient.sex == "female" ? "F" : "M") : (patient.sex == "female" ? "Female" : "Male");
     items.push_back({rng.chance(0.5) ? "Sex" : "Gender", {f(K::kPatient, 0, "sex", printed)}});
   }
   if (with_address)
-    items.push_back({"Address", {s(fmt::format("{}, {}, {} {}", patient.street, patient.city, patient.state, patient.zip))}});
+    items.push_back(
+        {"Address",
+         {s(fmt::format("{}, {}, {} {}", patient.street, patient.city, patient.state, patient.zip))}});
   for (auto& kv : extra) items.push_back(std::move(kv));
   const int cols = items.size() <= 4 ? static_cast<int>(items.size()) : (rng.chance(0.5) ? 2 : 3);
   kv_grid(items, std::max(2, cols));
@@ -543,8 +592,8 @@ void Doc::span_grid(const std::vector<std::vector<Span>>& cells, int columns) {
         [&](double y0) {
           double h = 0;
           for (std::size_t j = start; j < std::min(cells.size(), start + columns); ++j)
-            h = std::max(h, c.text(cells[j], style.body, c.left() + colw * static_cast<double>(j - start), y0, colw - 14,
-                                   Align::kLeft, style.ink));
+            h = std::max(h, c.text(cells[j], style.body, c.left() + colw * static_cast<double>(j - start), y0,
+                                   colw - 14, Align::kLeft, style.ink));
           return h;
         },
         4);
@@ -573,7 +622,8 @@ void Doc::section(const std::string& title) {
       break;
     }
     case 2: {
-      c.y += c.text({s(title + ":")}, style.heading, c.left(), c.y, w, Align::kLeft, style.accent) + style.gap * 0.4;
+      c.y += c.text({s(title + ":")}, style.heading, c.left(), c.y, w, Align::kLeft, style.accent) +
+             style.gap * 0.4;
       break;
     }
     default: {
@@ -590,8 +640,11 @@ void Doc::section(const std::string& title) {
 void Doc::paragraph(const std::vector<Span>& spans, const Font* font, double indent) {
   Canvas& c = cv();
   const Font& fnt = font != nullptr ? *font : style.body;
-  c.block([&](double y0) { return c.text(spans, fnt, c.left() + indent, y0, c.content_width() - indent, Align::kLeft, style.ink); },
-          style.gap);
+  c.block(
+      [&](double y0) {
+        return c.text(spans, fnt, c.left() + indent, y0, c.content_width() - indent, Align::kLeft, style.ink);
+      },
+      style.gap);
 }
 
 void Doc::bullets(const std::vector<std::vector<Span>>& items, bool numbered, const Font* font) {
@@ -603,7 +656,8 @@ void Doc::bullets(const std::vector<std::vector<Span>>& items, bool numbered, co
     c.block(
         [&](double y0) {
           c.text({s(mark)}, fnt, c.left() + 4, y0, 0, Align::kLeft, style.ink);
-          return c.text(items[i], fnt, c.left() + indent, y0, c.content_width() - indent, Align::kLeft, style.ink);
+          return c.text(items[i], fnt, c.left() + indent, y0, c.content_width() - indent, Align::kLeft,
+                        style.ink);
         },
         fnt.size * 0.25);
   }
@@ -630,12 +684,14 @@ void Doc::table(const std::vector<Col>& cols, const std::vector<Row>& rows, cons
     std::vector<TextBlock> hb;
     double h = 0;
     for (std::size_t j = 0; j < cols.size(); ++j) {
-      const Cell title = header_cells != nullptr && j < header_cells->size() ? (*header_cells)[j] : Cell{s(cols[j].header)};
+      const Cell title =
+          header_cells != nullptr && j < header_cells->size() ? (*header_cells)[j] : Cell{s(cols[j].header)};
       hb.push_back(c.measure(title, fnt.with_bold(), ws[j] - 2 * pad_x, cols[j].align));
       h = std::max(h, hb.back().height());
     }
     h += 2 * pad_y;
-    if (ts == 0 || ts == 1 || ts == 2) c.rect(c.left(), c.y, c.content_width(), h, accent_header ? style.accent : style.shade);
+    if (ts == 0 || ts == 1 || ts == 2)
+      c.rect(c.left(), c.y, c.content_width(), h, accent_header ? style.accent : style.shade);
     for (std::size_t j = 0; j < cols.size(); ++j) {
       if (ts == 0) c.rect(xs[j], c.y, ws[j], h, std::nullopt, style.rule, 1.0);
       c.draw(std::move(hb[j]), xs[j] + pad_x, c.y + pad_y, accent_header ? Rgb{1, 1, 1} : style.ink);
@@ -671,7 +727,8 @@ void Doc::table(const std::vector<Col>& cols, const std::vector<Row>& rows, cons
     if (ts == 2 && r % 2 == 1) c.rect(c.left(), c.y, c.content_width(), h, Rgb{0.94, 0.94, 0.95});
     for (std::size_t j = 0; j < cols.size(); ++j) {
       if (ts == 0) c.rect(xs[j], c.y, ws[j], h, std::nullopt, style.rule, 1.0);
-      if (cells[j].height() > 0 || cells[j].width() > 0) c.draw(std::move(cells[j]), xs[j] + pad_x, c.y + pad_y, style.ink);
+      if (cells[j].height() > 0 || cells[j].width() > 0)
+        c.draw(std::move(cells[j]), xs[j] + pad_x, c.y + pad_y, style.ink);
     }
     if (ts == 1) c.line(c.left(), c.y + h, c.right(), c.y + h, style.rule, 0.8);
     c.y += h;
@@ -689,14 +746,16 @@ void Doc::signature(const std::string& label, const std::vector<Span>& who, cons
         c.line(c.left(), y0 + h + 34, c.left() + w * 0.8, y0 + h + 34, style.ink, 1.0);
         h += 38;
         h += c.text(who, style.body, c.left(), y0 + h, w, Align::kLeft, style.ink);
-        if (!when.empty()) h += c.text({s(when)}, style.small, c.left(), y0 + h, w, Align::kLeft, style.muted);
+        if (!when.empty())
+          h += c.text({s(when)}, style.small, c.left(), y0 + h, w, Align::kLeft, style.muted);
         return h;
       },
       style.gap);
 }
 
 void Doc::allergies_section(std::size_t max_allergies, bool as_table) {
-  const std::size_t n = rng.chance(0.35) ? 0 : static_cast<std::size_t>(rng.range(1, static_cast<long long>(max_allergies)));
+  const std::size_t n =
+      rng.chance(0.35) ? 0 : static_cast<std::size_t>(rng.range(1, static_cast<long long>(max_allergies)));
   if (n == 0) {
     truth.no_known_allergies = true;
     paragraph({s("Allergies: ", true), s(rng.chance(0.5) ? "NKDA" : "No known drug allergies")});
@@ -712,7 +771,8 @@ void Doc::allergies_section(std::size_t max_allergies, bool as_table) {
       al.reaction = a.reaction;
       al.severity = a.severity;
       const int i = push(truth.allergies, al);
-      rows.push_back({{f(K::kAllergy, i, "substance", a.substance)}, {f(K::kAllergy, i, "reaction", a.reaction)},
+      rows.push_back({{f(K::kAllergy, i, "substance", a.substance)},
+                      {f(K::kAllergy, i, "reaction", a.reaction)},
                       {f(K::kAllergy, i, "severity", a.severity)}});
     }
     table({{"Allergen", 3}, {"Reaction", 3}, {"Severity", 2}}, rows);
@@ -733,20 +793,22 @@ void Doc::finish() {
   c.on_new_page = nullptr;
   const int pages = c.page_count();
   const Date latest = days_between(date, last_date) > 0 ? last_date : date;
-  const Date printed = add_days(with_time(latest, static_cast<int>(rng.range(7, 20)), static_cast<int>(rng.range(0, 59))),
-                                static_cast<int>(rng.range(1, 3)));
+  const Date printed =
+      add_days(with_time(latest, static_cast<int>(rng.range(7, 20)), static_cast<int>(rng.range(0, 59))),
+               static_cast<int>(rng.range(1, 3)));
   for (int p = 1; p <= pages; ++p) {
     c.select_page(p);
     const double fy = c.page_height() - c.bottom() > 40 ? c.bottom() + 22 : c.bottom() + 4;
     const double w = c.content_width();
     c.line(c.left(), fy - 6, c.right(), fy - 6, style.rule, 0.8);
-    c.text({s(fmt::format("{} | Printed {}", facility.short_name, datetime_text(printed)))}, style.small, c.left(), fy,
-           w * 0.34, Align::kLeft, style.muted);
-    TextBlock mark = c.measure({s("SYNTHETIC TEST DOCUMENT - NOT A REAL PATIENT")}, style.small.with_size(style.small.size * 0.8));
+    c.text({s(fmt::format("{} | Printed {}", facility.short_name, datetime_text(printed)))}, style.small,
+           c.left(), fy, w * 0.34, Align::kLeft, style.muted);
+    TextBlock mark = c.measure({s("SYNTHETIC TEST DOCUMENT - NOT A REAL PATIENT")},
+                               style.small.with_size(style.small.size * 0.8));
     const double mx = c.left() + (w - mark.width()) / 2;
     c.draw(std::move(mark), mx, fy + style.small.size * 0.1, style.muted);
-    c.text({s(fmt::format("Page {} of {}", p, pages))}, style.small, c.left() + w * 0.72, fy, w * 0.28, Align::kRight,
-           style.muted);
+    c.text({s(fmt::format("Page {} of {}", p, pages))}, style.small, c.left() + w * 0.72, fy, w * 0.28,
+           Align::kRight, style.muted);
   }
 
   // Provenance. A field may be drawn more than once (a table header repeated on the next page): an item lives
@@ -780,16 +842,36 @@ void Doc::finish() {
     const auto kind = static_cast<K>(key.first);
     std::optional<extract::Provenance>* slot = nullptr;
     switch (kind) {
-      case K::kPatient: slot = &truth.patient->provenance; break;
-      case K::kEncounter: slot = &truth.encounter->provenance; break;
-      case K::kDiagnosis: slot = provenance_slot(truth.diagnoses, key.second); break;
-      case K::kMedication: slot = provenance_slot(truth.medications, key.second); break;
-      case K::kLab: slot = provenance_slot(truth.labs, key.second); break;
-      case K::kVital: slot = provenance_slot(truth.vitals, key.second); break;
-      case K::kAllergy: slot = provenance_slot(truth.allergies, key.second); break;
-      case K::kProcedure: slot = provenance_slot(truth.procedures, key.second); break;
-      case K::kImmunization: slot = provenance_slot(truth.immunizations, key.second); break;
-      case K::kFollowup: slot = provenance_slot(truth.followups, key.second); break;
+      case K::kPatient:
+        slot = &truth.patient->provenance;
+        break;
+      case K::kEncounter:
+        slot = &truth.encounter->provenance;
+        break;
+      case K::kDiagnosis:
+        slot = provenance_slot(truth.diagnoses, key.second);
+        break;
+      case K::kMedication:
+        slot = provenance_slot(truth.medications, key.second);
+        break;
+      case K::kLab:
+        slot = provenance_slot(truth.labs, key.second);
+        break;
+      case K::kVital:
+        slot = provenance_slot(truth.vitals, key.second);
+        break;
+      case K::kAllergy:
+        slot = provenance_slot(truth.allergies, key.second);
+        break;
+      case K::kProcedure:
+        slot = provenance_slot(truth.procedures, key.second);
+        break;
+      case K::kImmunization:
+        slot = provenance_slot(truth.immunizations, key.second);
+        break;
+      case K::kFollowup:
+        slot = provenance_slot(truth.followups, key.second);
+        break;
     }
     *slot = ib.prov;
   }
@@ -802,14 +884,16 @@ void Doc::finish() {
       if (k != "provenance") fields.insert(k);
     if (auto it = item.find("provenance"); it != item.end() && it->contains("fields"))
       for (const auto& [k, v] : (*it)["fields"].items()) boxed.insert(k);
-    MV_CHECK(fields == boxed, "{}: {}: printed fields and truth fields differ ({} vs {})", truth.document_type, where,
-             fmt::join(boxed, ","), fmt::join(fields, ","));
+    MV_CHECK(fields == boxed, "{}: {}: printed fields and truth fields differ ({} vs {})",
+             truth.document_type, where, fmt::join(boxed, ","), fmt::join(fields, ","));
   };
   if (j.contains("patient")) check_item(j["patient"], "patient");
   if (j.contains("encounter")) check_item(j["encounter"], "encounter");
-  for (K kind : {K::kDiagnosis, K::kMedication, K::kLab, K::kVital, K::kAllergy, K::kProcedure, K::kImmunization, K::kFollowup}) {
+  for (K kind : {K::kDiagnosis, K::kMedication, K::kLab, K::kVital, K::kAllergy, K::kProcedure,
+                 K::kImmunization, K::kFollowup}) {
     const auto& list = j.at(list_name(kind));
-    for (std::size_t i = 0; i < list.size(); ++i) check_item(list[i], fmt::format("{}[{}]", list_name(kind), i));
+    for (std::size_t i = 0; i < list.size(); ++i)
+      check_item(list[i], fmt::format("{}[{}]", list_name(kind), i));
   }
 
   for (int p = 1; p <= pages; ++p) truth.pages.push_back({p, c.page_width(), c.page_height(), 150.0});

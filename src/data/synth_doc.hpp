@@ -5,8 +5,8 @@
 #include <string>
 #include <vector>
 
-#include "data/synth_case.hpp"
 #include "data/synth_canvas.hpp"
+#include "data/synth_case.hpp"
 #include "extract/schema.hpp"
 
 namespace mv::synth::detail {
@@ -58,7 +58,9 @@ class Doc {
 
   // Printed forms following the document's style.
   std::string date_text(const Date& d) const { return format_date(d, style.date_style); }
-  std::string datetime_text(const Date& d) const { return format_date(d, style.date_style) + " " + format_time(d, style.time_style); }
+  std::string datetime_text(const Date& d) const {
+    return format_date(d, style.date_style) + " " + format_time(d, style.time_style);
+  }
   std::string time_text(const Date& d) const { return format_time(d, style.time_style); }
   std::string patient_name_text() const { return style.last_first ? patient.last_first() : patient.full(); }
 
@@ -75,7 +77,8 @@ class Doc {
   // Table cells Medication | Dose | Route | Frequency [| Status]; status empty: no status column.
   Row med_row(const MedOrder& m, const std::string& status);
   std::vector<Span> followup_line(const FollowupInfo& f);
-  std::vector<Span> diagnosis_line(const DiagnosisInfo& d, const char* status, const char* role, bool code_first);
+  std::vector<Span> diagnosis_line(const DiagnosisInfo& d, const char* status, const char* role,
+                                   bool code_first);
   std::vector<Span> vital_span(const VitalReading& v, bool abbr, const Date* time = nullptr);
   // Adds the lab to the truth; the cells Test | Result | Flag | Units | Range.
   Row lab_row(const LabResult& r, bool long_name, const Date* time = nullptr, bool with_loinc = false);
@@ -116,7 +119,8 @@ class Doc {
 };
 
 // Plural of a dose unit when the dose is not 1 ("2 tablets").
-std::string unit_for_dose(const ClinicalTables& t, const std::string& unit, const std::string& dose, bool abbreviate);
+std::string unit_for_dose(const ClinicalTables& t, const std::string& unit, const std::string& dose,
+                          bool abbreviate);
 // Printed status words for medications and diagnoses, and the schema value they stand for.
 std::pair<std::string, std::string> med_status_word(int variant, const std::string& status);
 

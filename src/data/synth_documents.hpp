@@ -24,7 +24,7 @@ struct ComposedDocument {
 };
 
 // Lays out one document of `type`; everything random comes from `rng`.
-ComposedDocument compose_document(const std::string& type, const ClinicalTables& tables, const TextEngine& engine,
-                                  Rng& rng);
+ComposedDocument compose_document(const std::string& type, const ClinicalTables& tables,
+                                  const TextEngine& engine, Rng& rng);
 
 }  // namespace mv::synth

@@ -59,30 +59,44 @@ bool is_integral(const json& v) {
 
 const char* instance_type_name(const json& v) {
   switch (v.type()) {
-    case json::value_t::null: return "null";
-    case json::value_t::boolean: return "boolean";
-    case json::value_t::object: return "object";
-    case json::value_t::array: return "array";
-    case json::value_t::string: return "string";
+    case json::value_t::null:
+      return "null";
+    case json::value_t::boolean:
+      return "boolean";
+    case json::value_t::object:
+      return "object";
+    case json::value_t::array:
+      return "array";
+    case json::value_t::string:
+      return "string";
     case json::value_t::number_integer:
-    case json::value_t::number_unsigned: return "integer";
-    case json::value_t::number_float: return is_integral(v) ? "integer" : "number";
-    default: return "unknown";
+    case json::value_t::number_unsigned:
+      return "integer";
+    case json::value_t::number_float:
+      return is_integral(v) ? "integer" : "number";
+    default:
+      return "unknown";
   }
 }
 
 bool matches_type(const json& v, unsigned mask) {
   switch (v.type()) {
-    case json::value_t::null: return (mask & kNull) != 0;
-    case json::value_t::boolean: return (mask & kBoolean) != 0;
-    case json::value_t::object: return (mask & kObject) != 0;
-    case json::value_t::array: return (mask & kArray) != 0;
-    case json::value_t::string: return (mask & kString) != 0;
+    case json::value_t::null:
+      return (mask & kNull) != 0;
+    case json::value_t::boolean:
+      return (mask & kBoolean) != 0;
+    case json::value_t::object:
+      return (mask & kObject) != 0;
+    case json::value_t::array:
+      return (mask & kArray) != 0;
+    case json::value_t::string:
+      return (mask & kString) != 0;
     case json::value_t::number_integer:
     case json::value_t::number_unsigned:
     case json::value_t::number_float:
       return (mask & kNumber) != 0 || ((mask & kInteger) != 0 && is_integral(v));
-    default: return false;
+    default:
+      return false;
   }
 }
 
@@ -140,15 +154,19 @@ struct JsonSchema::Impl {
   static std::string escape_token(const std::string& key) {
     std::string out;
     for (char c : key) {
-      if (c == '~') out += "~0";
-      else if (c == '/') out += "~1";
-      else out += c;
+      if (c == '~')
+        out += "~0";
+      else if (c == '/')
+        out += "~1";
+      else
+        out += c;
     }
     return out;
   }
 
   std::size_t count_of(const json& v, const std::string& where, const char* key) const {
-    if (!v.is_number_integer() && !v.is_number_unsigned()) bad(where, std::string(key) + " must be an integer");
+    if (!v.is_number_integer() && !v.is_number_unsigned())
+      bad(where, std::string(key) + " must be an integer");
     if (v.is_number_integer() && v.get<std::int64_t>() < 0) bad(where, std::string(key) + " must be >= 0");
     return v.get<std::size_t>();
   }
@@ -172,8 +190,8 @@ struct JsonSchema::Impl {
     }
     if (!s->is_object()) bad(pointer, "a schema must be an object or a boolean");
 
-    static const std::set<std::string> kAnnotations = {"$schema", "$id",     "$comment", "title",
-                                                       "description", "examples", "default", "format"};
+    static const std::set<std::string> kAnnotations = {"$schema",     "$id",      "$comment", "title",
+                                                       "description", "examples", "default",  "format"};
     for (const auto& [key, value] : s->items()) {
       const std::string at = pointer + "/" + escape_token(key);
       if (kAnnotations.count(key) != 0 || key.rfind("x-", 0) == 0) continue;
@@ -182,13 +200,15 @@ struct JsonSchema::Impl {
         for (const auto& [def_name, def] : value.items()) compile(at + "/" + escape_token(def_name));
       } else if (key == "type") {
         std::vector<std::string> names;
-        if (value.is_string()) names.push_back(value.get<std::string>());
+        if (value.is_string())
+          names.push_back(value.get<std::string>());
         else if (value.is_array())
           for (const auto& n : value) {
             if (!n.is_string()) bad(at, "type names must be strings");
             names.push_back(n.get<std::string>());
           }
-        else bad(at, "type must be a string or an array of strings");
+        else
+          bad(at, "type must be a string or an array of strings");
         for (const auto& n : names) {
           const unsigned bit = type_bit(n);
           if (bit == 0) bad(at, "unknown type \"" + n + "\"");
@@ -236,7 +256,8 @@ struct JsonSchema::Impl {
         if (code == nullptr) {
           PCRE2_UCHAR msg[256];
           pcre2_get_error_message(err, msg, sizeof msg);
-          bad(at, fmt::format("invalid pattern at offset {}: {}", offset, reinterpret_cast<const char*>(msg)));
+          bad(at,
+              fmt::format("invalid pattern at offset {}: {}", offset, reinterpret_cast<const char*>(msg)));
         }
         node->pattern.reset(code);
       } else if (key == "$ref") {
@@ -279,15 +300,19 @@ struct JsonSchema::Impl {
     if (v.is_string()) {
       const auto& s = v.get_ref<const std::string&>();
       const std::size_t n = utf8_length(s);
-      if (node.min_length && n < *node.min_length) add(fmt::format("shorter than {} characters", *node.min_length));
-      if (node.max_length && n > *node.max_length) add(fmt::format("longer than {} characters", *node.max_length));
+      if (node.min_length && n < *node.min_length)
+        add(fmt::format("shorter than {} characters", *node.min_length));
+      if (node.max_length && n > *node.max_length)
+        add(fmt::format("longer than {} characters", *node.max_length));
       if (node.pattern) {
         pcre2_match_data* md = pcre2_match_data_create_from_pattern(node.pattern.get(), nullptr);
-        const int rc = pcre2_match(node.pattern.get(), reinterpret_cast<PCRE2_SPTR>(s.data()), s.size(), 0, 0, md,
-                                   match_context);
+        const int rc = pcre2_match(node.pattern.get(), reinterpret_cast<PCRE2_SPTR>(s.data()), s.size(), 0, 0,
+                                   md, match_context);
         pcre2_match_data_free(md);
-        if (rc == PCRE2_ERROR_NOMATCH) add("does not match the pattern " + node.pattern_text);
-        else if (rc < 0) add("cannot be matched against " + node.pattern_text + " (invalid UTF-8 or too complex)");
+        if (rc == PCRE2_ERROR_NOMATCH)
+          add("does not match the pattern " + node.pattern_text);
+        else if (rc < 0)
+          add("cannot be matched against " + node.pattern_text + " (invalid UTF-8 or too complex)");
       }
     }
     if (v.is_number()) {

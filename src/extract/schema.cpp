@@ -23,7 +23,9 @@ void get(const json& j, const char* key, std::optional<T>& out) {
 
 json bbox_json(const BBox& b) { return json::array({b.x0, b.y0, b.x1, b.y1}); }
 
-BBox bbox_from(const json& j) { return {j.at(0).get<double>(), j.at(1).get<double>(), j.at(2).get<double>(), j.at(3).get<double>()}; }
+BBox bbox_from(const json& j) {
+  return {j.at(0).get<double>(), j.at(1).get<double>(), j.at(2).get<double>(), j.at(3).get<double>()};
+}
 
 json provenance_json(const Provenance& p) {
   json j = json::object();

@@ -8,12 +8,11 @@
 #pragma once
 #include <array>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "extract/json_schema.hpp"
 
@@ -34,7 +33,7 @@ struct Provenance {
   std::optional<BBox> bbox;
   std::string source = "ocr";  // ocr | vlm | synth | manual
   std::optional<bool> verified;
-  std::optional<double> confidence;   // 0..1
+  std::optional<double> confidence;    // 0..1
   std::map<std::string, BBox> fields;  // box of each field of the item, by property name
   bool operator==(const Provenance&) const = default;
 };

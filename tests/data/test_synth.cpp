@@ -89,7 +89,8 @@ TEST(ClinicalTables, LoadAndCrossReference) {
   EXPECT_EQ(t.lab("hgb").range_for("female").low, 12.0);
   EXPECT_EQ(t.lab("hgb").range_for("male").low, 13.5);
   EXPECT_EQ(t.lab("k").loinc, "2823-3");
-  for (const auto& d : t.diagnoses) EXPECT_TRUE(std::isupper(static_cast<unsigned char>(d.icd10[0]))) << d.text;
+  for (const auto& d : t.diagnoses)
+    EXPECT_TRUE(std::isupper(static_cast<unsigned char>(d.icd10[0]))) << d.text;
   for (const auto& d : t.drugs) {
     for (const auto& r : d.routes) EXPECT_TRUE(t.routes.count(r)) << d.name;
     for (const auto& f : d.frequencies) EXPECT_TRUE(t.frequencies.count(f)) << d.name;
@@ -99,7 +100,8 @@ TEST(ClinicalTables, LoadAndCrossReference) {
 TEST(ClinicalTables, BadTableNamesFileAndEntry) {
   const fs::path dir = temp_dir("badtables");
   fs::create_directories(dir);
-  for (const auto& e : fs::directory_iterator(data_dir() / "clinical")) fs::copy(e.path(), dir / e.path().filename());
+  for (const auto& e : fs::directory_iterator(data_dir() / "clinical"))
+    fs::copy(e.path(), dir / e.path().filename());
   std::string drugs = read_file(dir / "drugs.json");
   const auto pos = drugs.find("\"routes\": [\"PO\"]");
   ASSERT_NE(pos, std::string::npos);
@@ -110,7 +112,9 @@ TEST(ClinicalTables, BadTableNamesFileAndEntry) {
     FAIL() << "expected an error";
   } catch (const Error& e) {
     EXPECT_EQ(e.code(), Errc::kInvalidInput);
-    EXPECT_NE(std::string(e.what()).find("drugs.json: drugs[0]: unknown route code \"XX\""), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("drugs.json: drugs[0]: unknown route code \"XX\""),
+              std::string::npos)
+        << e.what();
   }
   write_file(dir / "labs.json", "{not json");
   EXPECT_THROW(ClinicalTables::load(dir), Error);
@@ -174,7 +178,10 @@ TEST(Synth, EveryTypeRendersAndValidates) {
     types.insert(d["type"].get<std::string>());
     const std::string file = d["file"];
     const std::string bytes = read_file(run.dir / file);
-    if (d["pages"] == 1) {
+    if (d["pages"] == 1 && file.substr(file.size() - 4) == ".jpg") {
+      EXPECT_TRUE(d["degrade"] == "scan" || d["degrade"] == "photo") << file;
+      EXPECT_EQ(bytes.substr(0, 3), "\xFF\xD8\xFF");
+    } else if (d["pages"] == 1) {
       EXPECT_EQ(file.substr(file.size() - 4), ".png");
       EXPECT_EQ(bytes.substr(1, 3), "PNG");
     } else {
@@ -198,7 +205,8 @@ template <typename Fn>
 void each_item(const json& t, Fn fn) {
   if (t.contains("patient")) fn(t["patient"], std::string("patient"));
   if (t.contains("encounter")) fn(t["encounter"], std::string("encounter"));
-  for (const char* list : {"diagnoses", "medications", "labs", "vitals", "allergies", "procedures", "immunizations", "followups"})
+  for (const char* list : {"diagnoses", "medications", "labs", "vitals", "allergies", "procedures",
+                           "immunizations", "followups"})
     for (const auto& item : t[list]) fn(item, std::string(list));
 }
 
@@ -258,7 +266,8 @@ TEST(Synth, UndegradedBoxesCoverInk) {
       for (const auto& [field, box] : item["provenance"]["fields"].items()) {
         int dark = 0;
         for (int y = static_cast<int>(box[1].get<double>()); y < static_cast<int>(box[3].get<double>()); ++y)
-          for (int x = static_cast<int>(box[0].get<double>()); x < static_cast<int>(box[2].get<double>()); ++x)
+          for (int x = static_cast<int>(box[0].get<double>()); x < static_cast<int>(box[2].get<double>());
+               ++x)
             dark += px[y * w + x] < 128 ? 1 : 0;
         EXPECT_GT(dark, 3) << d["id"] << " field " << field;
         ++checked;
@@ -289,7 +298,7 @@ TEST(Synth, LabFlagsFollowValuesAndPrintedRanges) {
         EXPECT_EQ(flag == "A", value != test->normal_result) << lab;
         continue;
       }
-      double v = value[0] == '<' ? std::stod(value.substr(1)) - 1e-6
+      double v = value[0] == '<'   ? std::stod(value.substr(1)) - 1e-6
                  : value[0] == '>' ? std::stod(value.substr(1)) + 1e-6
                                    : std::stod(value);
       if (!lab.contains("reference_range")) {
@@ -299,9 +308,12 @@ TEST(Synth, LabFlagsFollowValuesAndPrintedRanges) {
       // Parse the printed range: "lo-hi", "lo to hi", "<hi", ">lo".
       const std::string range = lab["reference_range"];
       std::optional<double> lo, hi;
-      if (range[0] == '<') hi = std::stod(range.substr(1));
-      else if (range[0] == '>') lo = std::stod(range.substr(1));
-      else if (auto to = range.find(" to "); to != std::string::npos) lo = std::stod(range.substr(0, to)), hi = std::stod(range.substr(to + 4));
+      if (range[0] == '<')
+        hi = std::stod(range.substr(1));
+      else if (range[0] == '>')
+        lo = std::stod(range.substr(1));
+      else if (auto to = range.find(" to "); to != std::string::npos)
+        lo = std::stod(range.substr(0, to)), hi = std::stod(range.substr(to + 4));
       else {
         const auto dash = range.find('-', 1);
         ASSERT_NE(dash, std::string::npos) << range;
@@ -310,9 +322,12 @@ TEST(Synth, LabFlagsFollowValuesAndPrintedRanges) {
       }
       const bool low = lo && hi ? v < *lo : lo ? v <= *lo : false;
       const bool high = lo && hi ? v > *hi : hi ? v >= *hi : false;
-      if (low) EXPECT_TRUE(flag == "L" || flag == "LL") << lab;
-      else if (high) EXPECT_TRUE(flag == "H" || flag == "HH") << lab;
-      else EXPECT_EQ(flag, "N") << lab;
+      if (low)
+        EXPECT_TRUE(flag == "L" || flag == "LL") << lab;
+      else if (high)
+        EXPECT_TRUE(flag == "H" || flag == "HH") << lab;
+      else
+        EXPECT_EQ(flag, "N") << lab;
       if (flag == "LL") EXPECT_TRUE(test->crit_low && v < *test->crit_low) << lab;
       if (flag == "HH") EXPECT_TRUE(test->crit_high && v > *test->crit_high) << lab;
       if (flag == "L") EXPECT_FALSE(test->crit_low && v < *test->crit_low) << lab;
@@ -422,8 +437,10 @@ TEST(Degrade, BoxesFollowTheContent) {
           const bool in = x >= out.x0 + 4 && x < out.x1 - 4 && y >= out.y0 + 4 && y < out.y1 - 4;
           const bool near = x >= out.x0 - 20 && x < out.x1 + 20 && y >= out.y0 - 20 && y < out.y1 + 20;
           const bool outside = x < out.x0 - 6 || x >= out.x1 + 6 || y < out.y0 - 6 || y >= out.y1 + 6;
-          if (in) inside += lum(x, y), ++n_in;
-          else if (near && outside) ring += lum(x, y), ++n_ring;
+          if (in)
+            inside += lum(x, y), ++n_in;
+          else if (near && outside)
+            ring += lum(x, y), ++n_ring;
         }
       ASSERT_GT(n_in, 100) << kind;
       EXPECT_LT(inside / n_in, 70) << kind << " seed " << seed << ": the box lost the dark square";
@@ -502,7 +519,8 @@ TEST(Synth, ExportTrainingSplits) {
 
 TEST(SynthCli, RendersAndReportsJson) {
   const fs::path dir = temp_dir("cli");
-  const auto r = mv::testing::run_cli("-q synth --out " + dir.string() + " --count 2 --seed 4 --types lab_results --json");
+  const auto r = mv::testing::run_cli("-q synth --out " + dir.string() +
+                                      " --count 2 --seed 4 --types lab_results --json");
   ASSERT_EQ(r.exit_code, 0) << r.err;
   const json j = json::parse(r.out);
   EXPECT_EQ(j["documents"], 2);

@@ -63,9 +63,10 @@ TEST(Schema, EmbeddedCopyMatchesDocs) {
 
 TEST(Schema, DocumentTypesIncludeTheThirteen) {
   const auto& types = document_types();
-  for (const char* t : {"patient_diagnosis", "radiology_report", "prescription", "lab_results", "discharge_summary",
-                        "medication_reconciliation", "icu_flowsheet", "cardiology_consultation", "complex_lab_panel",
-                        "surgical_operative_note", "ed_triage_note", "pathology_report", "vaccination_record"})
+  for (const char* t :
+       {"patient_diagnosis", "radiology_report", "prescription", "lab_results", "discharge_summary",
+        "medication_reconciliation", "icu_flowsheet", "cardiology_consultation", "complex_lab_panel",
+        "surgical_operative_note", "ed_triage_note", "pathology_report", "vaccination_record"})
     EXPECT_NE(std::find(types.begin(), types.end(), t), types.end()) << t;
 }
 
@@ -88,13 +89,18 @@ TEST(Schema, ErrorsNamePathAndProblem) {
   const auto e = validate_extraction(d);
   EXPECT_TRUE(has_error(e, "medications[2].route: expected string, got integer")) << joined(e);
   EXPECT_TRUE(has_error(e, "(root): missing required property \"document_type\"")) << joined(e);
-  EXPECT_TRUE(has_error(e, "labs[0].flag: not one of \"N\", \"H\", \"L\", \"HH\", \"LL\", \"A\"")) << joined(e);
-  EXPECT_TRUE(has_error(e, "diagnoses[0].icd10: does not match the pattern ^[A-Z][0-9][0-9A-Z](\\.[0-9A-Z]{1,4})?$")) << joined(e);
+  EXPECT_TRUE(has_error(e, "labs[0].flag: not one of \"N\", \"H\", \"L\", \"HH\", \"LL\", \"A\""))
+      << joined(e);
+  EXPECT_TRUE(
+      has_error(e, "diagnoses[0].icd10: does not match the pattern ^[A-Z][0-9][0-9A-Z](\\.[0-9A-Z]{1,4})?$"))
+      << joined(e);
   EXPECT_TRUE(has_error(e, "patient.provenance.bbox: expected at least 4 items, got 3")) << joined(e);
   EXPECT_TRUE(has_error(e, "patient.provenance.page: must be >= 1")) << joined(e);
   EXPECT_TRUE(has_error(e, "vitals[0]: unexpected property \"colour\"")) << joined(e);
   EXPECT_TRUE(has_error(e, "medications[1].refills: expected integer, got number")) << joined(e);
-  EXPECT_EQ(std::count_if(e.begin(), e.end(), [](const std::string& s) { return s.rfind("immunizations[0].date", 0) == 0; }), 1)
+  EXPECT_EQ(std::count_if(e.begin(), e.end(),
+                          [](const std::string& s) { return s.rfind("immunizations[0].date", 0) == 0; }),
+            1)
       << joined(e);
 }
 
