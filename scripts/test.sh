@@ -5,4 +5,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/build.sh
 JOBS="${JOBS:-$(nproc)}"
-ctest --test-dir build --output-on-failure -j "$JOBS" --timeout 900
+ctest --test-dir "${BUILD_DIR:-build}" --output-on-failure -j "$JOBS" --timeout 900
