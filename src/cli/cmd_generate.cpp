@@ -1,4 +1,4 @@
-// medvision generate --model DIR [--image FILE ...] --prompt TEXT: runs Qwen2.5-VL on the CPU engine and
+// medvision generate --model DIR [--image FILE ...] --prompt TEXT: runs Qwen2.5-VL on the CPU or CUDA engine and
 // streams the answer to stdout (or prints it with ids and timings as JSON with --json).
 #include <chrono>
 #include <cstdio>
@@ -38,7 +38,9 @@ struct GenerateArgs {
   std::optional<std::int64_t> min_pixels;
   std::optional<std::int64_t> max_pixels;
   int threads = 0;
+  std::string device = "auto";
   bool json = false;
+  std::string quantize;
 };
 
 void run_generate(const GenerateArgs& a) {
@@ -73,6 +75,8 @@ void run_generate(const GenerateArgs& a) {
   const Tokenizer tokenizer = Tokenizer::from_model_dir(a.model_dir);
   qwen25vl::LoadOptions load_options;
   load_options.threads = a.threads;
+  load_options.device = a.device;
+  load_options.quantize = a.quantize;
   auto model = qwen25vl::Model::load(a.model_dir, load_options);
   const double load_ms =
       std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
@@ -128,7 +132,7 @@ void run_generate(const GenerateArgs& a) {
 void add_generate_command(CLI::App& app) {
   auto args = std::make_shared<GenerateArgs>();
   auto* cmd = app.add_subcommand("generate",
-                                 "Run Qwen2.5-VL on images and a prompt (CPU engine), streaming the answer");
+                                 "Run Qwen2.5-VL on images and a prompt (CPU or CUDA engine), streaming the answer");
   cmd->add_option("--model", args->model_dir, "model directory (config.json, safetensors, tokenizer.json)")
       ->required();
   cmd->add_option("--image", args->images, "image file (first page of PDF/TIFF); repeat for several images");
@@ -153,6 +157,11 @@ void add_generate_command(CLI::App& app) {
   cmd->add_option("--max-pixels", args->max_pixels,
                   "largest image area after resizing (default: the model's)");
   cmd->add_option("--threads", args->threads, "CPU threads (0 = all)")->capture_default_str();
+  cmd->add_option("--device", args->device, "cpu, cuda, cuda:N, or auto (cuda:0 when a GPU is usable)")
+      ->capture_default_str();
+  cmd->add_option("--quantize", args->quantize,
+                  "nf4: quantize the 16-bit Linear weights to NF4 while loading (like load_in_4bit)")
+      ->check(CLI::IsMember({"nf4"}));
   cmd->add_flag("--json", args->json,
                 "print {prompt_ids, generated_ids, text, timings} as JSON instead of streaming");
   cmd->callback([args] { run_generate(*args); });

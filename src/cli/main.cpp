@@ -22,9 +22,13 @@ int main(int argc, char** argv) {
   mv::cli::add_preprocess_command(app);
   mv::cli::add_info_command(app);
   mv::cli::add_synth_command(app);
+  mv::cli::add_extract_command(app);
+  mv::cli::add_eval_command(app);
   mv::cli::add_generate_command(app);
   mv::cli::add_debug_command(app);
   mv::cli::add_bench_tokenizer_command(app);
+  mv::cli::add_serve_command(app);
+  mv::cli::add_quantize_command(app);
 
   app.parse_complete_callback([&] {
     mv::init_logging(mv::parse_log_level(log_level));

@@ -14,16 +14,18 @@
 
 #include "core/thread_pool.hpp"
 #include "io/safetensors.hpp"  // DType
+#include "quant/nf4.hpp"        // Nf4View
 
 namespace mv::ops {
 
 // A weight matrix viewed in place (e.g. inside a mapped checkpoint). `data` must be aligned to the
-// element size.
+// element size. An NF4 matrix (bitsandbytes layout) has `nf4` set, data = its packed bytes, dtype kU8.
 struct Matrix {
   const void* data = nullptr;
   DType dtype = DType::kF32;
   std::int64_t rows = 0;  // out features
   std::int64_t cols = 0;  // in features
+  const quant::Nf4View* nf4 = nullptr;
 };
 
 // One output of a fused linear layer: y[m, w.rows] = x[m, w.cols]·wᵀ + bias (bias may be null).

@@ -306,9 +306,25 @@ std::unique_ptr<Model> Model::load(const std::filesystem::path& model_dir, const
   const auto t0 = std::chrono::steady_clock::now();
   ModelConfig config = ModelConfig::load(model_dir);
   validate_config(config, (model_dir / "config.json").string());
-  std::unique_ptr<Weights> weights = Weights::load(model_dir, config);
+  WeightOptions weight_options;
+  weight_options.quantize_nf4 = options.quantize == "nf4";
+  weight_options.skip = options.quantize_skip;
+  weight_options.threads = options.threads;
+  if (!options.quantize.empty() && options.quantize != "nf4")
+    fail(Errc::kUsage, "quantize '{}' is not supported (only nf4)", options.quantize);
+  const int gpu = parse_device(options.device);  // before the weights: a bad --device fails fast
+  if (gpu >= 0 && !options.quantize.empty())
+    fail(Errc::kUnsupported, "--quantize {} is not supported on the CUDA engine", options.quantize);
+  std::unique_ptr<Weights> weights = Weights::load(model_dir, config, weight_options);
   const std::string dtypes = weights->dtype_summary;
   const double gib = static_cast<double>(weights->mapped_bytes) / (1 << 30);
+  if (gpu >= 0) {
+    auto model = load_cuda_model(config, *weights, gpu);
+    spdlog::info("model loaded on cuda:{}: {} text layers, {} vision blocks, {} weights ({:.2f} GiB) in {:.2f} s",
+                 gpu, model->config().text.num_hidden_layers, model->config().vision.depth, dtypes, gib,
+                 std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    return model;
+  }
   auto model = std::make_unique<ModelImpl>(std::move(config), std::move(weights), options);
   spdlog::info("model loaded: {} text layers, {} vision blocks, {} weights ({:.2f} GiB mapped) in {:.2f} s",
                model->config().text.num_hidden_layers, model->config().vision.depth, dtypes, gib,

@@ -5,7 +5,10 @@
 #include <cstdint>
 #include <filesystem>
 #include <memory>
+#include <optional>
 #include <span>
+#include <string>
+#include <string>
 #include <vector>
 
 #include "io/model_config.hpp"
@@ -16,6 +19,10 @@ namespace mv::qwen25vl {
 struct LoadOptions {
   int threads = 0;                   // 0 = all hardware threads
   std::int64_t prefill_chunk = 256;  // prompt rows per forward pass (bounds activation memory)
+  std::string quantize;              // "nf4": quantize 16-bit Linear weights at load ("" = as stored)
+  std::vector<std::string> quantize_skip;  // modules kept unquantized besides lm_head (e.g. "visual")
+  // "cpu", "cuda" (= cuda:0), "cuda:N", or "auto" (cuda:0 when a GPU is usable, else cpu).
+  std::string device = "cpu";
 };
 
 // Key/value cache and position bookkeeping of one sequence. Sized at creation; no allocation while
@@ -61,5 +68,25 @@ class Model {
   // One token: appends it to the cache and writes the next-token logits.
   virtual void decode(Session& session, std::int32_t token, std::span<float> logits) = 0;
 };
+
+// True when this build has the CUDA engine and a usable GPU is present.
+bool cuda_available();
+// LoadOptions::device → GPU index, or -1 for the CPU ("auto" picks GPU 0 when cuda_available()).
+// Throws kUsage for an unknown name and kUnsupported for cuda in a build without CUDA.
+int parse_device(const std::string& device);
+class Weights;
+// The CUDA engine over weights already bound (they are uploaded; the caller may drop them after).
+std::unique_ptr<Model> load_cuda_model(const ModelConfig& config, const Weights& weights, int device);
+
+// Device memory of a model on the CUDA engine (bytes); nullopt for the CPU engine.
+struct GpuMemory {
+  std::uint64_t allocated = 0;       // held by the engine now (weights, caches, workspaces)
+  std::uint64_t peak_allocated = 0;  // highest `allocated` since load or reset_gpu_peak
+  std::uint64_t weights = 0;
+  std::uint64_t device_used = 0;  // total − free as the driver reports it (the CUDA context included)
+  std::uint64_t device_total = 0;
+};
+std::optional<GpuMemory> gpu_memory(const Model& model);
+void reset_gpu_peak(const Model& model);
 
 }  // namespace mv::qwen25vl

@@ -65,7 +65,8 @@ void validate_config(const ModelConfig& c, const std::string& where) {
 
 class WeightBinder {
  public:
-  WeightBinder(Weights& w, const std::filesystem::path& dir) : w_(w), dir_(dir) {
+  WeightBinder(Weights& w, const std::filesystem::path& dir, const WeightOptions& options)
+      : w_(w), dir_(dir), options_(options), skip_(quant::effective_skip(options.skip)) {
     w_.store_ = TensorStore::open(dir);
     for (const auto& name : w_.store_.names()) {
       std::string canon = canonical_key(name);
@@ -112,9 +113,53 @@ class WeightBinder {
 
   std::vector<float> vec(const std::string& canon, std::int64_t n) { return to_f32(get(canon, {n})); }
 
+  // A Linear weight: NF4 when the checkpoint holds it so, else its float matrix, quantized to NF4 here
+  // when the options ask for it and the module is one bitsandbytes would quantize.
+  ops::Matrix linear_weight(const std::string& module, std::int64_t out, std::int64_t in) {
+    const std::string canon = module + ".weight";
+    auto it = canon_.find(canon);
+    if (it != canon_.end() && quant::has_nf4_weight(w_.store_, it->second)) return nf4_matrix(it->second, out, in);
+    ops::Matrix m = matrix(canon, {out, in});
+    if (!options_.quantize_nf4 || !quant::should_quantize(module, skip_)) return m;
+    if (!pool_) pool_ = std::make_unique<ThreadPool>(options_.threads);
+    auto t = std::make_unique<quant::Nf4Tensor>(
+        quant::quantize_nf4(m.data, m.dtype, {out, in}, {}, pool_.get()));
+    w_.nf4_owned_bytes += t->packed.size() + t->absmax_q.size() + 4 * (t->nested_absmax.size() + t->absmax.size());
+    auto& view = w_.nf4_views_.emplace_back(std::make_unique<quant::Nf4View>(t->view()));
+    w_.nf4_owned_.push_back(std::move(t));
+    ++w_.nf4_weights;
+    dtypes_.insert("NF4");
+    return {view->packed, DType::kU8, out, in, view.get()};
+  }
+
+  ops::Matrix nf4_matrix(const std::string& key, std::int64_t out, std::int64_t in) {
+    std::unique_ptr<quant::Nf4Weight> q;
+    try {
+      q = quant::load_nf4_weight(w_.store_, key);
+    } catch (const Error& e) {
+      fail(e.code(), "model {}: {}", dir_.string(), e.what());
+    }
+    if (q->shape != std::vector<std::int64_t>{out, in})
+      fail(Errc::kInvalidInput, "model {}: NF4 tensor '{}' has shape {}, expected {} from config.json",
+           dir_.string(), key, shape_str(q->shape), shape_str({out, in}));
+    for (const char* suffix : {"", ".absmax", ".quant_map", ".nested_absmax", ".nested_quant_map",
+                               ".quant_state.bitsandbytes__nf4"}) {
+      const std::string name = key + suffix;
+      if (w_.store_.contains(name)) {
+        used_.insert(canonical_key(name));
+        w_.mapped_bytes += w_.store_.view(name).bytes.size();
+      }
+    }
+    dtypes_.insert("NF4");
+    auto& view = w_.nf4_views_.emplace_back(std::make_unique<quant::Nf4View>(q->view));
+    w_.nf4_mapped_.push_back(std::move(q));
+    ++w_.nf4_weights;
+    return {view->packed, DType::kU8, out, in, view.get()};
+  }
+
   Linear linear(const std::string& prefix, std::int64_t out, std::int64_t in, bool bias) {
     Linear l;
-    l.w = matrix(prefix + ".weight", {out, in});
+    l.w = linear_weight(prefix, out, in);
     if (bias) l.bias = vec(prefix + ".bias", out);
     return l;
   }
@@ -132,14 +177,18 @@ class WeightBinder {
  private:
   Weights& w_;
   std::filesystem::path dir_;
+  WeightOptions options_;
+  std::vector<std::string> skip_;
+  std::unique_ptr<ThreadPool> pool_;  // quantizing at load
   std::unordered_map<std::string, std::string> canon_;  // canonical -> key in the file
   std::set<std::string> used_;
   std::set<std::string> dtypes_;
 };
 
-std::unique_ptr<Weights> Weights::load(const std::filesystem::path& dir, const ModelConfig& c) {
+std::unique_ptr<Weights> Weights::load(const std::filesystem::path& dir, const ModelConfig& c,
+                                       const WeightOptions& options) {
   std::unique_ptr<Weights> w(new Weights());
-  WeightBinder b(*w, dir);
+  WeightBinder b(*w, dir, options);
   const TextConfig& t = c.text;
   const std::int64_t H = t.hidden_size, V = t.vocab_size, I = t.intermediate_size;
   const std::int64_t hd = t.head_dim(), nq = t.num_attention_heads * hd, nkv = t.num_key_value_heads * hd;
@@ -164,11 +213,11 @@ std::unique_ptr<Weights> Weights::load(const std::filesystem::path& dir, const M
   if (t.tie_word_embeddings) {
     w->text.lm_head = w->text.embed;
   } else {
-    if (!b.has("lm_head.weight"))
+    if (!b.has("lm_head.weight") && !b.has("lm_head.weight.quant_state.bitsandbytes__nf4"))
       fail(Errc::kNotFound,
            "model {}: tensor 'lm_head.weight' is missing and config.json says tie_word_embeddings = false",
            dir.string());
-    w->text.lm_head = b.matrix("lm_head.weight", {V, H});
+    w->text.lm_head = b.linear_weight("lm_head", V, H);
   }
 
   const VisionConfig& v = c.vision;

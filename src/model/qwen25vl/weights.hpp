@@ -10,6 +10,7 @@
 #include "io/model_config.hpp"
 #include "io/safetensors.hpp"
 #include "ops/ops.hpp"
+#include "quant/nf4_checkpoint.hpp"
 
 namespace mv::qwen25vl {
 
@@ -48,20 +49,33 @@ struct TextWeights {
 // throws kInvalidInput / kUnsupported naming the field.
 void validate_config(const ModelConfig& config, const std::string& where);
 
+// How weights are held. NF4 weights in the checkpoint (bitsandbytes layout) are always used as they are.
+struct WeightOptions {
+  bool quantize_nf4 = false;      // quantize the 16/32-bit Linear weights to NF4 at load (load_in_4bit)
+  std::vector<std::string> skip;  // modules kept as they are besides lm_head (bitsandbytes' matching)
+  int threads = 0;                // threads for quantizing at load (0 = all)
+};
+
 class Weights {
  public:
   // Opens <dir> (safetensors shards) and binds every tensor the config needs.
-  static std::unique_ptr<Weights> load(const std::filesystem::path& dir, const ModelConfig& config);
+  static std::unique_ptr<Weights> load(const std::filesystem::path& dir, const ModelConfig& config,
+                                       const WeightOptions& options = {});
 
   TextWeights text;
   VisionWeights vision;
   std::string dtype_summary;  // e.g. "BF16" or "BF16+F32"
   std::uint64_t mapped_bytes = 0;
+  std::size_t nf4_weights = 0;        // Linear weights held in NF4
+  std::uint64_t nf4_owned_bytes = 0;  // bytes of NF4 weights quantized at load
 
  private:
   Weights() = default;
   TensorStore store_;
   std::vector<std::vector<float>> owned_;  // copies of tensors whose data was misaligned in the file
+  std::vector<std::unique_ptr<quant::Nf4Weight>> nf4_mapped_;  // NF4 weights read from the checkpoint
+  std::vector<std::unique_ptr<quant::Nf4Tensor>> nf4_owned_;   // NF4 weights quantized at load
+  std::vector<std::unique_ptr<quant::Nf4View>> nf4_views_;     // views the matrices point to
   friend class WeightBinder;
 };
 

@@ -10,6 +10,7 @@
 #include "core/error.hpp"
 #include "ops/cpu/simd.hpp"
 #include "ops/ops.hpp"
+#include "quant/nf4_linear.hpp"
 
 namespace mv::ops {
 namespace {
@@ -19,6 +20,11 @@ constexpr std::size_t kMaxJobs = 8;
 
 void check_matrix(const Matrix& w) {
   MV_CHECK(w.data != nullptr && w.rows > 0 && w.cols > 0, "linear: empty weight");
+  if (w.nf4) {
+    MV_CHECK(w.nf4->numel == w.rows * w.cols, "linear: NF4 weight holds {} elements, not {}x{}", w.nf4->numel,
+             w.rows, w.cols);
+    return;
+  }
   MV_CHECK(w.dtype == DType::kF32 || w.dtype == DType::kF16 || w.dtype == DType::kBF16,
            "linear: weight dtype #{} is not a float type", static_cast<int>(w.dtype));
 }
@@ -181,6 +187,7 @@ MV_TARGET_AVX2 void gemv_avx2(const float* x, std::int64_t m, const Matrix& w, s
 void gemv_rows(const float* x, std::int64_t m, const Matrix& w, std::int64_t r0, std::int64_t r1,
                const float* bias, float* y) {
   const std::int64_t ldy = w.rows;
+  if (w.nf4) return quant::nf4_gemv_rows(x, m, *w.nf4, w.cols, r0, r1, bias, y, ldy, cpu::simd_enabled());
 #if MV_X86
   if (cpu::simd_enabled()) {
     switch (w.dtype) {
@@ -212,7 +219,11 @@ void gemm_panel(const float* x, std::int64_t m, const LinearJob& job, std::int64
   const Matrix& w = job.w;
   const std::int64_t k = w.cols, n = w.rows, nb = j1 - j0;
   const float* wp;
-  if (w.dtype == DType::kF32) {
+  if (w.nf4) {
+    float* panel = cpu::thread_scratch(0, static_cast<std::size_t>(nb * k));
+    quant::dequantize_range(*w.nf4, j0 * k, j1 * k, panel);
+    wp = panel;
+  } else if (w.dtype == DType::kF32) {
     wp = static_cast<const float*>(w.data) + j0 * k;
   } else {
     float* panel = cpu::thread_scratch(0, static_cast<std::size_t>(nb * k));
@@ -291,6 +302,7 @@ void linear(const float* x, std::int64_t m, const Matrix& w, const float* bias, 
 
 void embedding(const Matrix& table, const std::int32_t* ids, std::int64_t n, float* out, ThreadPool* pool) {
   check_matrix(table);
+  MV_CHECK(table.nf4 == nullptr, "embedding: an NF4 table is not supported");
   const std::size_t esize = cpu::float_dtype_size(table.dtype);
   auto body = [&](std::int64_t b, std::int64_t e) {
     for (std::int64_t i = b; i < e; ++i) {

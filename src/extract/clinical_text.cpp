@@ -1,0 +1,593 @@
+#include "extract/clinical_text.hpp"
+
+#include <algorithm>
+#include <cctype>
+#include <charconv>
+#include <nlohmann/json.hpp>
+#include <regex>
+
+#include "core/error.hpp"
+#include "core/file.hpp"
+#include "data/clinical_tables.hpp"
+
+namespace mv::extract {
+
+namespace {
+
+bool is_word_char(char c) { return std::isalnum(static_cast<unsigned char>(c)) != 0; }
+
+void sort_longest_first(std::vector<std::string>& v) {
+  std::sort(v.begin(), v.end(), [](const std::string& a, const std::string& b) {
+    return a.size() != b.size() ? a.size() > b.size() : a < b;
+  });
+  v.erase(std::unique(v.begin(), v.end()), v.end());
+}
+
+nlohmann::json load_json(const std::filesystem::path& p) {
+  try {
+    return nlohmann::json::parse(read_file(p));
+  } catch (const nlohmann::json::exception& e) {
+    fail(Errc::kInvalidInput, "{}: not valid JSON: {}", p.string(), e.what());
+  }
+}
+
+std::vector<std::string> strings(const nlohmann::json& j, const std::filesystem::path& file, const char* key) {
+  if (!j.is_array()) fail(Errc::kInvalidInput, "{}: \"{}\" must be an array of strings", file.string(), key);
+  std::vector<std::string> out;
+  for (const auto& x : j) {
+    if (!x.is_string()) fail(Errc::kInvalidInput, "{}: \"{}\" must be an array of strings", file.string(), key);
+    out.push_back(x.get<std::string>());
+  }
+  return out;
+}
+
+std::map<std::string, std::string> string_map(const nlohmann::json& j, const std::filesystem::path& file,
+                                              const char* key) {
+  if (!j.is_object()) fail(Errc::kInvalidInput, "{}: \"{}\" must be an object of strings", file.string(), key);
+  std::map<std::string, std::string> out;
+  for (const auto& [k, x] : j.items()) {
+    if (!x.is_string()) fail(Errc::kInvalidInput, "{}: \"{}.{}\" must be a string", file.string(), key, k);
+    out[k] = x.get<std::string>();
+  }
+  return out;
+}
+
+std::string trim(std::string_view s) {
+  std::size_t b = 0, e = s.size();
+  while (b < e && (std::isspace(static_cast<unsigned char>(s[b])) || s[b] == ',' || s[b] == ';')) ++b;
+  while (e > b && (std::isspace(static_cast<unsigned char>(s[e - 1])) || s[e - 1] == ',' || s[e - 1] == ';')) --e;
+  return std::string(s.substr(b, e - b));
+}
+
+bool parse_double(std::string_view s, double& out) {
+  std::string t;
+  for (char c : s)
+    if (c != ',') t += c;
+  if (t.empty()) return false;
+  const char* b = t.data();
+  if (*b == '+') ++b;
+  auto [p, ec] = std::from_chars(b, t.data() + t.size(), out);
+  return ec == std::errc() && p == t.data() + t.size();
+}
+
+std::string regex_escape(std::string_view s) {
+  std::string out;
+  for (char c : s) {
+    if (std::strchr("\\^$.|?*+()[]{}/", c)) out += '\\';
+    out += c;
+  }
+  return out;
+}
+
+std::string alternation(std::vector<std::string> words) {
+  sort_longest_first(words);
+  std::string out;
+  for (const auto& w : words) {
+    if (!out.empty()) out += '|';
+    out += regex_escape(w);
+  }
+  return out;
+}
+
+}  // namespace
+
+std::string to_lower(std::string_view s) {
+  std::string out(s);
+  for (char& c : out) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return out;
+}
+
+std::size_t find_phrase(std::string_view text, std::string_view phrase, std::size_t from, bool case_sensitive) {
+  if (phrase.empty() || text.size() < phrase.size()) return std::string_view::npos;
+  std::string t = case_sensitive ? std::string(text) : to_lower(text);
+  std::string p = case_sensitive ? std::string(phrase) : to_lower(phrase);
+  for (std::size_t pos = t.find(p, from); pos != std::string::npos; pos = t.find(p, pos + 1)) {
+    bool left_ok = pos == 0 || !is_word_char(t[pos - 1]) || !is_word_char(p.front());
+    std::size_t end = pos + p.size();
+    bool right_ok = end >= t.size() || !is_word_char(t[end]) || !is_word_char(p.back());
+    if (left_ok && right_ok) return pos;
+  }
+  return std::string_view::npos;
+}
+
+std::optional<std::pair<std::string, Span>> find_longest(std::string_view text, const std::vector<std::string>& list,
+                                                         std::size_t from, bool case_sensitive) {
+  std::optional<std::pair<std::string, Span>> best;
+  std::string lowered = case_sensitive ? std::string(text) : to_lower(text);
+  for (const auto& item : list) {
+    if (best && item.size() < best->second.second - best->second.first) break;  // list is longest first
+    std::size_t pos = find_phrase(lowered, case_sensitive ? item : to_lower(item), from, true);
+    if (pos == std::string::npos) continue;
+    if (!best || pos < best->second.first)
+      best = std::make_pair(item, Span{pos, pos + item.size()});
+  }
+  return best;
+}
+
+Vocabulary Vocabulary::load(const std::filesystem::path& data_dir) {
+  std::filesystem::path dir = data_dir.empty() ? synth::data_dir() : data_dir;
+  auto t = synth::ClinicalTables::load(dir / "clinical");
+  Vocabulary v;
+  for (const auto& d : t.drugs) {
+    v.drugs.push_back(d.name);
+    if (!d.brand.empty()) v.drugs.push_back(d.brand);
+  }
+  for (const auto& d : t.infusions) v.drugs.push_back(d.name);
+  for (const auto& l : t.labs) {
+    for (const auto& n : {l.name, l.long_name}) {
+      if (n.empty()) continue;
+      v.lab_tests.push_back(n);
+      if (!l.loinc.empty()) v.lab_loinc[to_lower(n)] = l.loinc;
+      if (!l.unit.empty()) v.lab_unit[to_lower(n)] = l.unit;
+    }
+    if (!l.unit.empty()) v.lab_units.push_back(l.unit);
+    if (l.qualitative) {
+      v.lab_results.push_back(l.normal_result);
+      for (const auto& r : l.abnormal_results) v.lab_results.push_back(r);
+    }
+  }
+  for (const auto& x : t.vitals) {
+    for (const auto& n : {x.name, x.abbr}) {
+      if (n.empty()) continue;
+      v.vitals.push_back(n);
+      if (!x.loinc.empty()) v.vital_loinc[to_lower(n)] = x.loinc;
+    }
+    for (const auto& u : x.units) v.vital_units.push_back(u);
+  }
+  for (const auto& [code, w] : t.routes) {
+    v.route_abbr.push_back(w.abbr);
+    v.route_long.push_back(w.long_form);
+  }
+  for (const auto& [code, w] : t.frequencies) {
+    v.freq_words.push_back(w.abbr);
+    v.freq_words.push_back(w.long_form);
+  }
+  v.prn_words = {"PRN", "as needed"};
+  if (!t.prn_words.abbr.empty()) v.prn_words.push_back(t.prn_words.abbr);
+  if (!t.prn_words.long_form.empty()) v.prn_words.push_back(t.prn_words.long_form);
+  for (const auto& a : t.allergies) v.allergens.push_back(a.substance);
+  for (const auto& x : t.vaccines) {
+    v.vaccines.push_back(x.name);
+    if (!x.short_name.empty()) v.vaccines.push_back(x.short_name);
+  }
+  for (const auto& s : t.radiology) v.procedures.push_back(s.name);
+  for (const auto& s : t.cardiology) v.procedures.push_back(s.name);
+  for (const auto& s : t.surgery) v.procedures.push_back(s.name);
+  for (const auto& s : t.pathology) v.procedures.push_back(s.procedure);
+  for (const auto& f : t.followups) v.followups.push_back(f.text);
+  for (const auto& f : t.orders) v.followups.push_back(f.text);
+
+  auto sections_file = dir / "extract" / "sections.json";
+  auto sj = load_json(sections_file);
+  if (!sj.contains("sections") || !sj["sections"].is_object())
+    fail(Errc::kInvalidInput, "{}: \"sections\" must be an object", sections_file.string());
+  for (const auto& [kind, list] : sj["sections"].items()) v.sections[kind] = strings(list, sections_file, "sections");
+
+  auto labels_file = dir / "extract" / "labels.json";
+  auto lj = load_json(labels_file);
+  for (const char* key : {"labels", "sex_values", "status_words", "diagnosis_status", "diagnosis_roles", "lab_flags",
+                          "no_known_allergies", "severities", "dose_units", "strength_units"})
+    if (!lj.contains(key)) fail(Errc::kInvalidInput, "{}: \"{}\" is missing", labels_file.string(), key);
+  for (const auto& [field, list] : lj["labels"].items()) v.labels[field] = strings(list, labels_file, "labels");
+  v.sex_values = string_map(lj["sex_values"], labels_file, "sex_values");
+  v.status_words = string_map(lj["status_words"], labels_file, "status_words");
+  v.diagnosis_status = string_map(lj["diagnosis_status"], labels_file, "diagnosis_status");
+  v.diagnosis_roles = string_map(lj["diagnosis_roles"], labels_file, "diagnosis_roles");
+  v.lab_flags = string_map(lj["lab_flags"], labels_file, "lab_flags");
+  v.severities = string_map(lj["severities"], labels_file, "severities");
+  v.no_known_allergies = strings(lj["no_known_allergies"], labels_file, "no_known_allergies");
+  v.dose_units = strings(lj["dose_units"], labels_file, "dose_units");
+  v.strength_units = strings(lj["strength_units"], labels_file, "strength_units");
+  for (auto& u : t.dose_unit_abbr) {
+    v.dose_units.push_back(u.first);
+    v.dose_units.push_back(u.second);
+  }
+  for (auto& u : t.dose_unit_plural) {
+    v.dose_units.push_back(u.first);
+    v.dose_units.push_back(u.second);
+  }
+  auto types_file = dir / "extract" / "document_types.json";
+  auto tj = load_json(types_file);
+  if (!tj.contains("document_types") || !tj["document_types"].is_object())
+    fail(Errc::kInvalidInput, "{}: \"document_types\" must be an object", types_file.string());
+  for (const auto& [type, list] : tj["document_types"].items())
+    v.document_types.emplace_back(type, strings(list, types_file, "document_types"));
+  for (auto* list : {&v.drugs, &v.lab_tests, &v.lab_results, &v.vitals, &v.route_abbr, &v.route_long, &v.freq_words,
+                     &v.prn_words, &v.allergens, &v.vaccines, &v.procedures, &v.followups, &v.dose_units,
+                     &v.strength_units, &v.lab_units, &v.vital_units, &v.no_known_allergies})
+    sort_longest_first(*list);
+  for (auto& [k, list] : v.sections) sort_longest_first(list);
+  for (auto& [k, list] : v.labels) sort_longest_first(list);
+  return v;
+}
+
+// ---------------------------------------------------------------------------------------------- medications
+
+namespace {
+
+struct SigRegexes {
+  std::regex strength, dose, duration, quantity, hash_qty, refills, paren;
+  explicit SigRegexes(const Vocabulary& v) {
+    const std::string num = R"((\d+(?:[.,]\d+)?(?:/\d+(?:\.\d+)?)?))";
+    strength = std::regex(num + R"(\s?()" + alternation(v.strength_units) + R"()(?![A-Za-z]))",
+                          std::regex::icase);
+    dose = std::regex(R"((\d+(?:\.\d+)?(?:-\d+(?:\.\d+)?)?|one|two|three|half)\s?()" + alternation(v.dose_units) +
+                          R"()(?![A-Za-z]))",
+                      std::regex::icase);
+    duration = std::regex(R"((?:\bx|\bfor|×)\s*(\d+(?:-\d+)?\s*(?:days?|weeks?|months?|doses?|hours?))\b)",
+                          std::regex::icase);
+    quantity = std::regex(R"(\b(?:Disp(?:ense)?|Qty|Quantity)\s*[:#]?\s*(#?\s?\d+(?:\s(?!Refills)[A-Za-z]+)?))",
+                          std::regex::icase);
+    hash_qty = std::regex(R"((#\s?\d+))");
+    refills = std::regex(R"(\bRefills?\s*[:#]?\s*(\d+))", std::regex::icase);
+    paren = std::regex(R"(\(([^()]{2,80})\))");
+  }
+};
+
+const SigRegexes& regexes(const Vocabulary& v) {
+  static thread_local const Vocabulary* owner = nullptr;
+  static thread_local std::unique_ptr<SigRegexes> r;
+  if (owner != &v || !r) {
+    r = std::make_unique<SigRegexes>(v);
+    owner = &v;
+  }
+  return *r;
+}
+
+void set_field(ParsedMedication& m, const char* field, std::optional<std::string>& slot, std::string value, Span span) {
+  if (slot || value.empty()) return;
+  slot = std::move(value);
+  m.spans[field] = span;
+}
+
+}  // namespace
+
+void parse_sig_into(std::string_view text, std::size_t off, const Vocabulary& v, ParsedMedication& m) {
+  const auto& rx = regexes(v);
+  std::string s(text);
+  std::smatch mt;
+  auto span_of = [&](int g) { return Span{off + mt.position(g), off + mt.position(g) + mt.length(g)}; };
+  // Strength: the first number+strength unit right after the name (before any dose).
+  std::size_t sig_from = 0;
+  if (!m.med.strength && std::regex_search(s, mt, rx.strength) && mt.position(0) <= 3) {
+    set_field(m, "strength", m.med.strength, mt[1].str() + " " + mt[2].str(), span_of(0));
+    sig_from = mt.position(0) + mt.length(0);
+    // "1 mg/0.5 mL" style strengths keep their tail
+  }
+  std::string rest = s.substr(sig_from);
+  std::size_t roff = off + sig_from;
+  // Dose and unit: a number with a dose unit.
+  if (!m.med.dose && std::regex_search(rest, mt, rx.dose)) {
+    std::string d = mt[1].str();
+    m.med.dose = d;
+    m.spans["dose"] = {roff + mt.position(1), roff + mt.position(1) + mt.length(1)};
+    m.med.unit = mt[2].str();
+    m.spans["unit"] = {roff + mt.position(2), roff + mt.position(2) + mt.length(2)};
+  }
+  // Route: abbreviations are case-sensitive (PO, IV, SC, IN), long forms are not.
+  if (!m.med.route) {
+    auto a = find_longest(rest, v.route_abbr, 0, true);
+    auto l = find_longest(rest, v.route_long, 0, false);
+    auto pick = a && (!l || a->second.first <= l->second.first) ? a : l;
+    if (pick) {
+      m.med.route = rest.substr(pick->second.first, pick->second.second - pick->second.first);
+      m.spans["route"] = {roff + pick->second.first, roff + pick->second.second};
+    }
+  }
+  if (!m.med.frequency) {
+    if (auto f = find_longest(rest, v.freq_words)) {
+      m.med.frequency = rest.substr(f->second.first, f->second.second - f->second.first);
+      m.spans["frequency"] = {roff + f->second.first, roff + f->second.second};
+    }
+  }
+  if (!m.med.prn) {
+    for (const auto& w : v.prn_words) {
+      std::size_t p = find_phrase(rest, w);
+      if (p == std::string::npos) continue;
+      m.med.prn = true;
+      m.spans["prn"] = {roff + p, roff + p + w.size()};
+      // "PRN pain" / "as needed for nausea": the indication follows.
+      std::string after = rest.substr(p + w.size());
+      static const std::regex ind(R"(^\s*(?:for\s+)?([A-Za-z][A-Za-z /-]{1,40}?)(?=\s{2,}|\s*[(;,.]|\s+x\s|\s+for\s\d|$))");
+      std::smatch im;
+      if (!m.med.indication && std::regex_search(after, im, ind)) {
+        std::string t = trim(im[1].str());
+        if (t.size() > 2) {
+            m.med.indication = t;
+            std::size_t b = roff + p + w.size() + im.position(1);
+            m.spans["indication"] = {b, b + im.length(1)};
+          }
+      }
+      break;
+    }
+  }
+  if (!m.med.duration && std::regex_search(rest, mt, rx.duration)) {
+    m.med.duration = mt[1].str();
+    m.spans["duration"] = {roff + mt.position(1), roff + mt.position(1) + mt.length(1)};
+  }
+  if (!m.med.indication) {
+    for (auto it = std::sregex_iterator(rest.begin(), rest.end(), rx.paren); it != std::sregex_iterator(); ++it) {
+      std::string t = trim((*it)[1].str());
+      std::string lt = to_lower(t);
+      if (v.severities.count(lt) || v.status_words.count(lt)) continue;
+      if (!t.empty() && std::isdigit(static_cast<unsigned char>(t[0]))) continue;
+      m.med.indication = t;
+      m.spans["indication"] = {roff + it->position(1), roff + it->position(1) + it->length(1)};
+      break;
+    }
+  }
+  if (!m.med.quantity) {
+    if (std::regex_search(rest, mt, rx.quantity)) {
+      m.med.quantity = trim(mt[1].str());
+      m.spans["quantity"] = {roff + mt.position(1), roff + mt.position(1) + mt.length(1)};
+    } else if (std::regex_search(rest, mt, rx.hash_qty)) {
+      m.med.quantity = mt[1].str();
+      m.spans["quantity"] = {roff + mt.position(1), roff + mt.position(1) + mt.length(1)};
+    }
+  }
+  if (!m.med.refills && std::regex_search(rest, mt, rx.refills)) {
+    int r = std::stoi(mt[1].str());
+    if (r >= 0 && r <= 99) {
+      m.med.refills = r;
+      m.spans["refills"] = {roff + mt.position(1), roff + mt.position(1) + mt.length(1)};
+    }
+  }
+  if (!m.med.status) {
+    // A status word standing alone as a cell (two-space separated) or at the end.
+    std::string lr = to_lower(rest);
+    for (const auto& [word, status] : v.status_words) {
+      std::size_t p = find_phrase(lr, word);
+      if (p == std::string::npos) continue;
+      bool alone_before = p == 0 || (p >= 2 && lr.substr(p - 2, 2) == "  ") || (p >= 1 && lr[p - 1] == '(');
+      std::size_t e = p + word.size();
+      bool alone_after = e == lr.size() || (e + 1 < lr.size() && lr.substr(e, 2) == "  ") || lr[e] == ')';
+      if (alone_before && alone_after) {
+        m.med.status = status;
+        m.spans["status"] = {roff + p, roff + e};
+        break;
+      }
+    }
+  }
+}
+
+std::optional<ParsedMedication> parse_medication(std::string_view text, const Vocabulary& v,
+                                                 std::optional<Span> name_span) {
+  ParsedMedication m;
+  Span ns;
+  if (name_span) {
+    ns = *name_span;
+  } else {
+    auto found = find_longest(text, v.drugs);
+    if (!found) return std::nullopt;
+    ns = found->second;
+  }
+  m.med.name = std::string(text.substr(ns.first, ns.second - ns.first));
+  m.spans["name"] = ns;
+  std::size_t after = ns.second;
+  while (after < text.size() && text[after] == ' ') ++after;
+  parse_sig_into(text.substr(after), after, v, m);
+  return m;
+}
+
+// ---------------------------------------------------------------------------------------------------- labs
+
+std::optional<std::string> normalise_flag(std::string_view printed, const Vocabulary& v) {
+  std::string p = to_lower(trim(printed));
+  auto it = v.lab_flags.find(p);
+  if (it != v.lab_flags.end()) return it->second;
+  return std::nullopt;
+}
+
+std::optional<std::string> derive_flag(std::string_view value, std::string_view range) {
+  double x = 0;
+  std::string vs = trim(value);
+  if (vs.empty() || vs[0] == '<' || vs[0] == '>' || !parse_double(vs, x)) return std::nullopt;
+  std::string r = trim(range);
+  static const std::regex two(R"(^(-?\d+(?:\.\d+)?)\s*(?:-|–|to)\s*(-?\d+(?:\.\d+)?)$)");
+  static const std::regex one(R"(^([<>]=?|≤|≥)\s*(\d+(?:\.\d+)?)$)");
+  std::smatch m;
+  double lo = 0, hi = 0;
+  if (std::regex_match(r, m, two) && parse_double(m[1].str(), lo) && parse_double(m[2].str(), hi)) {
+    if (x < lo) return "L";
+    if (x > hi) return "H";
+    return "N";
+  }
+  if (std::regex_match(r, m, one) && parse_double(m[2].str(), hi)) {
+    std::string op = m[1].str();
+    if (op[0] == '<' || op == "≤") return x >= hi && !(op == "<=" && x == hi) ? "H" : "N";
+    return x <= hi && !(op == ">=" && x == hi) ? "L" : "N";
+  }
+  return std::nullopt;
+}
+
+std::optional<ParsedLab> parse_lab_row(std::string_view text, const Vocabulary& v) {
+  auto name = find_longest(text, v.lab_tests);
+  if (!name || name->second.first > 4) return std::nullopt;
+  ParsedLab p;
+  Span ns = name->second;
+  // Extend the name over a printed qualifier that follows it without a column gap: "LDL Cholesterol (calc)".
+  std::string s(text);
+  std::size_t e = ns.second;
+  if (e + 1 < s.size() && s[e] == ' ' && s[e + 1] == '(') {
+    std::size_t close = s.find(')', e);
+    if (close != std::string::npos && close - e < 20 && s.substr(e, close - e).find("  ") == std::string::npos)
+      e = close + 1;
+  }
+  ns.second = e;
+  p.lab.test = s.substr(ns.first, ns.second - ns.first);
+  p.spans["test"] = ns;
+  std::string rest = s.substr(ns.second);
+  std::size_t off = ns.second;
+  if (rest.find_first_not_of(" :") == std::string::npos) return std::nullopt;
+  // Tokens of the rest, split on whitespace but keeping cells: we walk tokens left to right.
+  struct Tok {
+    std::string t;
+    Span sp;
+    bool cell_start;
+  };
+  std::vector<Tok> toks;
+  for (std::size_t i = 0; i < rest.size();) {
+    while (i < rest.size() && rest[i] == ' ') ++i;
+    if (i >= rest.size()) break;
+    std::size_t j = i;
+    while (j < rest.size() && rest[j] != ' ') ++j;
+    bool cs = i >= 2 && rest[i - 1] == ' ' && rest[i - 2] == ' ';
+    toks.push_back({rest.substr(i, j - i), {off + i, off + j}, cs || toks.empty()});
+    i = j;
+  }
+  static const std::regex num_re(R"(^[<>]?=?\d+(?:[.,]\d+)?$)");
+  static const std::regex range_re(R"(^[<>]=?\s?\d+(?:\.\d+)?$|^-?\d+(?:\.\d+)?-\d+(?:\.\d+)?$)");
+  std::string lname = to_lower(p.lab.test);
+  for (std::size_t k = 0; k < toks.size(); ++k) {
+    const std::string& t = toks[k].t;
+    std::string lt = to_lower(t);
+    if (t == ":" || t == "-") continue;
+    // value
+    if (p.lab.value.empty()) {
+      if (std::regex_match(t, num_re) && !(k + 1 < toks.size() && toks[k + 1].t == "-")) {
+        p.lab.value = t;
+        p.spans["value"] = toks[k].sp;
+        continue;
+      }
+      auto q = std::find_if(v.lab_results.begin(), v.lab_results.end(),
+                            [&](const std::string& r) { return to_lower(r) == lt; });
+      if (q != v.lab_results.end()) {
+        p.lab.value = t;
+        p.spans["value"] = toks[k].sp;
+        continue;
+      }
+      continue;  // text before the value (method, specimen): skip
+    }
+    // flag: one or two tokens ("CRIT HIGH", "H !!", "L *")
+    if (!p.lab.flag) {
+      if (k + 1 < toks.size()) {
+        std::string two = t + " " + toks[k + 1].t;
+        if (auto f = normalise_flag(two, v); f && !toks[k + 1].cell_start) {
+          p.lab.flag = *f;
+          p.spans["flag"] = {toks[k].sp.first, toks[k + 1].sp.second};
+          ++k;
+          continue;
+        }
+      }
+      if (auto f = normalise_flag(t, v)) {
+        p.lab.flag = *f;
+        p.spans["flag"] = toks[k].sp;
+        continue;
+      }
+    }
+    // range: "3.5-5.1", "<200", "> 60", "3.5 - 5.1", "-2.0 to 2.0"
+    if (!p.lab.reference_range) {
+      if (std::regex_match(t, range_re)) {
+        p.lab.reference_range = t;
+        p.spans["reference_range"] = toks[k].sp;
+        continue;
+      }
+      if ((t == "<" || t == ">") && k + 1 < toks.size() && std::regex_match(toks[k + 1].t, num_re)) {
+        p.lab.reference_range = t + toks[k + 1].t;
+        p.spans["reference_range"] = {toks[k].sp.first, toks[k + 1].sp.second};
+        ++k;
+        continue;
+      }
+      if (k + 2 < toks.size() && std::regex_match(t, num_re) && (toks[k + 1].t == "-" || toks[k + 1].t == "to") &&
+          std::regex_match(toks[k + 2].t, num_re)) {
+        p.lab.reference_range = s.substr(toks[k].sp.first, toks[k + 2].sp.second - toks[k].sp.first);
+        p.spans["reference_range"] = {toks[k].sp.first, toks[k + 2].sp.second};
+        k += 2;
+        continue;
+      }
+      auto q = std::find_if(v.lab_results.begin(), v.lab_results.end(),
+                            [&](const std::string& r) { return to_lower(r) == lt; });
+      if (q != v.lab_results.end()) {
+        p.lab.reference_range = t;
+        p.spans["reference_range"] = toks[k].sp;
+        continue;
+      }
+    }
+    // unit: a known unit, or anything with a slash or %
+    if (!p.lab.unit) {
+      bool known = std::any_of(v.lab_units.begin(), v.lab_units.end(), [&](const std::string& u) { return u == t; });
+      if (known || t.find('/') != std::string::npos || t == "%" || t.find('^') != std::string::npos) {
+        if (!std::regex_match(t, num_re)) {
+          p.lab.unit = t;
+          p.spans["unit"] = toks[k].sp;
+          continue;
+        }
+      }
+    }
+  }
+  if (p.lab.value.empty()) return std::nullopt;
+  if (auto it = v.lab_loinc.find(lname); it != v.lab_loinc.end()) p.lab.loinc = it->second;
+  return p;
+}
+
+// --------------------------------------------------------------------------------------------------- dates
+
+std::optional<std::string> normalise_date(std::string_view text, bool with_time, Span* span) {
+  static const std::regex iso(R"((\d{4})-(\d{1,2})-(\d{1,2})(?:[ T](\d{1,2}):(\d{2}))?)");
+  static const std::regex us(R"((\d{1,2})/(\d{1,2})/(\d{2,4})(?:,?\s+(\d{1,2}):(\d{2}))?)");
+  static const std::regex dmy(R"((\d{1,2})[- ]([A-Za-z]{3})[a-z]*[- ,]+(\d{4})(?:,?\s+(\d{1,2}):(\d{2}))?)");
+  static const std::regex mdy(R"(([A-Za-z]{3})[a-z]*\.? (\d{1,2}),? (\d{4})(?:,?\s+(\d{1,2}):(\d{2}))?)");
+  static const char* months[] = {"jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"};
+  std::string s(text);
+  std::smatch m;
+  int y = 0, mo = 0, d = 0;
+  std::string hh, mm;
+  auto month_of = [&](const std::string& name) {
+    std::string l = to_lower(name.substr(0, 3));
+    for (int i = 0; i < 12; ++i)
+      if (l == months[i]) return i + 1;
+    return 0;
+  };
+  std::size_t pos = 0, len = 0;
+  if (std::regex_search(s, m, iso)) {
+    y = std::stoi(m[1]), mo = std::stoi(m[2]), d = std::stoi(m[3]);
+    hh = m[4], mm = m[5];
+  } else if (std::regex_search(s, m, us)) {
+    mo = std::stoi(m[1]), d = std::stoi(m[2]), y = std::stoi(m[3]);
+    if (m[3].length() == 2) y += y <= 26 ? 2000 : 1900;
+    hh = m[4], mm = m[5];
+  } else if (std::regex_search(s, m, dmy) && month_of(m[2])) {
+    d = std::stoi(m[1]), mo = month_of(m[2]), y = std::stoi(m[3]);
+    hh = m[4], mm = m[5];
+  } else if (std::regex_search(s, m, mdy) && month_of(m[1])) {
+    mo = month_of(m[1]), d = std::stoi(m[2]), y = std::stoi(m[3]);
+    hh = m[4], mm = m[5];
+  } else {
+    return std::nullopt;
+  }
+  pos = m.position(0);
+  len = m.length(0);
+  if (mo < 1 || mo > 12 || d < 1 || d > 31 || y < 1000) return std::nullopt;
+  std::string out = fmt::format("{:04d}-{:02d}-{:02d}", y, mo, d);
+  if (with_time && !hh.empty()) {
+    int h = std::stoi(hh), mi = std::stoi(mm);
+    if (h <= 23 && mi <= 59) out += fmt::format("T{:02d}:{:02d}", h, mi);
+  } else if (!hh.empty()) {
+    len = static_cast<std::size_t>(m.position(4) - m.position(0));
+    while (len > 0 && (s[pos + len - 1] == ' ' || s[pos + len - 1] == ',')) --len;
+  }
+  if (span) *span = {pos, pos + len};
+  return out;
+}
+
+}  // namespace mv::extract

@@ -1,0 +1,314 @@
+#include "extract/ocr.hpp"
+
+#include <leptonica/allheaders.h>
+#include <tesseract/baseapi.h>
+#include <tesseract/resultiterator.h>
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+#include "core/error.hpp"
+#include "core/log.hpp"
+
+namespace mv::extract {
+
+struct OcrEngine::Instance {
+  tesseract::TessBaseAPI api;
+};
+
+namespace {
+
+struct PixDeleter {
+  void operator()(Pix* p) const {
+    if (p) pixDestroy(&p);
+  }
+};
+using PixPtr = std::unique_ptr<Pix, PixDeleter>;
+
+PixPtr to_gray_pix(const ImageRGB8& img) {
+  PixPtr pix(pixCreate(img.width, img.height, 8));
+  if (!pix) fail(Errc::kFailure, "OCR: cannot allocate a {}x{} page", img.width, img.height);
+  l_uint32* data = pixGetData(pix.get());
+  int wpl = pixGetWpl(pix.get());
+  for (int y = 0; y < img.height; ++y) {
+    const std::uint8_t* src = img.row(y);
+    l_uint32* line = data + static_cast<std::ptrdiff_t>(y) * wpl;
+    for (int x = 0; x < img.width; ++x) {
+      int g = (299 * src[3 * x] + 587 * src[3 * x + 1] + 114 * src[3 * x + 2] + 500) / 1000;
+      SET_DATA_BYTE(line, x, g);
+    }
+  }
+  return pix;
+}
+
+// Spread of the background brightness over a grid of tiles: the 90th percentile of each tile (paper, not
+// ink), max minus min. A flat scan is a few levels; a photo with a lighting ramp or shadow is tens.
+int background_spread(Pix* gray) {
+  int w = pixGetWidth(gray), h = pixGetHeight(gray);
+  const int n = 8;
+  l_uint32* data = pixGetData(gray);
+  int wpl = pixGetWpl(gray);
+  int lo = 255, hi = 0;
+  for (int ty = 0; ty < n; ++ty)
+    for (int tx = 0; tx < n; ++tx) {
+      int x0 = tx * w / n, x1 = (tx + 1) * w / n, y0 = ty * h / n, y1 = (ty + 1) * h / n;
+      int hist[256] = {};
+      int count = 0;
+      for (int y = y0; y < y1; y += 2) {
+        l_uint32* line = data + static_cast<std::ptrdiff_t>(y) * wpl;
+        for (int x = x0; x < x1; x += 2, ++count) ++hist[GET_DATA_BYTE(line, x)];
+      }
+      if (count == 0) continue;
+      int acc = 0, p90 = 255;
+      for (int v = 0; v < 256; ++v) {
+        acc += hist[v];
+        if (acc >= count * 9 / 10) {
+          p90 = v;
+          break;
+        }
+      }
+      lo = std::min(lo, p90);
+      hi = std::max(hi, p90);
+    }
+  return hi - lo;
+}
+
+double median(std::vector<double> v) {
+  if (v.empty()) return 0;
+  std::nth_element(v.begin(), v.begin() + v.size() / 2, v.end());
+  return v[v.size() / 2];
+}
+
+BBox unite(const BBox& a, const BBox& b) {
+  return {std::min(a.x0, b.x0), std::min(a.y0, b.y0), std::max(a.x1, b.x1), std::max(a.y1, b.y1)};
+}
+
+}  // namespace
+
+std::string OcrPage::text() const {
+  std::string out;
+  for (const auto& r : rows) {
+    out += r.text;
+    out += '\n';
+  }
+  return out;
+}
+
+OcrEngine::OcrEngine(OcrOptions options) : options_(std::move(options)) {
+  release(acquire());  // fails early when the model cannot be loaded
+}
+
+OcrEngine::~OcrEngine() {
+  for (auto& inst : free_) inst->api.End();
+}
+
+std::unique_ptr<OcrEngine::Instance> OcrEngine::acquire() {
+  {
+    std::lock_guard lock(mutex_);
+    if (!free_.empty()) {
+      auto inst = std::move(free_.back());
+      free_.pop_back();
+      return inst;
+    }
+  }
+  auto inst = std::make_unique<Instance>();
+  std::string dir = options_.tessdata_dir.string();
+  if (inst->api.Init(dir.empty() ? nullptr : dir.c_str(), "eng", tesseract::OEM_LSTM_ONLY) != 0)
+    fail(Errc::kNotFound,
+         "OCR: cannot load the Tesseract 'eng' model{}{} (install tesseract-ocr-eng, or set TESSDATA_PREFIX)",
+         dir.empty() ? "" : " from ", dir);
+  inst->api.SetPageSegMode(tesseract::PSM_AUTO);
+  inst->api.SetVariable("debug_file", "/dev/null");
+  return inst;
+}
+
+void OcrEngine::release(std::unique_ptr<Instance> inst) {
+  std::lock_guard lock(mutex_);
+  free_.push_back(std::move(inst));
+}
+
+OcrPage OcrEngine::recognize(const Page& page) {
+  const ImageRGB8& img = page.image;
+  if (img.width <= 0 || img.height <= 0 || img.pixels.size() != static_cast<std::size_t>(img.width) * img.height * 3)
+    fail(Errc::kInvalidInput, "OCR: page {} has no pixels", page.number);
+  OcrPage out;
+  out.number = page.number;
+  out.width = img.width;
+  out.height = img.height;
+  out.dpi = page.dpi;
+
+  PixPtr gray = to_gray_pix(img);
+  if (options_.normalise && background_spread(gray.get()) > 48) {
+    PixPtr norm(pixBackgroundNormSimple(gray.get(), nullptr, nullptr));
+    if (norm) {
+      gray = std::move(norm);
+      out.normalised = true;
+    }
+  }
+  double angle = 0;  // degrees, leptonica's sign (clockwise positive)
+  if (options_.deskew) {
+    PixPtr bin(pixConvertTo1(gray.get(), 160));
+    l_float32 a = 0, conf = 0;
+    if (bin && pixFindSkew(bin.get(), &a, &conf) == 0 && conf > 2.5 && std::abs(a) >= 0.2 && std::abs(a) < 10) {
+      PixPtr rot(pixRotate(gray.get(), static_cast<l_float32>(a * M_PI / 180.0), L_ROTATE_AREA_MAP,
+                           L_BRING_IN_WHITE, img.width, img.height));
+      if (rot) {
+        gray = std::move(rot);
+        angle = a;
+      }
+    }
+  }
+  out.skew_degrees = angle;
+
+  auto inst = acquire();
+  struct Releaser {
+    OcrEngine* self;
+    std::unique_ptr<Instance>* inst;
+    ~Releaser() {
+      (*inst)->api.Clear();
+      self->release(std::move(*inst));
+    }
+  } releaser{this, &inst};
+  auto& api = inst->api;
+  api.SetImage(gray.get());
+  int dpi = page.dpi ? static_cast<int>(std::lround(*page.dpi)) : 150;
+  api.SetSourceResolution(std::clamp(dpi, 70, 600));
+  if (api.Recognize(nullptr) != 0) fail(Errc::kFailure, "OCR: Tesseract failed on page {}", page.number);
+
+  // Undo the deskew rotation on boxes: leptonica rotates about the centre, clockwise for a positive angle.
+  const double th = angle * M_PI / 180.0, c = std::cos(th), s = std::sin(th);
+  const double cx = img.width / 2.0, cy = img.height / 2.0;
+  auto unrotate = [&](double x, double y, double& ox, double& oy) {
+    double dx = x - cx, dy = y - cy;
+    ox = cx + dx * c + dy * s;
+    oy = cy - dx * s + dy * c;
+  };
+  auto map_box = [&](int l, int t, int r, int b) {
+    if (angle == 0) return BBox{double(l), double(t), double(r), double(b)};
+    double xs[4], ys[4];
+    unrotate(l, t, xs[0], ys[0]);
+    unrotate(r, t, xs[1], ys[1]);
+    unrotate(l, b, xs[2], ys[2]);
+    unrotate(r, b, xs[3], ys[3]);
+    BBox bb{*std::min_element(xs, xs + 4), *std::min_element(ys, ys + 4), *std::max_element(xs, xs + 4),
+            *std::max_element(ys, ys + 4)};
+    bb.x0 = std::clamp(bb.x0, 0.0, double(img.width));
+    bb.x1 = std::clamp(bb.x1, 0.0, double(img.width));
+    bb.y0 = std::clamp(bb.y0, 0.0, double(img.height));
+    bb.y1 = std::clamp(bb.y1, 0.0, double(img.height));
+    return bb;
+  };
+
+  std::vector<std::vector<int>> lines;
+  std::unique_ptr<tesseract::ResultIterator> it(api.GetIterator());
+  if (it) {
+    do {
+      if (it->Empty(tesseract::RIL_WORD)) continue;
+      std::unique_ptr<char[]> txt(it->GetUTF8Text(tesseract::RIL_WORD));
+      if (!txt || !txt[0]) continue;
+      std::string t(txt.get());
+      if (t.find_first_not_of(" \t\n") == std::string::npos) continue;
+      int l, tp, r, b;
+      if (!it->BoundingBox(tesseract::RIL_WORD, &l, &tp, &r, &b)) continue;
+      if (lines.empty() || it->IsAtBeginningOf(tesseract::RIL_TEXTLINE)) lines.emplace_back();
+      OcrWord w;
+      w.text = std::move(t);
+      w.box = map_box(l, tp, r, b);
+      w.confidence = std::clamp(it->Confidence(tesseract::RIL_WORD) / 100.0, 0.0, 1.0);
+      lines.back().push_back(static_cast<int>(out.words.size()));
+      out.words.push_back(std::move(w));
+    } while (it->Next(tesseract::RIL_WORD));
+  }
+  std::erase_if(lines, [](const auto& l) { return l.empty(); });
+  out.rows = build_rows(out.words, lines);
+  SPDLOG_DEBUG("ocr: page {}: {} words, {} rows, skew {:.2f} deg{}", page.number, out.words.size(), out.rows.size(),
+               angle, out.normalised ? ", background normalised" : "");
+  return out;
+}
+
+std::vector<OcrRow> build_rows(const std::vector<OcrWord>& words, const std::vector<std::vector<int>>& lines) {
+  struct Line {
+    std::vector<int> words;
+    BBox box;
+  };
+  std::vector<Line> ls;
+  for (const auto& l : lines) {
+    if (l.empty()) continue;
+    Line x{l, words[l[0]].box};
+    for (int i : l) x.box = unite(x.box, words[i].box);
+    ls.push_back(std::move(x));
+  }
+  std::sort(ls.begin(), ls.end(), [](const Line& a, const Line& b) { return a.box.y0 + a.box.y1 < b.box.y0 + b.box.y1; });
+
+  struct RowAcc {
+    BBox box;
+    std::vector<const Line*> lines;
+  };
+  std::vector<RowAcc> rows;
+  for (const auto& l : ls) {
+    double lh = l.box.y1 - l.box.y0;
+    RowAcc* best = nullptr;
+    double best_ov = 0;
+    // Only the last few rows can hold a line whose centre is below theirs.
+    for (std::size_t k = rows.size() > 6 ? rows.size() - 6 : 0; k < rows.size(); ++k) {
+      auto& r = rows[k];
+      double ov = std::min(r.box.y1, l.box.y1) - std::max(r.box.y0, l.box.y0);
+      double rh = r.box.y1 - r.box.y0;
+      if (ov <= 0.6 * std::min(lh, rh)) continue;
+      bool x_clash = false;  // a row never holds two lines over the same columns
+      for (const Line* o : r.lines)
+        if (std::min(o->box.x1, l.box.x1) - std::max(o->box.x0, l.box.x0) > 0) x_clash = true;
+      if (x_clash) continue;
+      if (ov > best_ov) {
+        best_ov = ov;
+        best = &r;
+      }
+    }
+    if (best) {
+      best->lines.push_back(&l);
+      best->box = unite(best->box, l.box);
+    } else {
+      rows.push_back({l.box, {&l}});
+    }
+  }
+
+  std::vector<OcrRow> out;
+  for (auto& r : rows) {
+    OcrRow row;
+    row.box = r.box;
+    for (const Line* l : r.lines) row.words.insert(row.words.end(), l->words.begin(), l->words.end());
+    std::sort(row.words.begin(), row.words.end(), [&](int a, int b) { return words[a].box.x0 < words[b].box.x0; });
+    std::vector<double> hs;
+    for (int i : row.words) hs.push_back(words[i].box.y1 - words[i].box.y0);
+    row.height = median(hs);
+    // Cells: a gap wider than about one line height separates columns.
+    const double gap = std::max(12.0, 1.1 * row.height);
+    for (std::size_t k = 0; k < row.words.size(); ++k) {
+      int wi = row.words[k];
+      const OcrWord& w = words[wi];
+      if (row.cells.empty() || w.box.x0 - row.cells.back().box.x1 > gap) {
+        OcrCell c;
+        c.box = w.box;
+        row.cells.push_back(c);
+      }
+      OcrCell& c = row.cells.back();
+      if (!c.text.empty()) c.text += ' ';
+      c.text += w.text;
+      c.words.push_back(wi);
+      c.box = unite(c.box, w.box);
+    }
+    for (auto& c : row.cells) {
+      double sum = 0;
+      for (int i : c.words) sum += words[i].confidence;
+      c.confidence = c.words.empty() ? 0 : sum / c.words.size();
+      if (!row.text.empty()) row.text += "  ";
+      row.text += c.text;
+    }
+    out.push_back(std::move(row));
+  }
+  std::sort(out.begin(), out.end(), [](const OcrRow& a, const OcrRow& b) { return a.box.y0 + a.box.y1 < b.box.y0 + b.box.y1; });
+  return out;
+}
+
+}  // namespace mv::extract

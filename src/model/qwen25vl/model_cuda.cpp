@@ -1,0 +1,692 @@
+// Qwen2.5-VL on an NVIDIA GPU: the same Model interface as the CPU engine, with bf16 weights and KV
+// cache, fp32 residual stream and accumulation. Weights are read from the mapped checkpoint through
+// pinned staging buffers and converted to bf16 on the device. q/k/v and gate/up are fused into one
+// weight each; residual adds ride in the GEMM epilogue (beta = 1). See docs/design/cuda-engine.md.
+#if MEDVISION_HAS_CUDA
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <optional>
+#include <cstring>
+#include <mutex>
+
+#include "core/error.hpp"
+#include "core/log.hpp"
+#include "model/qwen25vl/model.hpp"
+#include "model/qwen25vl/vision.hpp"
+#include "model/qwen25vl/weights.hpp"
+#include "ops/cuda/cuda_ops.hpp"
+
+namespace mv::qwen25vl {
+
+namespace {
+
+using cuda::bf16;
+using cuda::Buffer;
+
+constexpr std::int64_t kPrefillChunk = 2048;  // prompt rows per forward pass on the GPU
+
+struct DLinear {
+  Buffer w, b;
+  std::int64_t out = 0, in = 0;
+  const bf16* W() const { return w.as<bf16>(); }
+  const float* B() const { return b.size() ? b.as<float>() : nullptr; }
+};
+
+struct DTextLayer {
+  Buffer in_norm, post_norm;
+  DLinear qkv, o, gate_up, down;
+};
+
+struct DVisionBlock {
+  Buffer norm1, norm2;
+  DLinear qkv, proj, gate_up, down;
+};
+
+// Host → device copies of mapped tensors through two pinned staging buffers (copy of one chunk
+// overlaps the host memcpy of the next); F32/F16 are converted to bf16 on the device.
+class Uploader {
+ public:
+  explicit Uploader(cudaStream_t s) : s_(s) {
+    for (int i = 0; i < 2; ++i) {
+      cuda::check(cudaMallocHost(&pinned_[i], kStage), "pinned staging buffer");
+      cuda::check(cudaEventCreateWithFlags(&ev_[i], cudaEventDisableTiming), "event");
+      scratch_[i].resize(kStage);
+    }
+  }
+  ~Uploader() {
+    cudaStreamSynchronize(s_);
+    for (int i = 0; i < 2; ++i) {
+      cudaFreeHost(pinned_[i]);
+      cudaEventDestroy(ev_[i]);
+    }
+  }
+  void put(const ops::Matrix& m, bf16* dst) {
+    const std::int64_t n = m.rows * m.cols;
+    const std::size_t esz = dtype_size(m.dtype);
+    const std::int64_t per = static_cast<std::int64_t>(kStage / esz);
+    for (std::int64_t off = 0; off < n; off += per) {
+      const std::int64_t cnt = std::min(per, n - off);
+      cuda::check(cudaEventSynchronize(ev_[cur_]), "staging wait");
+      std::memcpy(pinned_[cur_], static_cast<const char*>(m.data) + off * esz, static_cast<std::size_t>(cnt) * esz);
+      if (m.dtype == DType::kBF16) {
+        cuda::check(cudaMemcpyAsync(dst + off, pinned_[cur_], static_cast<std::size_t>(cnt) * 2,
+                                    cudaMemcpyHostToDevice, s_),
+                    "weight upload");
+      } else {
+        cuda::check(cudaMemcpyAsync(scratch_[cur_].data(), pinned_[cur_], static_cast<std::size_t>(cnt) * esz,
+                                    cudaMemcpyHostToDevice, s_),
+                    "weight upload");
+        if (m.dtype == DType::kF32)
+          cuda::f32_to_bf16(s_, scratch_[cur_].as<float>(), cnt, dst + off);
+        else
+          cuda::f16_to_bf16(s_, scratch_[cur_].as<std::uint16_t>(), cnt, dst + off);
+      }
+      cuda::check(cudaEventRecord(ev_[cur_], s_), "staging record");
+      cur_ ^= 1;
+      bytes_ += static_cast<std::uint64_t>(cnt) * esz;
+    }
+  }
+  std::uint64_t bytes() const { return bytes_; }
+
+ private:
+  static constexpr std::size_t kStage = std::size_t{64} << 20;
+  cudaStream_t s_;
+  void* pinned_[2] = {nullptr, nullptr};
+  cudaEvent_t ev_[2] = {nullptr, nullptr};
+  Buffer scratch_[2];
+  int cur_ = 0;
+  std::uint64_t bytes_ = 0;
+};
+
+Buffer upload_vec(const std::vector<float>& v) {
+  Buffer b(v.size() * sizeof(float));
+  cuda::check(cudaMemcpy(b.data(), v.data(), v.size() * sizeof(float), cudaMemcpyHostToDevice), "vector upload");
+  return b;
+}
+
+// Several linear layers over the same input as one weight [Σ out, in] (rows concatenated) and one bias.
+DLinear fuse(Uploader& up, std::initializer_list<const Linear*> parts) {
+  DLinear d;
+  d.in = (*parts.begin())->w.cols;
+  for (const Linear* p : parts) d.out += p->w.rows;
+  d.w.resize(static_cast<std::size_t>(d.out * d.in) * sizeof(bf16));
+  std::int64_t row = 0;
+  bool bias = false;
+  for (const Linear* p : parts) {
+    MV_CHECK(p->w.cols == d.in, "fused linear: in features {} vs {}", p->w.cols, d.in);
+    up.put(p->w, d.w.as<bf16>() + row * d.in);
+    row += p->w.rows;
+    bias = bias || !p->bias.empty();
+  }
+  if (bias) {
+    std::vector<float> b;
+    b.reserve(static_cast<std::size_t>(d.out));
+    for (const Linear* p : parts) {
+      if (p->bias.empty())
+        b.insert(b.end(), static_cast<std::size_t>(p->w.rows), 0.0f);
+      else
+        b.insert(b.end(), p->bias.begin(), p->bias.end());
+    }
+    d.b = upload_vec(b);
+  }
+  return d;
+}
+
+DLinear single(Uploader& up, const Linear& l) { return fuse(up, {&l}); }
+
+DLinear matrix_only(Uploader& up, const ops::Matrix& m) {
+  DLinear d;
+  d.out = m.rows;
+  d.in = m.cols;
+  d.w.resize(static_cast<std::size_t>(m.rows * m.cols) * sizeof(bf16));
+  up.put(m, d.w.as<bf16>());
+  return d;
+}
+
+class CudaSession final : public Session {
+ public:
+  CudaSession(const void* owner, int layers, int kv_heads, int head_dim, std::int64_t capacity)
+      : owner_(owner), layers_(layers), kv_heads_(kv_heads), head_dim_(head_dim), capacity_(capacity) {
+    const std::size_t n = static_cast<std::size_t>(layers) * kv_heads * capacity * head_dim;
+    k_.resize(n * sizeof(bf16));
+    v_.resize(n * sizeof(bf16));
+  }
+  std::int64_t length() const override { return length_; }
+  std::int64_t capacity() const override { return capacity_; }
+  std::int64_t rope_delta() const override { return rope_delta_; }
+  void reset() override {
+    length_ = 0;
+    rope_delta_ = 0;
+  }
+  std::int64_t head_stride() const { return capacity_ * head_dim_; }
+  std::int64_t layer_stride() const { return kv_heads_ * head_stride(); }
+  bf16* k_layer(int l) const { return k_.as<bf16>() + l * layer_stride(); }
+  bf16* v_layer(int l) const { return v_.as<bf16>() + l * layer_stride(); }
+
+  const void* owner_;
+  int layers_, kv_heads_, head_dim_;
+  std::int64_t capacity_;
+  std::int64_t length_ = 0;
+  std::int64_t rope_delta_ = 0;
+  Buffer k_, v_;  // bf16 [layers][kv_heads][capacity][head_dim]
+};
+
+// Bytes of pinned host memory for small per-call uploads (ids, positions, attention items).
+class HostStage {
+ public:
+  ~HostStage() {
+    if (p_) cudaFreeHost(p_);
+  }
+  void* get(std::size_t bytes) {
+    if (bytes > n_) {
+      if (p_) cudaFreeHost(p_);
+      p_ = nullptr;
+      n_ = std::max(bytes, n_ * 2);
+      cuda::check(cudaMallocHost(&p_, n_), "pinned host buffer");
+    }
+    return p_;
+  }
+
+ private:
+  void* p_ = nullptr;
+  std::size_t n_ = 0;
+};
+
+std::size_t align_up(std::size_t n) { return (n + 255) & ~std::size_t{255}; }
+
+class CudaModel final : public Model {
+ public:
+  CudaModel(ModelConfig config, const Weights& w, int device) : config_(std::move(config)), device_(device) {
+    cuda::check(cudaSetDevice(device_), "select device");
+    cuda::check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "stream");
+    gemm_ = std::make_unique<cuda::Gemm>();
+    const TextConfig& t = config_.text;
+    H_ = t.hidden_size;
+    hd_ = t.head_dim();
+    nh_ = t.num_attention_heads;
+    nkv_ = t.num_key_value_heads;
+    I_ = t.intermediate_size;
+    V_ = t.vocab_size;
+
+    const auto before = cuda::memory_stats().allocated;
+    {
+      Uploader up(stream_);
+      embed_ = matrix_only(up, w.text.embed);
+      if (!w.text.tied) lm_head_ = matrix_only(up, w.text.lm_head);
+      norm_ = upload_vec(w.text.norm);
+      layers_.resize(w.text.layers.size());
+      for (std::size_t l = 0; l < layers_.size(); ++l) {
+        const TextLayerWeights& L = w.text.layers[l];
+        DTextLayer& D = layers_[l];
+        D.in_norm = upload_vec(L.input_norm);
+        D.post_norm = upload_vec(L.post_norm);
+        D.qkv = fuse(up, {&L.q, &L.k, &L.v});
+        D.o = single(up, L.o);
+        D.gate_up = fuse(up, {&L.gate, &L.up});
+        D.down = single(up, L.down);
+      }
+      const VisionWeights& vw = w.vision;
+      patch_ = matrix_only(up, vw.patch_embed);
+      vblocks_.resize(vw.blocks.size());
+      for (std::size_t j = 0; j < vblocks_.size(); ++j) {
+        const VisionBlockWeights& B = vw.blocks[j];
+        DVisionBlock& D = vblocks_[j];
+        D.norm1 = upload_vec(B.norm1);
+        D.norm2 = upload_vec(B.norm2);
+        D.qkv = single(up, B.qkv);
+        D.proj = single(up, B.proj);
+        D.gate_up = fuse(up, {&B.gate, &B.up});
+        D.down = single(up, B.down);
+      }
+      ln_q_ = upload_vec(vw.ln_q);
+      mlp0_ = single(up, vw.mlp0);
+      mlp2_ = single(up, vw.mlp2);
+      cuda::check(cudaStreamSynchronize(stream_), "weight upload");
+    }
+    weight_bytes_ = cuda::memory_stats().allocated - before;
+
+    // M-RoPE constants: inv_freq in float32 as the reference computes it, and each pair's stream.
+    const int half = static_cast<int>(hd_ / 2);
+    std::vector<float> inv(static_cast<std::size_t>(half));
+    std::vector<std::int8_t> stream(static_cast<std::size_t>(half));
+    int s = 0, end = t.mrope_section[0];
+    for (int j = 0; j < half; ++j) {
+      inv[static_cast<std::size_t>(j)] =
+          1.0f / std::pow(static_cast<float>(t.rope_theta), static_cast<float>(2 * j) / static_cast<float>(hd_));
+      while (j >= end && s < 2) end += t.mrope_section[static_cast<std::size_t>(++s)];
+      stream[static_cast<std::size_t>(j)] = static_cast<std::int8_t>(s);
+    }
+    inv_freq_ = upload_vec(inv);
+    pair_stream_.resize(stream.size());
+    cuda::check(cudaMemcpy(pair_stream_.data(), stream.data(), stream.size(), cudaMemcpyHostToDevice), "upload");
+    logits_dev_.resize(static_cast<std::size_t>(V_) * sizeof(float));
+    cuda::check(cudaMallocHost(&logits_host_, static_cast<std::size_t>(V_) * sizeof(float)), "pinned logits");
+  }
+
+  ~CudaModel() override {
+    cudaSetDevice(device_);
+    cudaStreamSynchronize(stream_);
+    if (logits_host_) cudaFreeHost(logits_host_);
+    gemm_.reset();
+    cudaStreamDestroy(stream_);
+  }
+
+  const ModelConfig& config() const override { return config_; }
+
+  std::unique_ptr<Session> new_session(std::int64_t max_tokens) const override {
+    if (max_tokens <= 0)
+      fail(Errc::kInvalidInput, "session: max_tokens must be positive, got {}", max_tokens);
+    cuda::check(cudaSetDevice(device_), "select device");
+    const TextConfig& t = config_.text;
+    return std::make_unique<CudaSession>(this, t.num_hidden_layers, t.num_key_value_heads,
+                                         static_cast<int>(t.head_dim()), max_tokens);
+  }
+
+  std::vector<float> encode_images(std::span<const PixelValues> images) override {
+    std::lock_guard lock(mutex_);
+    cuda::check(cudaSetDevice(device_), "select device");
+    const std::int64_t tokens = encode_locked(images);
+    std::vector<float> out(static_cast<std::size_t>(tokens * H_));
+    if (tokens > 0)
+      cuda::check(cudaMemcpy(out.data(), features_.data(), out.size() * sizeof(float), cudaMemcpyDeviceToHost),
+                  "features download");
+    return out;
+  }
+
+  void prefill(Session& session, std::span<const std::int32_t> ids, std::span<const PixelValues> images,
+               std::span<float> logits) override {
+    std::lock_guard lock(mutex_);
+    cuda::check(cudaSetDevice(device_), "select device");
+    std::vector<std::array<std::int64_t, 3>> grids;
+    for (const auto& img : images) grids.push_back(img.grid_thw);
+    get_rope_index(config_, ids, grids);  // checks the prompt against the images first
+    const std::int64_t tokens = encode_locked(images);
+    prefill_locked(session, ids, grids, features_.as<float>(), tokens, logits);
+  }
+
+  void prefill_with_features(Session& session, std::span<const std::int32_t> ids,
+                             std::span<const std::array<std::int64_t, 3>> image_grids_thw,
+                             std::span<const float> image_features, std::span<float> logits) override {
+    std::lock_guard lock(mutex_);
+    cuda::check(cudaSetDevice(device_), "select device");
+    if (image_features.size() % static_cast<std::size_t>(H_) != 0)
+      fail(Errc::kInvalidInput, "prefill: {} image feature floats are not whole rows of {}", image_features.size(),
+           H_);
+    features_.ensure(image_features.size() * sizeof(float));
+    if (!image_features.empty())
+      cuda::check(cudaMemcpy(features_.data(), image_features.data(), image_features.size() * sizeof(float),
+                             cudaMemcpyHostToDevice),
+                  "features upload");
+    prefill_locked(session, ids, image_grids_thw, features_.as<float>(),
+                   static_cast<std::int64_t>(image_features.size()) / H_, logits);
+  }
+
+  void decode(Session& session, std::int32_t token, std::span<float> logits) override {
+    std::lock_guard lock(mutex_);
+    cuda::check(cudaSetDevice(device_), "select device");
+    CudaSession& s = own(session);
+    check_logits(logits);
+    check_ids(std::span<const std::int32_t>(&token, 1));
+    if (s.length_ + 1 > s.capacity_)
+      fail(Errc::kTooLarge, "decode: the session is full ({} tokens)", s.capacity_);
+    const std::int64_t p = s.length_ + s.rope_delta_;
+    const std::int64_t pos[3] = {p, p, p};
+    const std::int32_t frow = -1;
+    forward_rows(s, 1, &token, &frow, nullptr, pos, 1, logits.data());
+  }
+
+  cuda::MemoryStats memory() const {
+    cuda::MemoryStats m = cuda::memory_stats();
+    m.weights = weight_bytes_;
+    return m;
+  }
+
+ private:
+  CudaSession& own(Session& session) const {
+    auto* s = dynamic_cast<CudaSession*>(&session);
+    if (!s || s->owner_ != this) fail(Errc::kInvalidInput, "session was not created by this model");
+    return *s;
+  }
+
+  void check_logits(std::span<float> logits) const {
+    if (static_cast<std::int64_t>(logits.size()) < V_)
+      fail(Errc::kInvalidInput, "logits buffer holds {} floats, the vocabulary has {}", logits.size(), V_);
+  }
+
+  void check_ids(std::span<const std::int32_t> ids) const {
+    for (std::size_t i = 0; i < ids.size(); ++i) {
+      if (ids[i] < 0 || ids[i] >= V_)
+        fail(Errc::kInvalidInput, "token id {} at index {} is outside the vocabulary [0, {})", ids[i], i, V_);
+    }
+  }
+
+  // Runs the vision tower over `images` into features_ (merged tokens in raster order); returns the
+  // number of merged tokens.
+  std::int64_t encode_locked(std::span<const PixelValues> images) {
+    if (images.empty()) return 0;
+    const VisionConfig& c = config_.vision;
+    const std::int64_t cols = std::int64_t{c.in_channels} * c.temporal_patch_size * c.patch_size * c.patch_size;
+    std::vector<Grid> grids;
+    std::int64_t N = 0;
+    for (std::size_t i = 0; i < images.size(); ++i) {
+      const PixelValues& p = images[i];
+      if (p.cols != cols)
+        fail(Errc::kInvalidInput, "image {}: pixel rows have {} values, the vision config needs {}", i, p.cols,
+             cols);
+      grids.push_back(p.grid_thw);
+      const std::int64_t expect = check_grids(c, std::span<const Grid>(&grids.back(), 1));
+      if (p.rows != expect)
+        fail(Errc::kInvalidInput, "image {}: {} pixel rows but grid_thw [{}, {}, {}] has {} patches", i, p.rows,
+             p.grid_thw[0], p.grid_thw[1], p.grid_thw[2], expect);
+      if (static_cast<std::int64_t>(p.data.size()) != p.rows * p.cols)
+        fail(Errc::kInvalidInput, "image {}: pixel buffer holds {} floats, expected {}", i, p.data.size(),
+             p.rows * p.cols);
+      N += p.rows;
+    }
+    const std::int64_t D = c.hidden_size, Iv = c.intermediate_size, heads = c.num_heads, hd = c.head_dim();
+    const std::int64_t unit = std::int64_t{c.spatial_merge_size} * c.spatial_merge_size, half = hd / 2;
+    const std::int64_t tokens = N / unit, O = c.out_hidden_size;
+
+    // Host-side bookkeeping: window order, rotary tables (window order), attention items.
+    const VisionLayout layout = vision_layout(c, grids);
+    const auto positions = vision_patch_positions(c, grids);
+    std::vector<float> cos_raw(static_cast<std::size_t>(N * half)), sin_raw(cos_raw.size());
+    vision_rotary_tables(c, positions, cos_raw.data(), sin_raw.data());
+    std::vector<float> cs(static_cast<std::size_t>(2 * N * half));
+    for (std::int64_t p = 0; p < tokens; ++p) {
+      const std::int64_t src = layout.window_index[static_cast<std::size_t>(p)];
+      std::memcpy(cs.data() + p * unit * half, cos_raw.data() + src * unit * half, sizeof(float) * unit * half);
+      std::memcpy(cs.data() + N * half + p * unit * half, sin_raw.data() + src * unit * half,
+                  sizeof(float) * unit * half);
+    }
+    const auto win_items = items_for(layout.cu_window_seqlens);
+    const auto full_items = items_for(layout.cu_seqlens);
+
+    // One upload: pixels, tables, window index, items.
+    const std::size_t pix_b = align_up(static_cast<std::size_t>(N * cols) * sizeof(float));
+    const std::size_t cs_b = align_up(cs.size() * sizeof(float));
+    const std::size_t idx_b = align_up(static_cast<std::size_t>(tokens) * sizeof(std::int64_t));
+    const std::size_t wi_b = align_up(win_items.size() * sizeof(cuda::AttnItem));
+    const std::size_t fi_b = align_up(full_items.size() * sizeof(cuda::AttnItem));
+    const std::size_t total = pix_b + cs_b + idx_b + wi_b + fi_b;
+    auto* h = static_cast<char*>(vstage_.get(total));
+    std::size_t off = 0;
+    for (const auto& p : images) {
+      std::memcpy(h + off, p.data.data(), p.data.size() * sizeof(float));
+      off += p.data.size() * sizeof(float);
+    }
+    std::memcpy(h + pix_b, cs.data(), cs.size() * sizeof(float));
+    std::memcpy(h + pix_b + cs_b, layout.window_index.data(), static_cast<std::size_t>(tokens) * sizeof(std::int64_t));
+    std::memcpy(h + pix_b + cs_b + idx_b, win_items.data(), win_items.size() * sizeof(cuda::AttnItem));
+    std::memcpy(h + pix_b + cs_b + idx_b + wi_b, full_items.data(), full_items.size() * sizeof(cuda::AttnItem));
+    vin_.ensure(total);
+    char* d = vin_.as<char>();
+    cuda::check(cudaMemcpyAsync(d, h, total, cudaMemcpyHostToDevice, stream_), "vision inputs upload");
+    const float* pix = reinterpret_cast<const float*>(d);
+    const float* cos = reinterpret_cast<const float*>(d + pix_b);
+    const float* sin = cos + N * half;
+    const auto* widx = reinterpret_cast<const std::int64_t*>(d + pix_b + cs_b);
+    const auto* witems = reinterpret_cast<const cuda::AttnItem*>(d + pix_b + cs_b + idx_b);
+    const auto* fitems = reinterpret_cast<const cuda::AttnItem*>(d + pix_b + cs_b + idx_b + wi_b);
+
+    // Work buffers.
+    va_.ensure(static_cast<std::size_t>(N * std::max(cols, 2 * Iv)) * sizeof(bf16));  // bf16 GEMM inputs
+    vx_.ensure(static_cast<std::size_t>(N * D) * sizeof(float));                      // residual stream
+    vy_.ensure(static_cast<std::size_t>(N * std::max(3 * D, 2 * Iv)) * sizeof(float));  // GEMM outputs
+    vq_.ensure(static_cast<std::size_t>(3 * N * D) * sizeof(bf16));                    // q, k, v
+    features_.ensure(static_cast<std::size_t>(tokens * O) * sizeof(float));
+    bf16* a = va_.as<bf16>();
+    float* x = vx_.as<float>();
+    float* y = vy_.as<float>();
+    bf16* q = vq_.as<bf16>();
+    bf16* k = q + N * D;
+    bf16* v = k + N * D;
+    const float eps = 1e-6f;
+
+    cuda::f32_to_bf16(stream_, pix, N * cols, a);
+    gemm_->run(stream_, a, N, patch_.W(), D, cols, nullptr, y, false);
+    cuda::gather_rows(stream_, y, widx, tokens, unit * D, x);
+    for (std::size_t j = 0; j < vblocks_.size(); ++j) {
+      const DVisionBlock& B = vblocks_[j];
+      const bool full = std::find(c.fullatt_block_indexes.begin(), c.fullatt_block_indexes.end(),
+                                  static_cast<int>(j)) != c.fullatt_block_indexes.end();
+      cuda::rms_norm(stream_, x, N, D, D, B.norm1.as<float>(), eps, a);
+      gemm_->run(stream_, a, N, B.qkv.W(), 3 * D, D, B.qkv.B(), y, false);
+      cuda::QkvSplit sp{y, 3 * D, N, static_cast<int>(heads), static_cast<int>(heads), static_cast<int>(hd),
+                        cos, sin, q, k, v, hd, heads * hd, 0};
+      cuda::rope_split_qkv(stream_, sp);
+      cuda::AttnArgs at{q, D, k, v, hd, heads * hd, a, D, static_cast<int>(heads), static_cast<int>(heads),
+                        static_cast<int>(hd), full ? fitems : witems,
+                        static_cast<int>(full ? full_items.size() : win_items.size())};
+      cuda::attention(stream_, at);
+      gemm_->run(stream_, a, N, B.proj.W(), D, D, B.proj.B(), x, true);
+      cuda::rms_norm(stream_, x, N, D, D, B.norm2.as<float>(), eps, a);
+      gemm_->run(stream_, a, N, B.gate_up.W(), 2 * Iv, D, B.gate_up.B(), y, false);
+      cuda::silu_mul(stream_, y, N, Iv, a);
+      gemm_->run(stream_, a, N, B.down.W(), D, Iv, B.down.B(), x, true);
+    }
+    // Patch merger: RMSNorm per patch; `unit` consecutive rows form one row of unit·D.
+    cuda::rms_norm(stream_, x, N, D, D, ln_q_.as<float>(), eps, a);
+    gemm_->run(stream_, a, tokens, mlp0_.W(), unit * D, unit * D, mlp0_.B(), y, false);
+    cuda::gelu(stream_, y, tokens * unit * D, a);
+    MV_CHECK(O <= unit * D, "vision merger output {} wider than {}", O, unit * D);
+    float* merged = x;  // the residual stream is free now
+    gemm_->run(stream_, a, tokens, mlp2_.W(), O, unit * D, mlp2_.B(), merged, false);
+    cuda::scatter_rows(stream_, merged, widx, tokens, O, features_.as<float>());
+    cuda::check(cudaStreamSynchronize(stream_), "vision tower");
+    return tokens;
+  }
+
+  // Query blocks of ≤ 64 rows for each segment [cu[s], cu[s+1]) against the whole segment.
+  static std::vector<cuda::AttnItem> items_for(const std::vector<std::int64_t>& cu) {
+    std::vector<cuda::AttnItem> items;
+    for (std::size_t s = 0; s + 1 < cu.size(); ++s) {
+      const std::int64_t s0 = cu[s], s1 = cu[s + 1];
+      for (std::int64_t q0 = s0; q0 < s1; q0 += cuda::kAttnBlockQ)
+        items.push_back({static_cast<std::int32_t>(q0),
+                         static_cast<std::int32_t>(std::min<std::int64_t>(cuda::kAttnBlockQ, s1 - q0)),
+                         static_cast<std::int32_t>(s0), static_cast<std::int32_t>(s1 - s0), -1});
+    }
+    return items;
+  }
+
+  void prefill_locked(Session& session, std::span<const std::int32_t> ids,
+                      std::span<const std::array<std::int64_t, 3>> grids, const float* features,
+                      std::int64_t feature_rows, std::span<float> logits) {
+    CudaSession& s = own(session);
+    check_logits(logits);
+    const auto n = static_cast<std::int64_t>(ids.size());
+    if (n == 0) fail(Errc::kInvalidInput, "prefill: the prompt is empty");
+    check_ids(ids);
+    if (s.length_ + n > s.capacity_)
+      fail(Errc::kTooLarge, "prefill: {} prompt tokens do not fit the session ({} of {} used)", n, s.length_,
+           s.capacity_);
+    std::vector<std::int32_t> frow(static_cast<std::size_t>(n), -1);
+    std::int64_t pads = 0;
+    for (std::int64_t i = 0; i < n; ++i)
+      if (ids[static_cast<std::size_t>(i)] == config_.image_token_id) frow[static_cast<std::size_t>(i)] = static_cast<std::int32_t>(pads++);
+    if (pads != feature_rows)
+      fail(Errc::kInvalidInput, "prefill: the prompt has {} image-pad tokens but {} image feature rows were given",
+           pads, feature_rows);
+    RopeIndex pos = get_rope_index(config_, ids, grids);
+    const std::int64_t start = s.length_ + s.rope_delta_;
+    std::vector<std::int64_t> p3(static_cast<std::size_t>(3 * n));
+    for (std::int64_t i = 0; i < n; ++i) {
+      p3[static_cast<std::size_t>(i)] = pos.t[static_cast<std::size_t>(i)] + start;
+      p3[static_cast<std::size_t>(n + i)] = pos.h[static_cast<std::size_t>(i)] + start;
+      p3[static_cast<std::size_t>(2 * n + i)] = pos.w[static_cast<std::size_t>(i)] + start;
+    }
+    const std::int64_t new_delta = s.rope_delta_ + pos.rope_delta;
+    for (std::int64_t c0 = 0; c0 < n; c0 += kPrefillChunk) {
+      const std::int64_t rows = std::min(kPrefillChunk, n - c0);
+      // Positions of this chunk as [3][rows].
+      std::vector<std::int64_t> pc(static_cast<std::size_t>(3 * rows));
+      for (int st = 0; st < 3; ++st)
+        std::memcpy(pc.data() + st * rows, p3.data() + st * n + c0, sizeof(std::int64_t) * rows);
+      const bool last = c0 + rows == n;
+      forward_rows(s, rows, ids.data() + c0, frow.data() + c0, features, pc.data(), rows, last ? logits.data() : nullptr);
+    }
+    s.rope_delta_ = new_delta;
+  }
+
+  // Runs `n` rows (token ids, or image features where frow >= 0) through the decoder at cache slots
+  // [length, length + n); pos is [3][n]. Writes the last row's logits when `logits` is set.
+  void forward_rows(CudaSession& s, std::int64_t n, const std::int32_t* ids, const std::int32_t* frow,
+                    const float* features, const std::int64_t* pos, std::int64_t pos_rows, float* logits) {
+    const TextConfig& t = config_.text;
+    const float eps = static_cast<float>(t.rms_norm_eps);
+    const std::int64_t past = s.length_;
+    const std::int64_t nq = nh_ * hd_, nkv = nkv_ * hd_, half = hd_ / 2;
+    const bool decode = n == 1;
+
+    // Per-call inputs in one pinned block → one copy.
+    std::vector<cuda::AttnItem> items;
+    if (!decode) {
+      for (std::int64_t q0 = 0; q0 < n; q0 += cuda::kAttnBlockQ)
+        items.push_back({static_cast<std::int32_t>(q0),
+                         static_cast<std::int32_t>(std::min<std::int64_t>(cuda::kAttnBlockQ, n - q0)), 0,
+                         static_cast<std::int32_t>(past + n), static_cast<std::int32_t>(past + q0)});
+    }
+    const std::size_t ids_b = align_up(sizeof(std::int32_t) * n), frow_b = ids_b,
+                      pos_b = align_up(sizeof(std::int64_t) * 3 * n),
+                      items_b = align_up(sizeof(cuda::AttnItem) * std::max<std::size_t>(items.size(), 1)),
+                      dec_b = align_up(2 * sizeof(void*) + sizeof(std::int32_t));
+    const std::size_t total = ids_b + frow_b + pos_b + items_b + dec_b;
+    auto* h = static_cast<char*>(tstage_.get(total));
+    std::memcpy(h, ids, sizeof(std::int32_t) * n);
+    std::memcpy(h + ids_b, frow, sizeof(std::int32_t) * n);
+    std::memcpy(h + ids_b + frow_b, pos, sizeof(std::int64_t) * 3 * n);
+    if (!items.empty()) std::memcpy(h + ids_b + frow_b + pos_b, items.data(), sizeof(cuda::AttnItem) * items.size());
+    {
+      char* dp = h + ids_b + frow_b + pos_b + items_b;
+      const bf16* kb = s.k_layer(0);
+      const bf16* vb = s.v_layer(0);
+      const std::int32_t len = static_cast<std::int32_t>(past + 1);
+      std::memcpy(dp, &kb, sizeof(void*));
+      std::memcpy(dp + sizeof(void*), &vb, sizeof(void*));
+      std::memcpy(dp + 2 * sizeof(void*), &len, sizeof len);
+    }
+    tin_.ensure(total);
+    char* d = tin_.as<char>();
+    cuda::check(cudaMemcpyAsync(d, h, total, cudaMemcpyHostToDevice, stream_), "prompt upload");
+    const auto* d_ids = reinterpret_cast<const std::int32_t*>(d);
+    const auto* d_frow = reinterpret_cast<const std::int32_t*>(d + ids_b);
+    const auto* d_pos = reinterpret_cast<const std::int64_t*>(d + ids_b + frow_b);
+    const auto* d_items = reinterpret_cast<const cuda::AttnItem*>(d + ids_b + frow_b + pos_b);
+    const char* d_dec = d + ids_b + frow_b + pos_b + items_b;
+    const auto* d_kbase = reinterpret_cast<const bf16* const*>(d_dec);
+    const auto* d_vbase = reinterpret_cast<const bf16* const*>(d_dec + sizeof(void*));
+    const auto* d_len = reinterpret_cast<const std::int32_t*>(d_dec + 2 * sizeof(void*));
+
+    tx_.ensure(static_cast<std::size_t>(n * H_) * sizeof(float));
+    ta_.ensure(static_cast<std::size_t>(n * std::max(H_, std::max(I_, nq))) * sizeof(bf16));
+    ty_.ensure(static_cast<std::size_t>(n * std::max(nq + 2 * nkv, 2 * I_)) * sizeof(float));
+    tq_.ensure(static_cast<std::size_t>(n * nq) * sizeof(bf16));
+    tcs_.ensure(static_cast<std::size_t>(2 * n * half) * sizeof(float));
+    float* x = tx_.as<float>();
+    bf16* a = ta_.as<bf16>();
+    float* y = ty_.as<float>();
+    bf16* q = tq_.as<bf16>();
+    float* cos = tcs_.as<float>();
+    float* sin = cos + n * half;
+
+    cuda::embed_rows(stream_, embed_.W(), H_, d_ids, d_frow, features, n, x);
+    cuda::mrope_tables(stream_, d_pos, pos_rows, inv_freq_.as<float>(), pair_stream_.as<std::int8_t>(),
+                       static_cast<int>(half), cos, sin);
+    for (std::size_t l = 0; l < layers_.size(); ++l) {
+      const DTextLayer& L = layers_[l];
+      bf16* kc = s.k_layer(static_cast<int>(l));
+      bf16* vc = s.v_layer(static_cast<int>(l));
+      cuda::rms_norm(stream_, x, n, H_, H_, L.in_norm.as<float>(), eps, a);
+      gemm_->run(stream_, a, n, L.qkv.W(), nq + 2 * nkv, H_, L.qkv.B(), y, false);
+      cuda::QkvSplit sp{y, nq + 2 * nkv, n, static_cast<int>(nh_), static_cast<int>(nkv_), static_cast<int>(hd_),
+                        cos, sin, q, kc, vc, s.head_stride(), hd_, past};
+      cuda::rope_split_qkv(stream_, sp);
+      if (decode) {
+        cuda::DecodeAttnArgs da{q, nq, d_kbase, d_vbase, static_cast<std::int64_t>(l) * s.layer_stride(),
+                                s.head_stride(), hd_, d_len, a, nq, static_cast<int>(nh_), static_cast<int>(nkv_),
+                                static_cast<int>(hd_), 1};
+        cuda::decode_attention(stream_, da);
+      } else {
+        cuda::AttnArgs at{q, nq, kc, vc, s.head_stride(), hd_, a, nq, static_cast<int>(nh_), static_cast<int>(nkv_),
+                          static_cast<int>(hd_), d_items, static_cast<int>(items.size())};
+        cuda::attention(stream_, at);
+      }
+      gemm_->run(stream_, a, n, L.o.W(), H_, nq, nullptr, x, true);
+      cuda::rms_norm(stream_, x, n, H_, H_, L.post_norm.as<float>(), eps, a);
+      gemm_->run(stream_, a, n, L.gate_up.W(), 2 * I_, H_, nullptr, y, false);
+      cuda::silu_mul(stream_, y, n, I_, a);
+      gemm_->run(stream_, a, n, L.down.W(), H_, I_, nullptr, x, true);
+    }
+    s.length_ = past + n;
+    if (logits) {
+      cuda::rms_norm(stream_, x + (n - 1) * H_, 1, H_, H_, norm_.as<float>(), eps, a);
+      const bf16* head = config_.text.tie_word_embeddings ? embed_.W() : lm_head_.W();
+      gemm_->run(stream_, a, 1, head, V_, H_, nullptr, logits_dev_.as<float>(), false);
+      cuda::check(cudaMemcpyAsync(logits_host_, logits_dev_.data(), static_cast<std::size_t>(V_) * sizeof(float),
+                                  cudaMemcpyDeviceToHost, stream_),
+                  "logits download");
+      cuda::check(cudaStreamSynchronize(stream_), "forward");
+      std::memcpy(logits, logits_host_, static_cast<std::size_t>(V_) * sizeof(float));
+    } else {
+      cuda::check(cudaStreamSynchronize(stream_), "forward");
+    }
+  }
+
+  ModelConfig config_;
+  int device_;
+  cudaStream_t stream_ = nullptr;
+  std::unique_ptr<cuda::Gemm> gemm_;
+  std::int64_t H_ = 0, hd_ = 0, nh_ = 0, nkv_ = 0, I_ = 0, V_ = 0;
+  std::uint64_t weight_bytes_ = 0;
+  std::mutex mutex_;
+  // Weights.
+  DLinear embed_, lm_head_;
+  Buffer norm_;
+  std::vector<DTextLayer> layers_;
+  DLinear patch_;
+  std::vector<DVisionBlock> vblocks_;
+  Buffer ln_q_;
+  DLinear mlp0_, mlp2_;
+  Buffer inv_freq_, pair_stream_;
+  // Work buffers (grown on demand).
+  Buffer vin_, va_, vx_, vy_, vq_, features_;
+  Buffer tin_, tx_, ta_, ty_, tq_, tcs_, logits_dev_;
+  HostStage vstage_, tstage_;
+  float* logits_host_ = nullptr;
+};
+
+}  // namespace
+
+bool cuda_available() {
+  int n = 0;
+  const bool ok = cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
+  cudaGetLastError();
+  return ok;
+}
+
+std::unique_ptr<Model> load_cuda_model(const ModelConfig& config, const Weights& weights, int device) {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
+    cudaGetLastError();
+    fail(Errc::kUnsupported, "--device cuda: no usable NVIDIA GPU was found");
+  }
+  if (device < 0 || device >= n)
+    fail(Errc::kInvalidInput, "--device cuda:{}: this machine has {} GPU(s)", device, n);
+  return std::make_unique<CudaModel>(config, weights, device);
+}
+
+std::optional<GpuMemory> gpu_memory(const Model& model) {
+  const auto* m = dynamic_cast<const CudaModel*>(&model);
+  if (!m) return std::nullopt;
+  const cuda::MemoryStats s = m->memory();
+  return GpuMemory{s.allocated, s.peak_allocated, s.weights, s.device_used, s.device_total};
+}
+
+void reset_gpu_peak(const Model& model) {
+  if (dynamic_cast<const CudaModel*>(&model)) cuda::reset_peak();
+}
+
+}  // namespace mv::qwen25vl
+#endif

@@ -1,0 +1,178 @@
+// CUDA ops of the Qwen2.5-VL engine: bf16 storage, fp32 accumulation. Kernels live in the .cu files of
+// this folder; this header is plain C++17 so that both nvcc and the C++20 model code include it.
+//
+// Conventions: row-major; a weight matrix is [out, in] bf16 as nn.Linear stores it; y = x·Wᵀ (+ bias).
+// Residual streams and GEMM outputs are fp32, GEMM inputs and the KV cache are bf16. Every launcher runs
+// on the given stream and checks the launch (mv::Error on failure).
+#pragma once
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+namespace mv::cuda {
+
+using bf16 = __nv_bfloat16;
+
+// Throws mv::Error (kInternal) naming `what` when `e` is not cudaSuccess.
+void check(cudaError_t e, const char* what);
+// Checks the last launch on this thread.
+void check_launch(const char* what);
+
+// Device memory accounting (bytes): what the engine holds now, its peak, and the device's view.
+struct MemoryStats {
+  std::uint64_t allocated = 0;       // live cudaMalloc'd bytes (weights, caches, workspaces)
+  std::uint64_t peak_allocated = 0;  // highest `allocated` since start / reset
+  std::uint64_t weights = 0;         // of which weights
+  std::uint64_t device_used = 0;     // total − free as the driver reports it (all processes)
+  std::uint64_t device_total = 0;
+};
+MemoryStats memory_stats();
+void reset_peak();
+
+// Owning device allocation, counted in memory_stats().
+class Buffer {
+ public:
+  Buffer() = default;
+  explicit Buffer(std::size_t bytes) { resize(bytes); }
+  ~Buffer() { release(); }
+  Buffer(const Buffer&) = delete;
+  Buffer& operator=(const Buffer&) = delete;
+  Buffer(Buffer&& o) noexcept : p_(o.p_), n_(o.n_) {
+    o.p_ = nullptr;
+    o.n_ = 0;
+  }
+  Buffer& operator=(Buffer&& o) noexcept {
+    if (this != &o) {
+      release();
+      p_ = o.p_;
+      n_ = o.n_;
+      o.p_ = nullptr;
+      o.n_ = 0;
+    }
+    return *this;
+  }
+  // Reallocates (contents lost) when `bytes` exceeds the current size.
+  void ensure(std::size_t bytes) {
+    if (bytes > n_) resize(bytes);
+  }
+  void resize(std::size_t bytes);
+  void release();
+  template <typename T>
+  T* as() const {
+    return static_cast<T*>(p_);
+  }
+  void* data() const { return p_; }
+  std::size_t size() const { return n_; }
+
+ private:
+  void* p_ = nullptr;
+  std::size_t n_ = 0;
+};
+
+// ---- GEMM (cuBLASLt) -------------------------------------------------------------------------------
+// y[m, n] = x[m, k] · W[n, k]ᵀ + bias[n] (+ y when accumulate). x, W bf16; y, bias fp32.
+// ldx = k and ldy = n unless given.
+class Gemm {
+ public:
+  Gemm();
+  ~Gemm();
+  Gemm(const Gemm&) = delete;
+  Gemm& operator=(const Gemm&) = delete;
+  void run(cudaStream_t s, const bf16* x, std::int64_t m, const bf16* w, std::int64_t n, std::int64_t k,
+           const float* bias, float* y, bool accumulate);
+
+ private:
+  struct Impl;
+  Impl* impl_;
+};
+
+// ---- element-wise and row ops ----------------------------------------------------------------------
+// y[r] = bf16(weight ⊙ x[r] / sqrt(mean(x[r]²) + eps)); x fp32 rows of `dim`, row stride x_stride.
+void rms_norm(cudaStream_t s, const float* x, std::int64_t rows, std::int64_t dim, std::int64_t x_stride,
+              const float* weight, float eps, bf16* y);
+// out[r][i] = bf16(silu(gu[r][i]) · gu[r][I + i]) for gu rows of 2I (gate then up).
+void silu_mul(cudaStream_t s, const float* gu, std::int64_t rows, std::int64_t inter, bf16* out);
+// out[i] = bf16(exact GELU(x[i])).
+void gelu(cudaStream_t s, const float* x, std::int64_t n, bf16* out);
+// dst[i] = bf16(src[i]) for fp32 / fp16 sources.
+void f32_to_bf16(cudaStream_t s, const float* src, std::int64_t n, bf16* dst);
+void f16_to_bf16(cudaStream_t s, const std::uint16_t* src, std::int64_t n, bf16* dst);
+// Row permutation of fp32 rows of `cols`: dst[i] = src[idx[i]] (gather) or dst[idx[i]] = src[i] (scatter).
+void gather_rows(cudaStream_t s, const float* src, const std::int64_t* idx, std::int64_t rows,
+                 std::int64_t cols, float* dst);
+void scatter_rows(cudaStream_t s, const float* src, const std::int64_t* idx, std::int64_t rows,
+                  std::int64_t cols, float* dst);
+
+// x[i] = fp32 embed[ids[i]] for text tokens, or features[feature_row[i]] when feature_row[i] >= 0.
+void embed_rows(cudaStream_t s, const bf16* embed, std::int64_t hidden, const std::int32_t* ids,
+                const std::int32_t* feature_row, const float* features, std::int64_t rows, float* x);
+
+// M-RoPE tables: cos/sin [rows][half] from positions pos[3][rows] (t, h, w), inv_freq[half] and the
+// stream of each pair (0 = t, 1 = h, 2 = w). Angles in fp32, cos/sin evaluated in double.
+void mrope_tables(cudaStream_t s, const std::int64_t* pos, std::int64_t rows, const float* inv_freq,
+                  const std::int8_t* stream, int half, float* cos, float* sin);
+
+// Splits fused qkv rows (fp32, row stride qkv_stride: n_heads·hd of q, then n_kv·hd of k, then of v),
+// applies rotary (tables [rows][hd/2]) to q and k, and writes bf16: q → q_out[r][h][d]; k/v row r of
+// kv head g → k_out + g·kv_head_stride + (kv_row0 + r)·kv_row_stride (same for v).
+struct QkvSplit {
+  const float* qkv;
+  std::int64_t qkv_stride;
+  std::int64_t rows;
+  int n_heads, n_kv, hd;
+  const float* cos;
+  const float* sin;
+  bf16* q_out;
+  bf16* k_out;
+  bf16* v_out;
+  std::int64_t kv_head_stride, kv_row_stride, kv_row0;
+};
+void rope_split_qkv(cudaStream_t s, const QkvSplit& a);
+
+// ---- attention -------------------------------------------------------------------------------------
+// One tile of work for the tensor-core attention: queries [q0, q0 + qn) against keys [k0, k0 + kn).
+// causal >= 0: local query i sees local keys [0, causal + i] (causal = keys before the first query).
+struct AttnItem {
+  std::int32_t q0, qn, k0, kn, causal;
+};
+// q: bf16 [rows][n_heads][hd] (row stride q_stride); k/v: element (row j, kv head g) at
+// base + g·head_stride + j·row_stride; out: bf16 [rows][n_heads][hd] at row stride out_stride.
+// items: device array of n_items; every item has qn <= 64.
+struct AttnArgs {
+  const bf16* q;
+  std::int64_t q_stride;
+  const bf16* k;
+  const bf16* v;
+  std::int64_t kv_head_stride, kv_row_stride;
+  bf16* out;
+  std::int64_t out_stride;
+  int n_heads, n_kv, hd;
+  const AttnItem* items;
+  int n_items;
+};
+constexpr int kAttnBlockQ = 64;
+void attention(cudaStream_t s, const AttnArgs& a);
+
+// Decode attention: for each sequence b, one query row q[b] (bf16 [n_heads][hd], row stride q_stride)
+// against keys [0, lens[b]) of its cache (k_base[b] + layer_offset, v likewise, in the layout above).
+struct DecodeAttnArgs {
+  const bf16* q;
+  std::int64_t q_stride;
+  const bf16* const* k_base;  // device array [batch]
+  const bf16* const* v_base;
+  std::int64_t layer_offset;  // elements added to every base (the layer's slab of each cache)
+  std::int64_t kv_head_stride, kv_row_stride;
+  const std::int32_t* lens;   // device array [batch]
+  bf16* out;
+  std::int64_t out_stride;
+  int n_heads, n_kv, hd, batch;
+};
+void decode_attention(cudaStream_t s, const DecodeAttnArgs& a);
+
+// out[b] = argmax of logits row b (first index on ties).
+void argmax_rows(cudaStream_t s, const float* logits, std::int64_t rows, std::int64_t cols, std::int32_t* out);
+
+}  // namespace mv::cuda

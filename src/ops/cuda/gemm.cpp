@@ -1,0 +1,111 @@
+// cuBLASLt GEMM of the CUDA engine: bf16 operands, fp32 accumulation and output, optional fp32 bias in
+// the epilogue and accumulation into the output (beta = 1, used for residual adds). Row-major y = x·Wᵀ
+// is the column-major product yᵀ[n, m] = W[k, n]ᵀ · xᵀ[k, m]. The heuristic's choice is cached per shape.
+#if MEDVISION_HAS_CUDA
+#include <cublasLt.h>
+
+#include <map>
+#include <mutex>
+#include <tuple>
+
+#include "core/error.hpp"
+#include "ops/cuda/cuda_ops.hpp"
+
+namespace mv::cuda {
+
+namespace {
+
+void check_lt(cublasStatus_t st, const char* what) {
+  if (st != CUBLAS_STATUS_SUCCESS) fail(Errc::kInternal, "cuBLASLt: {}: status {}", what, static_cast<int>(st));
+}
+
+constexpr std::size_t kWorkspace = std::size_t{32} << 20;
+
+struct Plan {
+  cublasLtMatmulDesc_t op = nullptr;
+  cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
+  cublasLtMatmulAlgo_t algo{};
+};
+
+}  // namespace
+
+struct Gemm::Impl {
+  cublasLtHandle_t handle = nullptr;
+  Buffer workspace;
+  std::mutex mutex;
+  std::map<std::tuple<std::int64_t, std::int64_t, std::int64_t, bool>, Plan> plans;
+
+  Plan& plan(std::int64_t m, std::int64_t n, std::int64_t k, bool bias) {
+    auto key = std::make_tuple(m, n, k, bias);
+    auto it = plans.find(key);
+    if (it != plans.end()) return it->second;
+    Plan p;
+    check_lt(cublasLtMatmulDescCreate(&p.op, CUBLAS_COMPUTE_32F, CUDA_R_32F), "descriptor");
+    const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
+    check_lt(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta), "transa");
+    check_lt(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb), "transb");
+    if (bias) {
+      const cublasLtEpilogue_t ep = CUBLASLT_EPILOGUE_BIAS;
+      const cudaDataType_t bt = CUDA_R_32F;
+      check_lt(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_EPILOGUE, &ep, sizeof ep), "epilogue");
+      check_lt(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bt, sizeof bt),
+               "bias type");
+    }
+    check_lt(cublasLtMatrixLayoutCreate(&p.a, CUDA_R_16BF, static_cast<std::uint64_t>(k),
+                                        static_cast<std::uint64_t>(n), k),
+             "layout A");
+    check_lt(cublasLtMatrixLayoutCreate(&p.b, CUDA_R_16BF, static_cast<std::uint64_t>(k),
+                                        static_cast<std::uint64_t>(m), k),
+             "layout B");
+    check_lt(cublasLtMatrixLayoutCreate(&p.c, CUDA_R_32F, static_cast<std::uint64_t>(n),
+                                        static_cast<std::uint64_t>(m), n),
+             "layout C");
+    cublasLtMatmulPreference_t pref = nullptr;
+    check_lt(cublasLtMatmulPreferenceCreate(&pref), "preference");
+    const std::uint64_t ws = kWorkspace;
+    check_lt(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws),
+             "workspace");
+    cublasLtMatmulHeuristicResult_t res{};
+    int found = 0;
+    const cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(handle, p.op, p.a, p.b, p.c, p.c, pref, 1, &res, &found);
+    cublasLtMatmulPreferenceDestroy(pref);
+    if (st != CUBLAS_STATUS_SUCCESS || found == 0)
+      fail(Errc::kInternal, "cuBLASLt: no algorithm for a {}x{}x{} bf16 GEMM (status {})", m, n, k,
+           static_cast<int>(st));
+    p.algo = res.algo;
+    return plans.emplace(key, p).first->second;
+  }
+};
+
+Gemm::Gemm() : impl_(new Impl) {
+  check_lt(cublasLtCreate(&impl_->handle), "create");
+  impl_->workspace.resize(kWorkspace);
+}
+
+Gemm::~Gemm() {
+  for (auto& [key, p] : impl_->plans) {
+    cublasLtMatrixLayoutDestroy(p.a);
+    cublasLtMatrixLayoutDestroy(p.b);
+    cublasLtMatrixLayoutDestroy(p.c);
+    cublasLtMatmulDescDestroy(p.op);
+  }
+  cublasLtDestroy(impl_->handle);
+  delete impl_;
+}
+
+void Gemm::run(cudaStream_t s, const bf16* x, std::int64_t m, const bf16* w, std::int64_t n, std::int64_t k,
+               const float* bias, float* y, bool accumulate) {
+  if (m <= 0) return;
+  std::lock_guard lock(impl_->mutex);
+  Plan& p = impl_->plan(m, n, k, bias != nullptr);
+  if (bias)
+    check_lt(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias),
+             "bias pointer");
+  const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
+  check_lt(cublasLtMatmul(impl_->handle, p.op, &alpha, w, p.a, x, p.b, &beta, y, p.c, y, p.c, &p.algo,
+                          impl_->workspace.data(), kWorkspace, s),
+           "matmul");
+}
+
+}  // namespace mv::cuda
+#endif

@@ -1,0 +1,328 @@
+// Element-wise, row and decode-attention kernels of the CUDA engine (see cuda_ops.hpp).
+#include <cuda_fp16.h>
+
+#include <cfloat>
+#include <cmath>
+
+#include "ops/cuda/cuda_ops.hpp"
+
+namespace mv::cuda {
+namespace {
+
+__device__ __forceinline__ float warp_sum(float v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+__device__ __forceinline__ float warp_max(float v) {
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
+// Block-wide sum for blockDim.x a multiple of 32 (≤ 1024); every thread gets the result.
+__device__ float block_sum(float v) {
+  __shared__ float part[32];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  v = warp_sum(v);
+  __syncthreads();
+  if (lane == 0) part[warp] = v;
+  __syncthreads();
+  float t = lane < warps ? part[lane] : 0.0f;
+  return warp_sum(t);
+}
+
+__global__ void rms_norm_kernel(const float* x, std::int64_t dim, std::int64_t x_stride, const float* w,
+                                float eps, bf16* y) {
+  const float* xr = x + blockIdx.x * x_stride;
+  bf16* yr = y + blockIdx.x * dim;
+  float ss = 0.0f;
+  for (std::int64_t i = threadIdx.x; i < dim; i += blockDim.x) ss += xr[i] * xr[i];
+  ss = block_sum(ss);
+  const float inv = rsqrtf(ss / static_cast<float>(dim) + eps);
+  for (std::int64_t i = threadIdx.x; i < dim; i += blockDim.x) yr[i] = __float2bfloat16(w[i] * (xr[i] * inv));
+}
+
+__global__ void silu_mul_kernel(const float* gu, std::int64_t rows, std::int64_t inter, bf16* out) {
+  const std::int64_t n = rows * inter;
+  for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+    const std::int64_t r = i / inter, c = i - r * inter;
+    const float g = gu[r * 2 * inter + c], u = gu[r * 2 * inter + inter + c];
+    out[i] = __float2bfloat16(g / (1.0f + __expf(-g)) * u);
+  }
+}
+
+__global__ void gelu_kernel(const float* x, std::int64_t n, bf16* out) {
+  for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+    const float v = x[i];
+    out[i] = __float2bfloat16(0.5f * v * (1.0f + erff(v * 0.70710678118654752f)));
+  }
+}
+
+__global__ void f32_to_bf16_kernel(const float* src, std::int64_t n, bf16* dst) {
+  for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<std::int64_t>(gridDim.x) * blockDim.x)
+    dst[i] = __float2bfloat16(src[i]);
+}
+
+__global__ void f16_to_bf16_kernel(const std::uint16_t* src, std::int64_t n, bf16* dst) {
+  for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+    __half h;
+    *reinterpret_cast<std::uint16_t*>(&h) = src[i];
+    dst[i] = __float2bfloat16(__half2float(h));
+  }
+}
+
+__global__ void permute_rows_kernel(const float* src, const std::int64_t* idx, std::int64_t cols, float* dst,
+                                    bool scatter) {
+  const std::int64_t r = blockIdx.x;
+  const std::int64_t from = scatter ? r : idx[r], to = scatter ? idx[r] : r;
+  for (std::int64_t c = threadIdx.x; c < cols; c += blockDim.x) dst[to * cols + c] = src[from * cols + c];
+}
+
+__global__ void embed_kernel(const bf16* embed, std::int64_t hidden, const std::int32_t* ids,
+                             const std::int32_t* feature_row, const float* features, float* x) {
+  const std::int64_t r = blockIdx.x;
+  float* xr = x + r * hidden;
+  const std::int32_t f = feature_row ? feature_row[r] : -1;
+  if (f >= 0) {
+    const float* src = features + static_cast<std::int64_t>(f) * hidden;
+    for (std::int64_t c = threadIdx.x; c < hidden; c += blockDim.x) xr[c] = src[c];
+  } else {
+    const bf16* src = embed + static_cast<std::int64_t>(ids[r]) * hidden;
+    for (std::int64_t c = threadIdx.x; c < hidden; c += blockDim.x) xr[c] = __bfloat162float(src[c]);
+  }
+}
+
+__global__ void mrope_tables_kernel(const std::int64_t* pos, std::int64_t rows, const float* inv_freq,
+                                    const std::int8_t* stream, int half, float* cos_out, float* sin_out) {
+  const std::int64_t n = rows * half;
+  for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+    const std::int64_t r = i / half;
+    const int j = static_cast<int>(i - r * half);
+    const float p = static_cast<float>(pos[stream[j] * rows + r]);
+    const float angle = p * inv_freq[j];
+    cos_out[i] = static_cast<float>(cos(static_cast<double>(angle)));
+    sin_out[i] = static_cast<float>(sin(static_cast<double>(angle)));
+  }
+}
+
+// One block per row; threads over (head, pair) of q and k, then over v.
+__global__ void rope_split_kernel(QkvSplit a) {
+  const std::int64_t r = blockIdx.x;
+  const int half = a.hd / 2;
+  const float* row = a.qkv + r * a.qkv_stride;
+  const float* c = a.cos + r * half;
+  const float* s = a.sin + r * half;
+  const int qpairs = a.n_heads * half, kpairs = a.n_kv * half;
+  for (int t = threadIdx.x; t < qpairs + kpairs; t += blockDim.x) {
+    const bool is_q = t < qpairs;
+    const int u = is_q ? t : t - qpairs;
+    const int h = u / half, j = u - h * half;
+    const float* src = row + (is_q ? 0 : a.n_heads * a.hd) + h * a.hd;
+    const float x0 = src[j], x1 = src[j + half];
+    const float y0 = x0 * c[j] - x1 * s[j], y1 = x1 * c[j] + x0 * s[j];
+    bf16* dst = is_q ? a.q_out + (r * a.n_heads + h) * a.hd
+                     : a.k_out + h * a.kv_head_stride + (a.kv_row0 + r) * a.kv_row_stride;
+    dst[j] = __float2bfloat16(y0);
+    dst[j + half] = __float2bfloat16(y1);
+  }
+  const float* vsrc = row + (a.n_heads + a.n_kv) * a.hd;
+  for (int t = threadIdx.x; t < a.n_kv * a.hd; t += blockDim.x) {
+    const int g = t / a.hd, d = t - g * a.hd;
+    a.v_out[g * a.kv_head_stride + (a.kv_row0 + r) * a.kv_row_stride + d] = __float2bfloat16(vsrc[t]);
+  }
+}
+
+// Decode attention: one block (kDecodeThreads) per (head, sequence). Keys in chunks of kDecodeChunk:
+// each warp scores keys (lanes over head dims), then threads accumulate p·V over dims, with an online
+// softmax across chunks.
+constexpr int kDecodeThreads = 128;
+constexpr int kDecodeChunk = 512;
+constexpr int kMaxHeadDim = 256;
+
+__global__ void __launch_bounds__(kDecodeThreads) decode_attention_kernel(DecodeAttnArgs a, float scale) {
+  const int h = blockIdx.x, b = blockIdx.y;
+  const int g = h / (a.n_heads / a.n_kv);
+  const int len = a.lens[b];
+  const bf16* k = a.k_base[b] + a.layer_offset + g * a.kv_head_stride;
+  const bf16* v = a.v_base[b] + a.layer_offset + g * a.kv_head_stride;
+  __shared__ float qs[kMaxHeadDim];
+  __shared__ float sc[kDecodeChunk];
+  __shared__ float red[kDecodeThreads / 32];
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, warps = kDecodeThreads / 32;
+  const bf16* q = a.q + b * a.q_stride + h * a.hd;
+  for (int d = tid; d < a.hd; d += kDecodeThreads) qs[d] = __bfloat162float(q[d]) * scale;
+  __syncthreads();
+  // Each thread owns up to kMaxHeadDim / kDecodeThreads output dims.
+  constexpr int kPer = kMaxHeadDim / kDecodeThreads;
+  float acc[kPer];
+#pragma unroll
+  for (int i = 0; i < kPer; ++i) acc[i] = 0.0f;
+  float m = -FLT_MAX, l = 0.0f;
+  for (int c0 = 0; c0 < len; c0 += kDecodeChunk) {
+    const int cn = min(kDecodeChunk, len - c0);
+    for (int j = warp; j < cn; j += warps) {
+      const bf16* kr = k + static_cast<std::int64_t>(c0 + j) * a.kv_row_stride;
+      float dot = 0.0f;
+      for (int d = lane; d < a.hd; d += 32) dot += qs[d] * __bfloat162float(kr[d]);
+      dot = warp_sum(dot);
+      if (lane == 0) sc[j] = dot;
+    }
+    __syncthreads();
+    float cm = -FLT_MAX;
+    for (int j = tid; j < cn; j += kDecodeThreads) cm = fmaxf(cm, sc[j]);
+    cm = warp_max(cm);
+    if (lane == 0) red[warp] = cm;
+    __syncthreads();
+    cm = red[0];
+    for (int w = 1; w < warps; ++w) cm = fmaxf(cm, red[w]);
+    const float m_new = fmaxf(m, cm);
+    const float corr = __expf(m - m_new);
+    __syncthreads();
+    float ps = 0.0f;
+    for (int j = tid; j < cn; j += kDecodeThreads) {
+      const float p = __expf(sc[j] - m_new);
+      sc[j] = p;
+      ps += p;
+    }
+    ps = warp_sum(ps);
+    if (lane == 0) red[warp] = ps;
+    __syncthreads();
+    float tot = 0.0f;
+    for (int w = 0; w < warps; ++w) tot += red[w];
+    l = l * corr + tot;
+    m = m_new;
+#pragma unroll
+    for (int i = 0; i < kPer; ++i) {
+      const int d = tid + i * kDecodeThreads;
+      if (d < a.hd) {
+        float s = 0.0f;
+        for (int j = 0; j < cn; ++j) s += sc[j] * __bfloat162float(v[static_cast<std::int64_t>(c0 + j) * a.kv_row_stride + d]);
+        acc[i] = acc[i] * corr + s;
+      }
+    }
+    __syncthreads();
+  }
+  bf16* o = a.out + b * a.out_stride + h * a.hd;
+  const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+#pragma unroll
+  for (int i = 0; i < kPer; ++i) {
+    const int d = tid + i * kDecodeThreads;
+    if (d < a.hd) o[d] = __float2bfloat16(acc[i] * inv);
+  }
+}
+
+__global__ void argmax_kernel(const float* logits, std::int64_t cols, std::int32_t* out) {
+  const float* x = logits + blockIdx.x * cols;
+  float best = -FLT_MAX;
+  std::int64_t bi = cols;
+  for (std::int64_t i = threadIdx.x; i < cols; i += blockDim.x) {
+    const float v = x[i];
+    if (v > best || (v == best && i < bi)) {
+      best = v;
+      bi = i;
+    }
+  }
+  __shared__ float sv[1024];
+  __shared__ std::int64_t si[1024];
+  sv[threadIdx.x] = best;
+  si[threadIdx.x] = bi;
+  __syncthreads();
+  for (int o = blockDim.x / 2; o > 0; o >>= 1) {
+    if (threadIdx.x < o) {
+      const float v2 = sv[threadIdx.x + o];
+      const std::int64_t i2 = si[threadIdx.x + o];
+      if (v2 > sv[threadIdx.x] || (v2 == sv[threadIdx.x] && i2 < si[threadIdx.x])) {
+        sv[threadIdx.x] = v2;
+        si[threadIdx.x] = i2;
+      }
+    }
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) out[blockIdx.x] = static_cast<std::int32_t>(si[0] < cols ? si[0] : 0);
+}
+
+int grid_for(std::int64_t n, int threads) {
+  const std::int64_t blocks = (n + threads - 1) / threads;
+  return static_cast<int>(blocks < 65536 ? (blocks > 0 ? blocks : 1) : 65536);
+}
+
+}  // namespace
+
+void rms_norm(cudaStream_t s, const float* x, std::int64_t rows, std::int64_t dim, std::int64_t x_stride,
+              const float* weight, float eps, bf16* y) {
+  if (rows <= 0) return;
+  rms_norm_kernel<<<static_cast<unsigned>(rows), 256, 0, s>>>(x, dim, x_stride, weight, eps, y);
+  check_launch("rms_norm");
+}
+
+void silu_mul(cudaStream_t s, const float* gu, std::int64_t rows, std::int64_t inter, bf16* out) {
+  silu_mul_kernel<<<grid_for(rows * inter, 256), 256, 0, s>>>(gu, rows, inter, out);
+  check_launch("silu_mul");
+}
+
+void gelu(cudaStream_t s, const float* x, std::int64_t n, bf16* out) {
+  gelu_kernel<<<grid_for(n, 256), 256, 0, s>>>(x, n, out);
+  check_launch("gelu");
+}
+
+void f32_to_bf16(cudaStream_t s, const float* src, std::int64_t n, bf16* dst) {
+  f32_to_bf16_kernel<<<grid_for(n, 256), 256, 0, s>>>(src, n, dst);
+  check_launch("f32_to_bf16");
+}
+
+void f16_to_bf16(cudaStream_t s, const std::uint16_t* src, std::int64_t n, bf16* dst) {
+  f16_to_bf16_kernel<<<grid_for(n, 256), 256, 0, s>>>(src, n, dst);
+  check_launch("f16_to_bf16");
+}
+
+void gather_rows(cudaStream_t s, const float* src, const std::int64_t* idx, std::int64_t rows,
+                 std::int64_t cols, float* dst) {
+  if (rows <= 0) return;
+  permute_rows_kernel<<<static_cast<unsigned>(rows), 256, 0, s>>>(src, idx, cols, dst, false);
+  check_launch("gather_rows");
+}
+
+void scatter_rows(cudaStream_t s, const float* src, const std::int64_t* idx, std::int64_t rows,
+                  std::int64_t cols, float* dst) {
+  if (rows <= 0) return;
+  permute_rows_kernel<<<static_cast<unsigned>(rows), 256, 0, s>>>(src, idx, cols, dst, true);
+  check_launch("scatter_rows");
+}
+
+void embed_rows(cudaStream_t s, const bf16* embed, std::int64_t hidden, const std::int32_t* ids,
+                const std::int32_t* feature_row, const float* features, std::int64_t rows, float* x) {
+  if (rows <= 0) return;
+  embed_kernel<<<static_cast<unsigned>(rows), 256, 0, s>>>(embed, hidden, ids, feature_row, features, x);
+  check_launch("embed_rows");
+}
+
+void mrope_tables(cudaStream_t s, const std::int64_t* pos, std::int64_t rows, const float* inv_freq,
+                  const std::int8_t* stream, int half, float* cos_out, float* sin_out) {
+  mrope_tables_kernel<<<grid_for(rows * half, 256), 256, 0, s>>>(pos, rows, inv_freq, stream, half, cos_out,
+                                                                  sin_out);
+  check_launch("mrope_tables");
+}
+
+void rope_split_qkv(cudaStream_t s, const QkvSplit& a) {
+  if (a.rows <= 0) return;
+  rope_split_kernel<<<static_cast<unsigned>(a.rows), 256, 0, s>>>(a);
+  check_launch("rope_split_qkv");
+}
+
+void decode_attention(cudaStream_t s, const DecodeAttnArgs& a) {
+  if (a.hd > kMaxHeadDim) check(cudaErrorInvalidValue, "decode_attention: head_dim above 256");
+  const float scale = 1.0f / sqrtf(static_cast<float>(a.hd));
+  decode_attention_kernel<<<dim3(a.n_heads, a.batch), kDecodeThreads, 0, s>>>(a, scale);
+  check_launch("decode_attention");
+}
+
+void argmax_rows(cudaStream_t s, const float* logits, std::int64_t rows, std::int64_t cols, std::int32_t* out) {
+  argmax_kernel<<<static_cast<unsigned>(rows), 1024, 0, s>>>(logits, cols, out);
+  check_launch("argmax_rows");
+}
+
+}  // namespace mv::cuda

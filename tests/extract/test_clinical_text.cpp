@@ -1,0 +1,137 @@
+// Parsing units of the OCR structurer: medication strings, lab rows, flags, dates, page ranges.
+#include <gtest/gtest.h>
+
+#include "core/error.hpp"
+#include "extract/clinical_text.hpp"
+#include "extract/extractor.hpp"
+
+namespace mv::extract {
+namespace {
+
+const Vocabulary& vocab() {
+  static const Vocabulary v = Vocabulary::load();
+  return v;
+}
+
+TEST(MedicationParse, InlineSigWithDurationAndIndication) {
+  auto m = parse_medication("Metronidazole 250 mg - 1 tab PO TID x 7 days (C. difficile colitis)", vocab());
+  ASSERT_TRUE(m);
+  EXPECT_EQ(m->med.name, "Metronidazole");
+  EXPECT_EQ(m->med.strength, "250 mg");
+  EXPECT_EQ(m->med.dose, "1");
+  EXPECT_EQ(m->med.unit, "tab");
+  EXPECT_EQ(m->med.route, "PO");
+  EXPECT_EQ(m->med.frequency, "TID");
+  EXPECT_EQ(m->med.duration, "7 days");
+  EXPECT_EQ(m->med.indication, "C. difficile colitis");
+  EXPECT_FALSE(m->med.prn);
+  // Spans point at the printed text.
+  std::string text = "Metronidazole 250 mg - 1 tab PO TID x 7 days (C. difficile colitis)";
+  auto s = m->spans.at("frequency");
+  EXPECT_EQ(text.substr(s.first, s.second - s.first), "TID");
+}
+
+TEST(MedicationParse, TableRowWithStatusAndUnitDose) {
+  auto m = parse_medication("Insulin lispro 100 units/mL  10 units  SC  AC&HS  9/24/24 20:15  Discontinue", vocab());
+  ASSERT_TRUE(m);
+  EXPECT_EQ(m->med.name, "Insulin lispro");
+  EXPECT_EQ(m->med.strength, "100 units/mL");
+  EXPECT_EQ(m->med.dose, "10");
+  EXPECT_EQ(m->med.unit, "units");
+  EXPECT_EQ(m->med.route, "SC");
+  EXPECT_EQ(m->med.frequency, "AC&HS");
+  EXPECT_EQ(m->med.status, "discontinued");
+}
+
+TEST(MedicationParse, PrescriptionSigLongFormsQuantityRefills) {
+  auto m = parse_medication(
+      "Finasteride 5 mg tablet  Sig: Take 1 tablet by mouth once daily  Disp: 30 tablets      Refills: 2", vocab());
+  ASSERT_TRUE(m);
+  EXPECT_EQ(m->med.strength, "5 mg");
+  EXPECT_EQ(m->med.dose, "1");
+  EXPECT_EQ(m->med.unit, "tablet");
+  EXPECT_EQ(m->med.route, "by mouth");
+  EXPECT_EQ(m->med.frequency, "once daily");
+  EXPECT_EQ(m->med.quantity, "30 tablets");
+  EXPECT_EQ(m->med.refills, 2);
+}
+
+TEST(MedicationParse, PrnWithIndication) {
+  auto m = parse_medication("Ondansetron 4 mg - 1 tab PO q8h PRN nausea", vocab());
+  ASSERT_TRUE(m);
+  EXPECT_EQ(m->med.prn, true);
+  EXPECT_EQ(m->med.frequency, "q8h");
+  EXPECT_EQ(m->med.indication, "nausea");
+}
+
+TEST(MedicationParse, NoDrugNoMedication) {
+  EXPECT_FALSE(parse_medication("Repeat CBC - in 1 week", vocab()));
+}
+
+TEST(LabParse, RowWithPrintedFlagUnitRange) {
+  auto l = parse_lab_row("Direct Bilirubin  0.7  HIGH  mg/dL  0.0-0.3", vocab());
+  ASSERT_TRUE(l);
+  EXPECT_EQ(l->lab.test, "Direct Bilirubin");
+  EXPECT_EQ(l->lab.value, "0.7");
+  EXPECT_EQ(l->lab.flag, "H");
+  EXPECT_EQ(l->lab.unit, "mg/dL");
+  EXPECT_EQ(l->lab.reference_range, "0.0-0.3");
+}
+
+TEST(LabParse, CriticalFlagsAndOneSidedRange) {
+  auto l = parse_lab_row("Troponin I  2.31  H !!  ng/mL  <0.04", vocab());
+  ASSERT_TRUE(l);
+  EXPECT_EQ(l->lab.value, "2.31");
+  EXPECT_EQ(l->lab.flag, "HH");
+  EXPECT_EQ(l->lab.reference_range, "<0.04");
+  auto k = parse_lab_row("Potassium 2.6 CRIT LOW mmol/L 3.5-5.1", vocab());
+  ASSERT_TRUE(k);
+  EXPECT_EQ(k->lab.flag, "LL");
+  EXPECT_EQ(k->lab.unit, "mmol/L");
+}
+
+TEST(LabParse, NotALabRow) {
+  EXPECT_FALSE(parse_lab_row("Flags: H = high, L = low", vocab()));
+  EXPECT_FALSE(parse_lab_row("Sodium", vocab()));  // no value
+}
+
+TEST(Flags, DerivedFromRange) {
+  EXPECT_EQ(derive_flag("5.8", "3.5-5.1"), "H");
+  EXPECT_EQ(derive_flag("3.4", "3.5-5.1"), "L");
+  EXPECT_EQ(derive_flag("3.5", "3.5-5.1"), "N");
+  EXPECT_EQ(derive_flag("155", "<100"), "H");
+  EXPECT_EQ(derive_flag("99", "<100"), "N");
+  EXPECT_EQ(derive_flag("55", ">60"), "L");
+  EXPECT_EQ(derive_flag("Negative", "Negative"), std::nullopt);
+  EXPECT_EQ(derive_flag("<0.01", "<0.04"), std::nullopt);  // a censored value is not compared
+  EXPECT_EQ(normalise_flag("CRIT HIGH", vocab()), "HH");
+  EXPECT_EQ(normalise_flag("L *", vocab()), "L");
+  EXPECT_EQ(normalise_flag("mg/dL", vocab()), std::nullopt);
+}
+
+TEST(Dates, PrintedFormsToIso) {
+  EXPECT_EQ(normalise_date("1/15/80 (44 y)", false), "1980-01-15");
+  EXPECT_EQ(normalise_date("9/25/24 20:00"), "2024-09-25T20:00");
+  EXPECT_EQ(normalise_date("24-Feb-2022 10:52"), "2022-02-24T10:52");
+  EXPECT_EQ(normalise_date("09-May-1943 (78 y)", false), "1943-05-09");
+  EXPECT_EQ(normalise_date("2024-08-07"), "2024-08-07");
+  EXPECT_EQ(normalise_date("Sep 25, 2024"), "2024-09-25");
+  EXPECT_EQ(normalise_date("13/45/2020"), std::nullopt);
+  EXPECT_EQ(normalise_date("no date here"), std::nullopt);
+}
+
+TEST(PageRange, ParsesAndRejects) {
+  auto r = parse_page_range("1-2,5,7-");
+  EXPECT_TRUE(r.contains(1));
+  EXPECT_TRUE(r.contains(2));
+  EXPECT_FALSE(r.contains(3));
+  EXPECT_TRUE(r.contains(5));
+  EXPECT_TRUE(r.contains(9));
+  EXPECT_TRUE(parse_page_range("").all());
+  EXPECT_THROW(parse_page_range("0"), Error);
+  EXPECT_THROW(parse_page_range("3-1"), Error);
+  EXPECT_THROW(parse_page_range("a"), Error);
+}
+
+}  // namespace
+}  // namespace mv::extract

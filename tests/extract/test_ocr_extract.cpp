@@ -1,0 +1,142 @@
+// End to end: synthetic pages rendered by `medvision synth` through the OCR extractor, with the recall of the
+// ground-truth fields asserted; and the CLI on good and bad files.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <nlohmann/json.hpp>
+
+#include "../cli/run_cli.hpp"
+#include "core/file.hpp"
+#include "data/synth.hpp"
+#include "extract/extractor.hpp"
+#include "extract/ocr.hpp"
+
+namespace mv::extract {
+namespace {
+
+namespace fs = std::filesystem;
+
+fs::path synth_dir() {
+  static const fs::path dir = [] {
+    fs::path d = fs::temp_directory_path() / ("mv_extract_" + std::to_string(::getpid()));
+    synth::SynthOptions o;
+    o.out_dir = d;
+    o.count = 3;
+    o.seed = 777;
+    o.types = {"prescription", "lab_results", "patient_diagnosis"};
+    o.threads = 1;
+    synth::run_synth(o);
+    return d;
+  }();
+  return dir;
+}
+
+std::string lower(std::string s) {
+  for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return s;
+}
+
+// Recall of (section, key field, other fields) of the truth in the prediction; items matched by key.
+struct Recall {
+  int found = 0, total = 0;
+};
+void score_list(const nlohmann::json& truth, const nlohmann::json& pred, const char* list, const char* key,
+                Recall& r) {
+  for (const auto& t : truth[list]) {
+    const nlohmann::json* match = nullptr;
+    for (const auto& p : pred[list])
+      if (p.contains(key) && lower(p[key].get<std::string>()) == lower(t[key].get<std::string>())) match = &p;
+    for (const auto& [field, value] : t.items()) {
+      if (field == "provenance") continue;
+      ++r.total;
+      if (match && match->contains(field) && (*match)[field] == value) ++r.found;
+    }
+  }
+}
+
+TEST(OcrExtract, SyntheticPagesFieldRecall) {
+  auto ex = make_extractor("ocr");
+  EXPECT_EQ(ex->backend(), "ocr");
+  Recall r;
+  for (const auto& entry : fs::directory_iterator(synth_dir())) {
+    if (entry.path().extension() != ".png") continue;
+    auto truth = nlohmann::json::parse(read_file(fs::path(entry.path()).replace_extension(".json")));
+    auto e = ex->extract(load_pages(entry.path()), {});
+    auto pred = to_json(e);
+    EXPECT_TRUE(validate_extraction(pred).empty());
+    EXPECT_EQ(pred["document_type"], truth["document_type"]) << entry.path();
+    for (const auto& [list, key] : std::vector<std::pair<const char*, const char*>>{
+             {"medications", "name"}, {"labs", "test"}, {"diagnoses", "text"}, {"vitals", "name"}})
+      score_list(truth, pred, list, key, r);
+    for (const char* f : {"name", "birth_date", "mrn"}) {
+      if (!truth.contains("patient") || !truth["patient"].contains(f)) continue;
+      ++r.total;
+      if (pred.contains("patient") && pred["patient"].value(f, "") == truth["patient"][f]) ++r.found;
+    }
+    // Provenance: every item has a page, a box and a confidence.
+    for (const auto& m : pred["medications"]) {
+      EXPECT_EQ(m["provenance"]["source"], "ocr");
+      EXPECT_TRUE(m["provenance"].contains("bbox"));
+      EXPECT_TRUE(m["provenance"].contains("confidence"));
+    }
+  }
+  ASSERT_GT(r.total, 20);
+  const double recall = static_cast<double>(r.found) / r.total;
+  EXPECT_GE(recall, 0.85) << r.found << " of " << r.total << " fields";
+}
+
+TEST(OcrExtract, EmptyPageListIsAnError) {
+  auto ex = make_extractor("ocr");
+  EXPECT_THROW(ex->extract({}, {}), Error);
+  EXPECT_THROW(make_extractor("bogus"), Error);
+  EXPECT_THROW(make_extractor("vlm"), Error);  // needs a model directory
+}
+
+TEST(OcrLayout, RowsAndCellsFromWordGeometry) {
+  // Two lines on one baseline band (a table row split by Tesseract) become one row with two cells.
+  std::vector<OcrWord> w = {{"Sodium", {100, 100, 160, 118}, 0.9, false},
+                            {"140", {400, 101, 430, 118}, 0.9, false},
+                            {"mmol/L", {440, 101, 500, 119}, 0.9, false},
+                            {"Next", {100, 140, 150, 158}, 0.9, false}};
+  auto rows = build_rows(w, {{0}, {1, 2}, {3}});
+  ASSERT_EQ(rows.size(), 2u);
+  ASSERT_EQ(rows[0].cells.size(), 2u);
+  EXPECT_EQ(rows[0].cells[0].text, "Sodium");
+  EXPECT_EQ(rows[0].cells[1].text, "140 mmol/L");
+  EXPECT_EQ(rows[0].text, "Sodium  140 mmol/L");
+  EXPECT_EQ(rows[1].text, "Next");
+}
+
+TEST(ExtractCli, JsonForOneFileAndFailuresNamed) {
+  fs::path png;
+  for (const auto& entry : fs::directory_iterator(synth_dir()))
+    if (entry.path().extension() == ".png") png = entry.path();
+  ASSERT_FALSE(png.empty());
+  auto ok = testing::run_cli("extract " + png.string());
+  ASSERT_EQ(ok.exit_code, 0) << ok.err;
+  auto j = nlohmann::json::parse(ok.out);
+  EXPECT_EQ(j["schema_version"], "1.0");
+
+  fs::path bad = synth_dir() / "broken.png";
+  write_file(bad, std::string("\x89PNG\r\n\x1a\nnot really a png"));
+  fs::path out = synth_dir() / "out";
+  auto r = testing::run_cli("-q extract " + png.string() + " " + bad.string() + " " +
+                            (synth_dir() / "missing.pdf").string() + " --out " + out.string() + " --format fhir");
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.err.find("broken.png"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("missing.pdf"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("2 of 3 file(s) failed"), std::string::npos) << r.err;
+  // The good file was still written.
+  auto fhir = nlohmann::json::parse(read_file(out / (png.stem().string() + ".fhir.json")));
+  EXPECT_EQ(fhir["resourceType"], "Bundle");
+
+  auto usage = testing::run_cli("extract " + png.string() + " --format xml");
+  EXPECT_EQ(usage.exit_code, 2);
+  auto pages = testing::run_cli("extract " + png.string() + " --pages 3");
+  EXPECT_NE(pages.exit_code, 0);
+  EXPECT_NE(pages.err.find("selects none"), std::string::npos) << pages.err;
+}
+
+}  // namespace
+}  // namespace mv::extract

@@ -1,0 +1,373 @@
+// CUDA engine tests (label gpu): kernels against the CPU ops on random data at the real head sizes, and
+// the whole model against the CPU engine on every fixture of tests/fixtures/model (last-position logits
+// and every teacher-forced decode step within relative L2 2e-2). Skipped when no GPU is present.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include <nlohmann/json.hpp>
+
+#include "core/file.hpp"
+#include "model/qwen25vl/model.hpp"
+#include "model/qwen25vl/random_checkpoint.hpp"
+#include "ops/ops.hpp"
+
+#if MEDVISION_HAS_CUDA
+#include "ops/cuda/cuda_ops.hpp"
+#endif
+
+namespace fs = std::filesystem;
+using namespace mv;
+using namespace mv::qwen25vl;
+
+namespace {
+
+constexpr double kModelRelL2 = 2e-2;
+
+double rel_l2(std::span<const float> got, std::span<const float> want) {
+  double num = 0, den = 0;
+  for (std::size_t i = 0; i < want.size(); ++i) {
+    const double d = double(got[i]) - double(want[i]);
+    num += d * d;
+    den += double(want[i]) * want[i];
+  }
+  return std::sqrt(num / std::max(den, 1e-300));
+}
+
+#define SKIP_WITHOUT_GPU() \
+  if (!cuda_available()) GTEST_SKIP() << "no usable GPU (or built without CUDA)"
+
+#if MEDVISION_HAS_CUDA
+
+float bf16_round(float f) {
+  std::uint32_t u;
+  std::memcpy(&u, &f, 4);
+  u += 0x7fff + ((u >> 16) & 1);
+  u &= 0xffff0000u;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+std::vector<float> random_vec(std::size_t n, std::mt19937& rng, float scale = 1.0f) {
+  std::normal_distribution<float> d(0.0f, scale);
+  std::vector<float> v(n);
+  for (auto& x : v) x = bf16_round(d(rng));
+  return v;
+}
+
+std::vector<cuda::bf16> to_bf16(const std::vector<float>& v) {
+  std::vector<cuda::bf16> out(v.size());
+  for (std::size_t i = 0; i < v.size(); ++i) out[i] = __float2bfloat16(v[i]);
+  return out;
+}
+
+std::vector<float> from_bf16(const std::vector<cuda::bf16>& v) {
+  std::vector<float> out(v.size());
+  for (std::size_t i = 0; i < v.size(); ++i) out[i] = __bfloat162float(v[i]);
+  return out;
+}
+
+template <typename T>
+cuda::Buffer upload(const std::vector<T>& v) {
+  cuda::Buffer b(v.size() * sizeof(T));
+  cuda::check(cudaMemcpy(b.data(), v.data(), v.size() * sizeof(T), cudaMemcpyHostToDevice), "test upload");
+  return b;
+}
+
+template <typename T>
+std::vector<T> download(const cuda::Buffer& b, std::size_t n) {
+  std::vector<T> v(n);
+  cuda::check(cudaMemcpy(v.data(), b.data(), n * sizeof(T), cudaMemcpyDeviceToHost), "test download");
+  return v;
+}
+
+#endif
+
+}  // namespace
+
+#if MEDVISION_HAS_CUDA
+
+TEST(CudaOps, GemmWithBiasAndAccumulate) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937 rng(7);
+  for (auto [m, n, k] : {std::array<std::int64_t, 3>{1, 3584, 3584}, {37, 200, 96}, {300, 1280, 1176}}) {
+    const auto x = random_vec(static_cast<std::size_t>(m * k), rng), w = random_vec(static_cast<std::size_t>(n * k), rng, 0.05f),
+               bias = random_vec(static_cast<std::size_t>(n), rng), y0 = random_vec(static_cast<std::size_t>(m * n), rng);
+    std::vector<float> want = y0, tmp(static_cast<std::size_t>(m * n));
+    ops::linear(x.data(), m, ops::Matrix{w.data(), DType::kF32, n, k}, bias.data(), tmp.data(), nullptr);
+    for (std::size_t i = 0; i < want.size(); ++i) want[i] += tmp[i];
+    auto dx = upload(to_bf16(x)), dw = upload(to_bf16(w)), db = upload(bias), dy = upload(y0);
+    cuda::Gemm g;
+    g.run(nullptr, dx.as<cuda::bf16>(), m, dw.as<cuda::bf16>(), n, k, db.as<float>(), dy.as<float>(), true);
+    cuda::check(cudaDeviceSynchronize(), "gemm");
+    const auto got = download<float>(dy, want.size());
+    EXPECT_LE(rel_l2(got, want), 1e-5) << m << "x" << n << "x" << k;
+  }
+}
+
+// Prefill attention (causal over a cache with earlier tokens, GQA) and vision varlen attention against
+// the CPU kernels on the same bf16-rounded inputs.
+TEST(CudaOps, AttentionMatchesCpu) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937 rng(11);
+  struct Case {
+    int hd, heads, kv;
+    std::int64_t past, m;
+  };
+  for (const Case c : {Case{128, 28, 4, 0, 150}, Case{128, 8, 2, 70, 90}, Case{80, 16, 16, 0, 200}, Case{8, 4, 1, 3, 67}}) {
+    const std::int64_t keys = c.past + c.m, nq = c.heads * c.hd;
+    const auto q = random_vec(static_cast<std::size_t>(c.m * nq), rng);
+    // Cache layout [kv][keys][hd].
+    const auto k = random_vec(static_cast<std::size_t>(c.kv * keys * c.hd), rng);
+    const auto v = random_vec(static_cast<std::size_t>(c.kv * keys * c.hd), rng);
+    std::vector<float> want(static_cast<std::size_t>(c.m * nq));
+    ops::attention_causal(q.data(), c.m, nq, c.heads, c.kv, c.hd, k.data(), v.data(), keys * c.hd, c.past, want.data(),
+                          nq, nullptr);
+    std::vector<cuda::AttnItem> items;
+    for (std::int64_t q0 = 0; q0 < c.m; q0 += cuda::kAttnBlockQ)
+      items.push_back({static_cast<int>(q0), static_cast<int>(std::min<std::int64_t>(64, c.m - q0)), 0,
+                       static_cast<int>(keys), static_cast<int>(c.past + q0)});
+    auto dq = upload(to_bf16(q)), dk = upload(to_bf16(k)), dv = upload(to_bf16(v)), di = upload(items);
+    cuda::Buffer dout(want.size() * sizeof(cuda::bf16));
+    cuda::AttnArgs a{dq.as<cuda::bf16>(), nq, dk.as<cuda::bf16>(), dv.as<cuda::bf16>(), keys * c.hd, c.hd,
+                     dout.as<cuda::bf16>(), nq, c.heads, c.kv, c.hd, di.as<cuda::AttnItem>(), static_cast<int>(items.size())};
+    cuda::attention(nullptr, a);
+    cuda::check(cudaDeviceSynchronize(), "attention");
+    const auto got = from_bf16(download<cuda::bf16>(dout, want.size()));
+    const double e = rel_l2(got, want);
+    EXPECT_LE(e, 1e-2) << "hd " << c.hd << " past " << c.past << " m " << c.m;
+    std::printf("[ cuda ops ] causal attention hd %d heads %d/%d past %lld m %lld: rel L2 %.2e\n", c.hd, c.heads, c.kv,
+                static_cast<long long>(c.past), static_cast<long long>(c.m), e);
+
+    // Decode: the last query row alone.
+    if (c.m >= 1) {
+      const std::int64_t last = c.m - 1;
+      std::vector<float> want1(want.begin() + last * nq, want.begin() + (last + 1) * nq);
+      const cuda::bf16* kb = dk.as<cuda::bf16>();
+      const cuda::bf16* vb = dv.as<cuda::bf16>();
+      const std::int32_t len = static_cast<std::int32_t>(keys);
+      auto dkb = upload(std::vector<const cuda::bf16*>{kb}), dvb = upload(std::vector<const cuda::bf16*>{vb});
+      auto dlen = upload(std::vector<std::int32_t>{len});
+      cuda::Buffer dout1(static_cast<std::size_t>(nq) * sizeof(cuda::bf16));
+      cuda::DecodeAttnArgs d{dq.as<cuda::bf16>() + last * nq, nq, dkb.as<const cuda::bf16*>(), dvb.as<const cuda::bf16*>(),
+                             0, keys * c.hd, c.hd, dlen.as<std::int32_t>(), dout1.as<cuda::bf16>(), nq, c.heads, c.kv,
+                             c.hd, 1};
+      cuda::decode_attention(nullptr, d);
+      cuda::check(cudaDeviceSynchronize(), "decode attention");
+      const double e1 = rel_l2(from_bf16(download<cuda::bf16>(dout1, static_cast<std::size_t>(nq))), want1);
+      EXPECT_LE(e1, 1e-2) << "decode hd " << c.hd;
+    }
+  }
+  // Varlen (vision): segments of 64 (windows, some partial) and one long segment.
+  for (const std::vector<std::int64_t>& cu : {std::vector<std::int64_t>{0, 64, 128, 160, 224, 240},
+                                              std::vector<std::int64_t>{0, 700}}) {
+    const int hd = 80, heads = 16;
+    const std::int64_t N = cu.back(), D = heads * hd;
+    const auto q = random_vec(static_cast<std::size_t>(N * 3 * D), rng);
+    std::vector<float> want(static_cast<std::size_t>(N * D));
+    ops::attention_varlen(q.data(), q.data() + D, q.data() + 2 * D, 3 * D, heads, hd, cu, want.data(), D, nullptr);
+    std::vector<cuda::AttnItem> items;
+    for (std::size_t s = 0; s + 1 < cu.size(); ++s)
+      for (std::int64_t q0 = cu[s]; q0 < cu[s + 1]; q0 += 64)
+        items.push_back({static_cast<int>(q0), static_cast<int>(std::min<std::int64_t>(64, cu[s + 1] - q0)),
+                         static_cast<int>(cu[s]), static_cast<int>(cu[s + 1] - cu[s]), -1});
+    auto dqkv = upload(to_bf16(q)), di = upload(items);
+    cuda::Buffer dout(want.size() * sizeof(cuda::bf16));
+    const cuda::bf16* base = dqkv.as<cuda::bf16>();
+    cuda::AttnArgs a{base, 3 * D, base + D, base + 2 * D, hd, 3 * D, dout.as<cuda::bf16>(), D, heads, heads, hd,
+                     di.as<cuda::AttnItem>(), static_cast<int>(items.size())};
+    cuda::attention(nullptr, a);
+    cuda::check(cudaDeviceSynchronize(), "varlen attention");
+    const double e = rel_l2(from_bf16(download<cuda::bf16>(dout, want.size())), want);
+    EXPECT_LE(e, 1e-2) << "varlen segments " << cu.size() - 1;
+    std::printf("[ cuda ops ] varlen attention hd 80, %zu segments: rel L2 %.2e\n", cu.size() - 1, e);
+  }
+}
+
+TEST(CudaOps, RmsNormSiluRope) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937 rng(3);
+  const std::int64_t rows = 5, dim = 3584, inter = 300;
+  const auto x = random_vec(static_cast<std::size_t>(rows * dim), rng), w = random_vec(static_cast<std::size_t>(dim), rng);
+  std::vector<float> want(x.size());
+  ops::rms_norm(x.data(), rows, dim, w.data(), 1e-6f, want.data(), nullptr);
+  auto dx = upload(x), dw = upload(w);
+  cuda::Buffer dy(x.size() * sizeof(cuda::bf16));
+  cuda::rms_norm(nullptr, dx.as<float>(), rows, dim, dim, dw.as<float>(), 1e-6f, dy.as<cuda::bf16>());
+  const auto gu = random_vec(static_cast<std::size_t>(rows * 2 * inter), rng);
+  std::vector<float> g(static_cast<std::size_t>(rows * inter)), u(g.size()), want_s(g.size());
+  for (std::int64_t r = 0; r < rows; ++r)
+    for (std::int64_t i = 0; i < inter; ++i) {
+      g[static_cast<std::size_t>(r * inter + i)] = gu[static_cast<std::size_t>(r * 2 * inter + i)];
+      u[static_cast<std::size_t>(r * inter + i)] = gu[static_cast<std::size_t>(r * 2 * inter + inter + i)];
+    }
+  ops::silu_mul(g.data(), u.data(), want_s.data(), static_cast<std::int64_t>(g.size()), nullptr);
+  auto dgu = upload(gu);
+  cuda::Buffer ds(g.size() * sizeof(cuda::bf16));
+  cuda::silu_mul(nullptr, dgu.as<float>(), rows, inter, ds.as<cuda::bf16>());
+  cuda::check(cudaDeviceSynchronize(), "ops");
+  EXPECT_LE(rel_l2(from_bf16(download<cuda::bf16>(dy, x.size())), want), 5e-3);
+  EXPECT_LE(rel_l2(from_bf16(download<cuda::bf16>(ds, g.size())), want_s), 5e-3);
+}
+
+TEST(CudaOps, ArgmaxFirstOnTies) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937 rng(5);
+  std::vector<float> l = random_vec(151936 * 2, rng);
+  l[1234] = 50.0f;
+  l[99999] = 50.0f;
+  l[151936 + 151935] = 60.0f;
+  auto dl = upload(l);
+  cuda::Buffer out(2 * sizeof(std::int32_t));
+  cuda::argmax_rows(nullptr, dl.as<float>(), 2, 151936, out.as<std::int32_t>());
+  const auto got = download<std::int32_t>(out, 2);
+  EXPECT_EQ(got[0], 1234);
+  EXPECT_EQ(got[1], 151935);
+}
+
+#endif  // MEDVISION_HAS_CUDA
+
+// ---- whole model: CUDA vs CPU on the fixtures ----------------------------------------------------------
+
+namespace {
+
+const fs::path kFixtures = fs::path(MV_FIXTURES_DIR) / "model";
+
+struct Pair {
+  fs::path dir;
+  nlohmann::json expected;
+  std::vector<float> data;
+  std::unique_ptr<Model> cpu, gpu;
+  std::span<const float> array(const char* key) const {
+    const auto& d = expected["data"];
+    const auto off = d[key]["offset"].get<std::size_t>(), n = d[key]["count"].get<std::size_t>();
+    return {data.data() + off, n};
+  }
+  ~Pair() {
+    cpu.reset();
+    gpu.reset();
+    std::error_code ec;
+    if (!dir.empty()) fs::remove_all(dir, ec);
+  }
+};
+
+Pair& pair_for(const std::string& name) {
+  static std::map<std::string, std::unique_ptr<Pair>> cache;
+  auto& slot = cache[name];
+  if (slot) return *slot;
+  auto p = std::make_unique<Pair>();
+  const fs::path fdir = kFixtures / name;
+  const auto fixture = nlohmann::json::parse(read_file(fdir / "fixture.json"));
+  p->expected = nlohmann::json::parse(read_file(fdir / "expected.json"));
+  const std::string blob = read_file(fdir / p->expected["data_file"].get<std::string>());
+  p->data.resize(blob.size() / sizeof(float));
+  std::memcpy(p->data.data(), blob.data(), p->data.size() * sizeof(float));
+  p->dir = fs::temp_directory_path() / fmt::format("mv-gpu-{}-{}", name, ::getpid());
+  RandomCheckpointOptions opt;
+  opt.seed = fixture["seed"].get<std::uint64_t>();
+  const std::string dt = fixture["dtype"].get<std::string>();
+  opt.dtype = dt == "bf16" ? DType::kBF16 : dt == "f16" ? DType::kF16 : DType::kF32;
+  opt.init_std = fixture.value("init_std", 0.02);
+  write_random_checkpoint(random_checkpoint_config((fdir / "config.json").string()), p->dir, opt);
+  p->cpu = Model::load(p->dir);
+  LoadOptions g;
+  g.device = "cuda";
+  p->gpu = Model::load(p->dir, g);
+  slot = std::move(p);
+  return *slot;
+}
+
+std::vector<PixelValues> pixels(const Pair& p) {
+  std::vector<PixelValues> out;
+  const auto all = p.array("pixel_values");
+  std::size_t off = 0;
+  for (const auto& g : p.expected["image_grid_thw"]) {
+    PixelValues px;
+    px.grid_thw = {g[0].get<std::int64_t>(), g[1].get<std::int64_t>(), g[2].get<std::int64_t>()};
+    px.rows = px.grid_thw[0] * px.grid_thw[1] * px.grid_thw[2];
+    px.cols = p.expected["pixel_values"]["shape"][1].get<std::int64_t>();
+    const auto n = static_cast<std::size_t>(px.rows * px.cols);
+    px.data.assign(all.begin() + static_cast<std::ptrdiff_t>(off), all.begin() + static_cast<std::ptrdiff_t>(off + n));
+    off += n;
+    out.push_back(std::move(px));
+  }
+  return out;
+}
+
+class CudaParity : public ::testing::TestWithParam<std::string> {};
+
+}  // namespace
+
+TEST_P(CudaParity, VisionFeatures) {
+  SKIP_WITHOUT_GPU();
+  auto& p = pair_for(GetParam());
+  const auto px = pixels(p);
+  if (px.empty()) GTEST_SKIP() << "text-only fixture";
+  const auto want = p.cpu->encode_images(px);
+  const auto got = p.gpu->encode_images(px);
+  ASSERT_EQ(got.size(), want.size());
+  const double e = rel_l2(got, want);
+  std::printf("[ cuda     ] %s: vision features rel L2 vs CPU %.2e\n", GetParam().c_str(), e);
+  EXPECT_LE(e, kModelRelL2);
+}
+
+TEST_P(CudaParity, TeacherForcedLogitsEveryStep) {
+  SKIP_WITHOUT_GPU();
+  auto& p = pair_for(GetParam());
+  const auto ids = p.expected["input_ids"].get<std::vector<std::int32_t>>();
+  const auto tokens = p.expected["greedy_tokens"].get<std::vector<std::int32_t>>();
+  const auto px = pixels(p);
+  const std::size_t V = static_cast<std::size_t>(p.cpu->config().text.vocab_size);
+  auto sc = p.cpu->new_session(static_cast<std::int64_t>(ids.size() + tokens.size()));
+  auto sg = p.gpu->new_session(static_cast<std::int64_t>(ids.size() + tokens.size()));
+  std::vector<float> lc(V), lg(V);
+  p.cpu->prefill(*sc, ids, px, lc);
+  p.gpu->prefill(*sg, ids, px, lg);
+  EXPECT_EQ(sg->length(), sc->length());
+  EXPECT_EQ(sg->rope_delta(), sc->rope_delta());
+  const double e0 = rel_l2(lg, lc);
+  const double ref = rel_l2(lg, p.array("last_logits"));
+  std::printf("[ cuda     ] %s: last logits rel L2 vs CPU %.2e, vs transformers fp32 %.2e\n", GetParam().c_str(), e0,
+              ref);
+  EXPECT_LE(e0, kModelRelL2);
+  double worst = e0;
+  for (std::size_t s = 0; s + 1 < tokens.size(); ++s) {
+    p.cpu->decode(*sc, tokens[s], lc);
+    p.gpu->decode(*sg, tokens[s], lg);
+    const double e = rel_l2(lg, lc);
+    EXPECT_LE(e, kModelRelL2) << "step " << s + 1;
+    worst = std::max(worst, e);
+  }
+  std::printf("[ cuda     ] %s: teacher-forced over %zu steps, worst rel L2 vs CPU %.2e\n", GetParam().c_str(),
+              tokens.size(), worst);
+}
+
+TEST_P(CudaParity, PrefillWithHostFeaturesMatchesPrefill) {
+  SKIP_WITHOUT_GPU();
+  auto& p = pair_for(GetParam());
+  const auto ids = p.expected["input_ids"].get<std::vector<std::int32_t>>();
+  const auto px = pixels(p);
+  std::vector<std::array<std::int64_t, 3>> grids;
+  for (const auto& x : px) grids.push_back(x.grid_thw);
+  const std::size_t V = static_cast<std::size_t>(p.gpu->config().text.vocab_size);
+  auto s1 = p.gpu->new_session(static_cast<std::int64_t>(ids.size()));
+  auto s2 = p.gpu->new_session(static_cast<std::int64_t>(ids.size()));
+  std::vector<float> a(V), b(V);
+  p.gpu->prefill(*s1, ids, px, a);
+  p.gpu->prefill_with_features(*s2, ids, grids, p.gpu->encode_images(px), b);
+  EXPECT_LE(rel_l2(b, a), 1e-6);
+}
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, CudaParity,
+                         ::testing::Values("tied_bf16_image", "untied_f16_two_images", "text_only_f32"),
+                         [](const auto& info) { return info.param; });
