@@ -1,7 +1,9 @@
 // medvision serve: the HTTP service (extraction API, OpenAI-compatible API, metrics, web page).
 // SIGTERM / SIGINT stop it gracefully: admitted requests finish, new ones get 503, then it exits.
-#include <pthread.h>
 #include <signal.h>
+#include <unistd.h>
+
+#include <cerrno>
 
 #include <cstdio>
 #include <memory>
@@ -22,28 +24,39 @@ struct ServeArgs {
   std::string allow_local_files;
 };
 
+int g_stop_pipe[2] = {-1, -1};
+
+// Async-signal-safe: wakes the thread that stops the server.
+void on_stop_signal(int sig) {
+  const char c = static_cast<char>(sig);
+  [[maybe_unused]] auto n = ::write(g_stop_pipe[1], &c, 1);
+}
+
 void run_serve(ServeArgs& a) {
   if (!a.allow_local_files.empty()) a.o.allow_local_files = a.allow_local_files;
-  // Block the stop signals in every thread (the server's threads inherit the mask); one thread waits for them.
-  sigset_t set;
-  sigemptyset(&set);
-  sigaddset(&set, SIGTERM);
-  sigaddset(&set, SIGINT);
-  pthread_sigmask(SIG_BLOCK, &set, nullptr);
-
   server::Server srv(a.o);
   const int port = srv.bind();
+  // SIGTERM / SIGINT: a handler (any thread may take the signal: libraries start threads of their own)
+  // writes to a pipe; this thread reads it and stops the server gracefully.
+  if (::pipe(g_stop_pipe) != 0) fail(Errc::kIo, "cannot create a pipe for signal handling");
+  struct sigaction sa {};
+  sa.sa_handler = on_stop_signal;
+  sigemptyset(&sa.sa_mask);
+  ::sigaction(SIGTERM, &sa, nullptr);
+  ::sigaction(SIGINT, &sa, nullptr);
+  std::thread waiter([&srv] {
+    char c = 0;
+    while (::read(g_stop_pipe[0], &c, 1) < 0 && errno == EINTR) {
+    }
+    if (c != 0) std::fprintf(stderr, "medvision: signal %d: finishing admitted requests, then exiting\n", c);
+    srv.stop();
+  });
   std::fprintf(stderr, "medvision: serving on %s://%s:%d (Ctrl-C or SIGTERM to stop)\n", srv.tls() ? "https" : "http",
                a.o.host.c_str(), port);
   std::fflush(stderr);
-  std::thread waiter([&srv, set] {
-    int sig = 0;
-    sigwait(&set, &sig);
-    srv.stop();
-  });
   srv.run();
-  srv.stop();
-  pthread_kill(waiter.native_handle(), SIGTERM);  // release the waiter if no signal came
+  const char zero = 0;  // the server stopped by itself: release the waiter
+  [[maybe_unused]] auto n = ::write(g_stop_pipe[1], &zero, 1);
   waiter.join();
 }
 

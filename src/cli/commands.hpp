@@ -17,6 +17,7 @@ void add_eval_command(CLI::App& app);
 void add_generate_command(CLI::App& app);
 void add_debug_command(CLI::App& app);
 void add_bench_tokenizer_command(CLI::App& app);
+void add_bench_command(CLI::App& app);
 void add_serve_command(CLI::App& app);
 void add_quantize_command(CLI::App& app);
 

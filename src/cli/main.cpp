@@ -27,6 +27,7 @@ int main(int argc, char** argv) {
   mv::cli::add_generate_command(app);
   mv::cli::add_debug_command(app);
   mv::cli::add_bench_tokenizer_command(app);
+  mv::cli::add_bench_command(app);
   mv::cli::add_serve_command(app);
   mv::cli::add_quantize_command(app);
 

@@ -96,6 +96,8 @@ std::string OcrPage::text() const {
 }
 
 OcrEngine::OcrEngine(OcrOptions options) : options_(std::move(options)) {
+  if (const char* e = std::getenv("MV_OCR_DPI")) options_.min_dpi = std::atof(e);  // EXPERIMENT
+  if (const char* e = std::getenv("MV_OCR_PSM")) options_.page_seg_mode = std::atoi(e);  // EXPERIMENT
   release(acquire());  // fails early when the model cannot be loaded
 }
 
@@ -161,6 +163,18 @@ OcrPage OcrEngine::recognize(const Page& page) {
   }
   out.skew_degrees = angle;
 
+  // Upscale small print: Tesseract's LSTM reads 10-point text at 150 dpi with dropped decimal points.
+  const double page_dpi = page.dpi.value_or(150.0);
+  double scale = 1.0;
+  if (options_.min_dpi > 0 && page_dpi < options_.min_dpi) scale = std::min(2.0, options_.min_dpi / page_dpi);
+  if (scale > 1.01) {
+    PixPtr up(pixScaleGrayLI(gray.get(), static_cast<l_float32>(scale), static_cast<l_float32>(scale)));
+    if (up) gray = std::move(up);
+    else scale = 1.0;
+  } else {
+    scale = 1.0;
+  }
+
   auto inst = acquire();
   struct Releaser {
     OcrEngine* self;
@@ -172,8 +186,8 @@ OcrPage OcrEngine::recognize(const Page& page) {
   } releaser{this, &inst};
   auto& api = inst->api;
   api.SetImage(gray.get());
-  int dpi = page.dpi ? static_cast<int>(std::lround(*page.dpi)) : 150;
-  api.SetSourceResolution(std::clamp(dpi, 70, 600));
+  api.SetPageSegMode(static_cast<tesseract::PageSegMode>(options_.page_seg_mode));
+  api.SetSourceResolution(std::clamp(static_cast<int>(std::lround(page_dpi * scale)), 70, 1200));
   if (api.Recognize(nullptr) != 0) fail(Errc::kFailure, "OCR: Tesseract failed on page {}", page.number);
 
   // Undo the deskew rotation on boxes: leptonica rotates about the centre, clockwise for a positive angle.
@@ -184,8 +198,9 @@ OcrPage OcrEngine::recognize(const Page& page) {
     ox = cx + dx * c + dy * s;
     oy = cy - dx * s + dy * c;
   };
-  auto map_box = [&](int l, int t, int r, int b) {
-    if (angle == 0) return BBox{double(l), double(t), double(r), double(b)};
+  auto map_box = [&](int li, int ti, int ri, int bi) {
+    const double l = li / scale, t = ti / scale, r = ri / scale, b = bi / scale;
+    if (angle == 0) return BBox{l, t, r, b};
     double xs[4], ys[4];
     unrotate(l, t, xs[0], ys[0]);
     unrotate(r, t, xs[1], ys[1]);

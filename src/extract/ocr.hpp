@@ -51,6 +51,9 @@ struct OcrOptions {
   std::filesystem::path tessdata_dir;  // empty: Tesseract's default
   bool deskew = true;                  // measure skew, rotate when |skew| >= 0.2 degrees
   bool normalise = true;               // flatten uneven backgrounds (photos, shadows) before recognition
+  double min_dpi = 300;                // pages below this resolution are upscaled (at most 2x) before OCR;
+                                       // Tesseract reads small print best at about 300 dpi
+  int page_seg_mode = 3;               // Tesseract PSM: 3 = automatic layout, 11 = sparse text
 };
 
 // One Tesseract instance per concurrent caller: recognize() takes a free instance from a small pool (or

@@ -748,7 +748,8 @@ void Server::Impl::setup_routes() {
     metrics.observe_request(t_route, res.status, seconds);
     // Route pattern, status, sizes and time only: no paths with parameters, no names, no content.
     spdlog::info("request {} {} {} -> {} ({} bytes in, {:.1f} ms)", t_request_id, req.method, t_route, res.status,
-                 req.body.size(), seconds * 1000.0);
+                 req.get_header_value("Content-Length").empty() ? "0" : req.get_header_value("Content-Length"),
+                 seconds * 1000.0);
   });
 
   route("GET", "/health", "/health", [this](auto& q, auto& r) { handle_health(q, r); });

@@ -52,7 +52,7 @@ const fs::path& sample_document() {
     o.out_dir = temp_root() / "synth";
     o.count = 1;
     o.seed = 7;
-    o.types = {"lab_report"};
+    o.types = {"lab_results"};
     o.threads = 1;
     mv::synth::run_synth(o);
     for (const auto& e : fs::directory_iterator(o.out_dir))
@@ -383,7 +383,7 @@ TEST_F(ServerTest, ExtractsADocumentWithTheOcrBackend) {
     EXPECT_TRUE(j.contains(k)) << k;
   EXPECT_FALSE(j.contains("fhir"));
   EXPECT_TRUE(mv::extract::validate_extraction(j["extraction"]).empty());
-  EXPECT_EQ(j["extraction"]["document_type"], "lab_report");
+  EXPECT_EQ(j["extraction"]["document_type"], "lab_results");
   EXPECT_FALSE(j["extraction"]["labs"].empty());
   ASSERT_EQ(j["extraction"]["pages"].size(), 1u);
   EXPECT_GT(j["inference_latency_seconds"].get<double>(), 0.0);

@@ -67,7 +67,7 @@ TEST(WebE2E, ExtractionTabDrawsBoxesAndDownloads) {
   so.out_dir = dir / "synth";
   so.count = 1;
   so.seed = 11;
-  so.types = {"lab_report"};
+  so.types = {"lab_results"};
   so.threads = 1;
   mv::synth::run_synth(so);
   fs::path doc;
@@ -104,7 +104,7 @@ TEST(WebE2E, ExtractionTabDrawsBoxesAndDownloads) {
   ASSERT_FALSE(s.is_discarded()) << out;
   EXPECT_TRUE(s["errors"].empty()) << s.dump(2);
   EXPECT_EQ(s["title"], "MedVision");
-  EXPECT_EQ(s["document_type"], "lab report");
+  EXPECT_EQ(s["document_type"], "lab results");
 
   // The downloaded JSON is the extraction the page showed: one row per item and patient/encounter field.
   const json ex = json::parse(mv::read_file(s["download_json"].get<std::string>()));
