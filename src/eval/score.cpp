@@ -34,10 +34,14 @@ enum class Kind {
 };
 
 struct FieldSpec {
-  FieldSpec(std::string n, Kind k, std::string s = {}) : name(std::move(n)), kind(k), sibling(std::move(s)) {}
+  FieldSpec(std::string n, Kind k, std::string s = {}, bool a = false)
+      : name(std::move(n)), kind(k), sibling(std::move(s)), assigned(a) {}
   std::string name;
   Kind kind;
   std::string sibling;  // kValue <-> kUnit
+  // A code an extractor may assign from a vocabulary although the page does not print it (LOINC): scored
+  // only where the truth has it (medical-extraction.md §4.2.7 scores assigned codes apart from reading).
+  bool assigned = false;
 };
 
 struct SectionSpec {
@@ -74,7 +78,7 @@ const std::vector<SectionSpec>& specs() {
         {"reference_range", Kind::kRange},
         {"flag", Kind::kFlag},
         {"time", Kind::kDate},
-        {"loinc", Kind::kCode},
+        {"loinc", Kind::kCode, "", true},
         {"panel", Kind::kText}}},
       {"vitals",
        true,
@@ -136,16 +140,15 @@ bool dates_equal(const std::string& a, const std::string& b) {
   return fold_text(a) == fold_text(b);
 }
 
-// value/unit pairs: when both units are commensurable (same base, different scale) the numbers are
-// compared after conversion; otherwise each field is compared on its own.
+// value/unit pairs: the value is right when the printed numbers are equal, or when both units are
+// commensurable (same base, different scale) and the quantities are equal after conversion.
 bool value_equal(const json& t, const json& p, const FieldSpec& f) {
   const std::string tv = str(t[f.name]), pv = str(p[f.name]);
+  if (quantity_equal(tv, pv)) return true;  // the number as printed (a wrong unit is the unit's error)
   const auto tu = opt_str(t, f.sibling), pu = opt_str(p, f.sibling);
-  if (tu && pu) {
-    const Unit a = parse_unit(*tu), b = parse_unit(*pu);
-    if (a.base == b.base && a.scale != b.scale) return quantity_equal(tv + " " + *tu, pv + " " + *pu);
-  }
-  return quantity_equal(tv, pv);
+  if (!tu || !pu) return false;
+  const Unit a = parse_unit(*tu), b = parse_unit(*pu);
+  return a.base == b.base && a.scale != b.scale && quantity_equal(tv + " " + *tu, pv + " " + *pu);
 }
 
 bool unit_equal(const json& t, const json& p, const FieldSpec& f) {
@@ -221,7 +224,10 @@ bool field_compatible(const std::string& section, const FieldSpec& f, const json
 bool entry_exact(const SectionSpec& s, const json& t, const json& p, const ScoreOptions& o) {
   for (const auto& f : s.fields) {
     const bool ht = has(t, f.name), hp = has(p, f.name);
-    if (ht != hp) return false;
+    if (ht != hp) {
+      if (f.assigned && !ht) continue;  // an assigned code the page does not print
+      return false;
+    }
     if (ht && !field_equal(s.name, f, t, p, o)) return false;
   }
   return true;
@@ -535,12 +541,12 @@ DocumentScore score_document(const json& truth, const json* pred, const ScoreOpt
           }
         } else if (ht) {
           ++c.fn;
-        } else if (hp) {
+        } else if (hp && !f.assigned) {
           ++c.fp;
         }
       }
       for (int j = 0; j < np; ++j)
-        if (truth_of[j] < 0 && has(P[j], f.name)) ++c.fp;
+        if (truth_of[j] < 0 && has(P[j], f.name) && !f.assigned) ++c.fp;
     }
 
     // Whole entries: separate maximum matchings for exact and relaxed equality.
@@ -569,6 +575,7 @@ DocumentScore score_document(const json& truth, const json* pred, const ScoreOpt
       if (!item_found) ++ds.hallucinated_items;
       for (const auto& f : s.fields) {
         if (!has(P[j], f.name)) continue;
+        if (f.assigned && (truth_of[j] < 0 || !has(T[truth_of[j]], f.name))) continue;
         ++ds.predicted_values;
         bool found = false;
         for (int i = 0; i < nt && !found; ++i)

@@ -212,6 +212,11 @@ Vocabulary Vocabulary::load(const std::filesystem::path& data_dir) {
     fail(Errc::kInvalidInput, "{}: \"document_types\" must be an object", types_file.string());
   for (const auto& [type, list] : tj["document_types"].items())
     v.document_types.emplace_back(type, strings(list, types_file, "document_types"));
+  if (tj.contains("cues")) {
+    if (!tj["cues"].is_object()) fail(Errc::kInvalidInput, "{}: \"cues\" must be an object", types_file.string());
+    for (const auto& [type, list] : tj["cues"].items())
+      v.document_cues.emplace_back(type, strings(list, types_file, "cues"));
+  }
   for (auto* list : {&v.drugs, &v.lab_tests, &v.lab_results, &v.vitals, &v.route_abbr, &v.route_long, &v.freq_words,
                      &v.prn_words, &v.allergens, &v.vaccines, &v.procedures, &v.followups, &v.dose_units,
                      &v.strength_units, &v.lab_units, &v.vital_units, &v.no_known_allergies})

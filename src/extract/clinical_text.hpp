@@ -34,6 +34,7 @@ struct Vocabulary {
   std::map<std::string, std::string> sex_values, status_words, diagnosis_status, diagnosis_roles, lab_flags, severities;
   std::vector<std::string> no_known_allergies;
   std::vector<std::pair<std::string, std::vector<std::string>>> document_types;  // type -> title phrases
+  std::vector<std::pair<std::string, std::vector<std::string>>> document_cues;   // type -> content phrases
 
   // data/clinical and data/extract under `data_dir` (empty: the project's data directory).
   static Vocabulary load(const std::filesystem::path& data_dir = {});

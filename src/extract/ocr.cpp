@@ -96,8 +96,6 @@ std::string OcrPage::text() const {
 }
 
 OcrEngine::OcrEngine(OcrOptions options) : options_(std::move(options)) {
-  if (const char* e = std::getenv("MV_OCR_DPI")) options_.min_dpi = std::atof(e);  // EXPERIMENT
-  if (const char* e = std::getenv("MV_OCR_PSM")) options_.page_seg_mode = std::atoi(e);  // EXPERIMENT
   release(acquire());  // fails early when the model cannot be loaded
 }
 

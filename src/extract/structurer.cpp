@@ -153,6 +153,20 @@ class Builder {
             best_len = ph.size();
           }
     }
+    if (e_.document_type == "other") {
+      std::string all;
+      for (const auto& r : rows) all += r.text + "\n";
+      int best = 0;
+      for (const auto& [type, cues] : v_.document_cues) {
+        int n = 0;
+        for (const auto& c : cues)
+          if (find_phrase(all, c) != std::string::npos) ++n;
+        if (n > best && n >= 2) {
+          best = n;
+          e_.document_type = type;
+        }
+      }
+    }
     // Facility: the first prominent row near the top (its first cell; a title may share the row).
     std::vector<double> hs;
     for (const auto& r : rows) hs.push_back(r.height);

@@ -40,49 +40,37 @@ const std::array<float, 15> kNf4Thresholds = {
 
 namespace {
 
-// torch.linspace(start, end, steps, dtype=float32) on the CPU. The scalar kernel computes
-// step = (end − start)/(steps − 1) and start + step·i for the first half, end − step·(steps − 1 − i) for
-// the rest. Its vectorized kernel writes two vectors of `lanes` floats at a time as base + lane·step from
-// the base of the vector's first index; the tail uses the scalar formula. lanes = 0: scalar only.
-std::vector<float> torch_linspace_f32(float start, float end, int steps, int lanes) {
+// torch.linspace(start, end, steps, dtype=float32) on the CPU: step = (end − start)/(steps − 1), then
+// start + step·i for the first half and end − step·(steps − 1 − i) for the rest. PyTorch's AVX2 and
+// AVX-512 kernels (what x86-64 machines with a GPU run) evaluate both with one rounding (fused multiply-add);
+// its baseline kernel rounds the product and the sum separately. `fused` picks the former.
+std::vector<float> torch_linspace_f32(float start, float end, int steps, bool fused) {
   const float step = (end - start) / static_cast<float>(steps - 1);
   const int half = steps / 2;
-  auto scalar = [&](int i) -> float {
-    if (i < half) {
-      const float d = step * static_cast<float>(i);
-      return start + d;
-    }
-    const float d = step * static_cast<float>(steps - i - 1);
-    return end - d;
-  };
   std::vector<float> out;
   out.reserve(static_cast<std::size_t>(steps));
-  int i = 0;
-  if (lanes > 0) {
-    for (; i + 2 * lanes <= steps; i += 2 * lanes) {
-      for (int v = 0; v < 2; ++v) {
-        const float base = scalar(i + v * lanes);
-        for (int l = 0; l < lanes; ++l) {
-          const float d = static_cast<float>(l) * step;
-          out.push_back(base + d);
-        }
-      }
+  for (int i = 0; i < steps; ++i) {
+    const bool first_half = i < half;
+    const auto k = static_cast<float>(first_half ? i : steps - i - 1);
+    const float base = first_half ? start : end, signed_step = first_half ? step : -step;
+    if (fused) {
+      out.push_back(std::fma(signed_step, k, base));
+    } else {
+      const float d = signed_step * k;
+      out.push_back(base + d);
     }
   }
-  for (; i < steps; ++i) out.push_back(scalar(i));
   return out;
 }
 
-// The vector width (floats) of the linspace kernel that produced the maps in published checkpoints:
-// PyTorch's AVX-512 build on x86-64 servers (16 lanes). See docs/design/nf4.md.
-constexpr int kLinspaceLanes = 16;
+}  // namespace
 
-std::array<float, 256> make_dynamic_map() {
+std::array<float, 256> make_dynamic_map(bool fused_linspace) {
   std::vector<float> data;
   constexpr int kMaxExponentBits = 7;
   for (int i = 0; i < kMaxExponentBits; ++i) {
     const int items = (1 << i) + 1;  // signed: 2^(i + non_sign_bits − max_exponent_bits) + 1
-    const std::vector<float> b = torch_linspace_f32(0.1f, 1.0f, items, kLinspaceLanes);
+    const std::vector<float> b = torch_linspace_f32(0.1f, 1.0f, items, fused_linspace);
     const auto scale = static_cast<float>(std::pow(10.0, -(kMaxExponentBits - 1) + i));
     std::vector<float> means;
     for (int j = 0; j + 1 < items; ++j) {
@@ -100,6 +88,8 @@ std::array<float, 256> make_dynamic_map() {
   std::copy(data.begin(), data.end(), out.begin());
   return out;
 }
+
+namespace {
 
 void check_blocksize(std::int64_t bs, const char* what) {
   if (bs < 2 || bs > 4096 || (bs & (bs - 1)) != 0)
@@ -162,7 +152,7 @@ void shortest_digits(double v, std::string& digits, int& exp10) {
 }  // namespace
 
 const std::array<float, 256>& dynamic_map() {
-  static const std::array<float, 256> map = make_dynamic_map();
+  static const std::array<float, 256> map = make_dynamic_map(true);
   return map;
 }
 

@@ -28,8 +28,11 @@ extern const std::array<float, 16> kNf4Code;
 extern const std::array<float, 15> kNf4Thresholds;
 
 // bitsandbytes' signed dynamic map (create_dynamic_map(signed=True, max_exponent_bits=7, total_bits=8)),
-// 256 ascending float32 values, computed with PyTorch's float32 linspace arithmetic (see nf4.cpp).
-const std::array<float, 256>& dynamic_map();
+// 256 ascending float32 values, computed with PyTorch's float32 linspace arithmetic as its AVX2/AVX-512
+// CPU kernels do it (fused_linspace = true: the map in checkpoints made on x86-64 GPU machines) or as its
+// baseline kernel does (false); the two differ in the last bit of 42 entries.
+const std::array<float, 256>& dynamic_map();  // make_dynamic_map(true), computed once
+std::array<float, 256> make_dynamic_map(bool fused_linspace);
 
 // Code of one normalized value (NaN gives 0).
 inline std::uint8_t nf4_encode(float x) {

@@ -372,3 +372,35 @@ TEST(EvalScore, PerfectPredictionOfEverySynthType) {
   EXPECT_GT(r.overall.fields.tp, 200);
   fs::remove_all(dir);
 }
+
+TEST(EvalFiles, UnreadablePredictionsAreRejectedWithoutEchoingContent) {
+  const fs::path dir = fs::temp_directory_path() / ("mv_eval_pred_" + std::to_string(::getpid()));
+  fs::create_directories(dir);
+  json out;
+  std::string error;
+  mv::write_file(dir / "a.json", "{\"schema_version\": \"1.0\", \"patient\": {\"name\": \"SECRET NAME\" ");
+  EXPECT_FALSE(load_prediction(dir / "a.json", out, error));
+  EXPECT_NE(error.find("not valid JSON"), std::string::npos) << error;
+  EXPECT_EQ(error.find("SECRET"), std::string::npos) << error;
+  mv::write_file(dir / "b.json", R"({"schema_version": "1.0", "document_type": "SECRET TYPE"})");
+  EXPECT_FALSE(load_prediction(dir / "b.json", out, error));
+  EXPECT_NE(error.find("document_type"), std::string::npos) << error;
+  EXPECT_EQ(error.find("SECRET"), std::string::npos) << error;
+  EXPECT_FALSE(load_prediction(dir / "missing.json", out, error));
+  mv::write_file(dir / "c.json", R"({"schema_version": "1.0", "document_type": "other"})");
+  EXPECT_TRUE(load_prediction(dir / "c.json", out, error)) << error;
+  fs::remove_all(dir);
+}
+
+TEST(EvalScore, AssignedCodesCountOnlyWhereTheTruthHasThem) {
+  json t = truth_doc();
+  json p = perfect(t);
+  p["labs"][0]["loinc"] = "2823-3";  // looked up by the extractor; the page prints no code
+  expect_perfect(score_document(t, &p), "assigned loinc");
+  t["labs"][0]["loinc"] = "2823-3";  // printed: now it is scored like any field
+  p["labs"][0]["loinc"] = "2345-7";
+  const auto s = score_document(t, &p);
+  EXPECT_EQ(field(s, "labs.loinc").fp, 1);
+  EXPECT_EQ(field(s, "labs.loinc").fn, 1);
+  EXPECT_EQ(s.exact.at("labs").tp, 1);
+}

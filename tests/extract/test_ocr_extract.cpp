@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "../cli/run_cli.hpp"
+#include "core/error.hpp"
 #include "core/file.hpp"
 #include "data/synth.hpp"
 #include "extract/extractor.hpp"
@@ -24,7 +25,7 @@ fs::path synth_dir() {
     o.out_dir = d;
     o.count = 3;
     o.seed = 777;
-    o.types = {"prescription", "lab_results", "patient_diagnosis"};
+    o.types = {"prescription", "lab_results", "medication_reconciliation"};
     o.threads = 1;
     synth::run_synth(o);
     return d;

@@ -2,12 +2,14 @@
 // exact codes on hand-made blocks (ties, zeros, all-equal blocks, odd sizes), the dynamic 8-bit map and
 // its binary search, round-trip error bounds, the quant_state JSON, and the NF4 linear kernels.
 #include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
 
 #include <cmath>
 #include <limits>
 #include <random>
 #include <vector>
 
+#include "core/file.hpp"
 #include "core/thread_pool.hpp"
 #include "ops/ops.hpp"
 #include "quant/nf4.hpp"
@@ -163,8 +165,8 @@ TEST(Nf4Quantize, SizesNotMultipleOf64AndOdd) {
     dequantize(t.view(), back);
     for (std::int64_t e = 0; e < n; ++e) {
       const float a = t.absmax[static_cast<std::size_t>(e / 64)];
-      // Round to nearest: error at most half the widest gap of the table (between 0.7229568 and 1).
-      EXPECT_LE(std::fabs(back[e] - v[e]), 0.13853f * a + 1e-9f) << "n=" << n << " e=" << e;
+      // Round to nearest: error at most half the widest gap of the table (between -1 and -0.6961928).
+      EXPECT_LE(std::fabs(back[e] - v[e]), 0.15191f * a + 1e-9f) << "n=" << n << " e=" << e;
     }
   }
 }
@@ -198,6 +200,24 @@ TEST(DynamicMap, ShapeAndLandmarks) {
   for (int i = 0; i < 127; ++i) EXPECT_EQ(d[i], -d[254 - i]) << i;  // negatives mirror the positives
   // The top decade holds 64 levels per sign, 0.0140625 apart.
   EXPECT_NEAR(d[254] - d[253], 0.0140625, 1e-6);
+}
+
+TEST(DynamicMap, BitIdenticalToTorch) {
+  // The map as PyTorch builds it on x86-64 (tests/fixtures/nf4/torch_dynamic_map.json, recorded with torch
+  // on an AVX-512 Xeon, AVX2 and baseline kernels).
+  const auto j = nlohmann::json::parse(read_file(std::string(MV_FIXTURES_DIR) + "/nf4/torch_dynamic_map.json"));
+  const auto fused = j["avx2_avx512"].get<std::vector<float>>();
+  const auto plain = j["default"].get<std::vector<float>>();
+  ASSERT_EQ(fused.size(), 256u);
+  const auto a = make_dynamic_map(true), b = make_dynamic_map(false);
+  int differ = 0;
+  for (int i = 0; i < 256; ++i) {
+    EXPECT_EQ(a[i], fused[i]) << i;
+    EXPECT_EQ(b[i], plain[i]) << i;
+    EXPECT_EQ(dynamic_map()[i], a[i]);
+    differ += a[i] != b[i];
+  }
+  EXPECT_GT(differ, 0) << "the two kernels' maps differ in the last bit of some entries";
 }
 
 TEST(DynamicMap, BinarySearchFindsNearest) {
@@ -267,7 +287,7 @@ TEST(Nf4Quantize, DoubleQuantRoundTripAndThreadIndependence) {
     const std::size_t blk = e / 64;
     const float s = a.view().scale(static_cast<std::int64_t>(blk));
     EXPECT_EQ(back[e], a.code[a.view().code_at(static_cast<std::int64_t>(e))] * s);
-    EXPECT_LE(std::fabs(back[e] - v[e]), 0.13853f * plain.absmax[blk] + std::fabs(s - plain.absmax[blk]) + 1e-7f);
+    EXPECT_LE(std::fabs(back[e] - v[e]), 0.15191f * plain.absmax[blk] + std::fabs(s - plain.absmax[blk]) + 1e-7f);
     err2 += double(back[e] - v[e]) * (back[e] - v[e]);
     ref2 += double(v[e]) * v[e];
   }

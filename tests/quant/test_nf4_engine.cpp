@@ -2,8 +2,12 @@
 // written by quantize_checkpoint, the same model quantized at load, a float checkpoint holding the
 // dequantized weights, and the original 16/32-bit model. The first three must agree (same weights, only
 // the kernels differ); NF4 against the original is bounded and reported (relative L2, top-1 agreement).
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 #include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
 
 #include <cmath>
 #include <cstdio>
@@ -83,16 +87,16 @@ void write_dequantized(const fs::path& src, const fs::path& dst) {
       fs::copy_file(e.path(), dst / e.path().filename(), fs::copy_options::overwrite_existing);
 }
 
-struct Run {
+struct Logits {
   std::vector<std::vector<float>> logits;  // prefill, then each decode step
 };
 
-Run run(const fs::path& dir, const LoadOptions& options, const std::vector<std::int32_t>& ids,
+Logits run(const fs::path& dir, const LoadOptions& options, const std::vector<std::int32_t>& ids,
         const std::vector<PixelValues>& images, const std::vector<std::int32_t>& next) {
   auto model = Model::load(dir, options);
   const auto V = static_cast<std::size_t>(model->config().text.vocab_size);
   auto session = model->new_session(static_cast<std::int64_t>(ids.size() + next.size() + 4));
-  Run r;
+  Logits r;
   r.logits.emplace_back(V);
   model->prefill(*session, ids, images, r.logits.back());
   for (auto t : next) {
@@ -149,12 +153,12 @@ TEST_P(Nf4Engine, LogitsAgreeAcrossPathsAndStayCloseToFloat) {
 
   LoadOptions lo;
   lo.threads = 2;
-  const Run r_ref = run(ref, lo, ids, images, next);
-  const Run r_nf4 = run(nf4, lo, ids, images, next);
-  const Run r_deq = run(deq, lo, ids, images, next);
+  const Logits r_ref = run(ref, lo, ids, images, next);
+  const Logits r_nf4 = run(nf4, lo, ids, images, next);
+  const Logits r_deq = run(deq, lo, ids, images, next);
   LoadOptions lq = lo;
   lq.quantize = "nf4";
-  const Run r_load = run(ref, lq, ids, images, next);
+  const Logits r_load = run(ref, lq, ids, images, next);
 
   double worst = 0, sum = 0;
   int top1 = 0;

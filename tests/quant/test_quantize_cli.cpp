@@ -1,6 +1,7 @@
 // `medvision quantize` on a tiny checkpoint: the serialized layout (keys, dtypes, shapes, JSON), the
 // config, copied files, --skip, errors; then the independent numpy checker (tools/reference/nf4_reference.py)
 // on the result, skipped when no python3 with numpy is found.
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 #include <unistd.h>
 
@@ -9,6 +10,7 @@
 #include <string>
 
 #include "../cli/run_cli.hpp"
+#include "core/error.hpp"
 #include "core/file.hpp"
 #include "io/safetensors.hpp"
 #include "model/qwen25vl/random_checkpoint.hpp"
@@ -61,7 +63,7 @@ std::string python_with_numpy() {
 TEST(QuantizeCli, WritesBitsandbytesLayout) {
   const auto& f = fixture();
   const fs::path out = f.root / "nf4";
-  const auto r = testing::run_cli(fmt::format("-q quantize --model {} --out {} --threads 2", f.model.string(),
+  const auto r = mv::testing::run_cli(fmt::format("-q quantize --model {} --out {} --threads 2", f.model.string(),
                                               out.string()));
   ASSERT_EQ(r.exit_code, 0) << r.err;
   const auto info = nlohmann::json::parse(r.out);
@@ -142,7 +144,7 @@ TEST(QuantizeCli, WritesBitsandbytesLayout) {
 TEST(QuantizeCli, SkipVisualAndErrors) {
   const auto& f = fixture();
   const fs::path out = f.root / "nf4-novis";
-  auto r = testing::run_cli(fmt::format("-q quantize --model {} --out {} --skip visual --threads 1",
+  auto r = mv::testing::run_cli(fmt::format("-q quantize --model {} --out {} --skip visual --threads 1",
                                         f.model.string(), out.string()));
   ASSERT_EQ(r.exit_code, 0) << r.err;
   const auto config = ModelConfig::load(f.model);
@@ -154,20 +156,20 @@ TEST(QuantizeCli, SkipVisualAndErrors) {
   EXPECT_EQ(cfg["quantization_config"]["llm_int8_skip_modules"], nlohmann::json({"lm_head", "visual"}));
 
   // Output folder not empty.
-  r = testing::run_cli(fmt::format("-q quantize --model {} --out {}", f.model.string(), out.string()));
+  r = mv::testing::run_cli(fmt::format("-q quantize --model {} --out {}", f.model.string(), out.string()));
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_NE(r.err.find("not empty"), std::string::npos) << r.err;
   // Already quantized input.
-  r = testing::run_cli(fmt::format("-q quantize --model {} --out {}", out.string(), (f.root / "x").string()));
+  r = mv::testing::run_cli(fmt::format("-q quantize --model {} --out {}", out.string(), (f.root / "x").string()));
   EXPECT_EQ(r.exit_code, 3);
   EXPECT_NE(r.err.find("already quantized"), std::string::npos) << r.err;
   // CUDA is rejected clearly.
-  r = testing::run_cli(fmt::format("-q quantize --model {} --out {} --device cuda", f.model.string(),
+  r = mv::testing::run_cli(fmt::format("-q quantize --model {} --out {} --device cuda", f.model.string(),
                                    (f.root / "y").string()));
   EXPECT_EQ(r.exit_code, 3);
   EXPECT_NE(r.err.find("--device cuda"), std::string::npos) << r.err;
   // Missing model folder.
-  r = testing::run_cli(fmt::format("-q quantize --model {} --out {}", (f.root / "none").string(),
+  r = mv::testing::run_cli(fmt::format("-q quantize --model {} --out {}", (f.root / "none").string(),
                                    (f.root / "z").string()));
   EXPECT_EQ(r.exit_code, 3);
   EXPECT_NE(r.err.find("config.json"), std::string::npos) << r.err;

@@ -6,7 +6,7 @@ cd "$(dirname "$0")/../.."
 source tools/gpu/env.sh
 # The tests read fixtures from the source path compiled into them.
 if [ ! -e /work/main ]; then mkdir -p /work && ln -s "$PWD" /work/main; fi
-mkdir -p ~/.cache/medvision && cp .carry/cuda/tokenizer.json ~/.cache/medvision/
+mkdir -p ~/.cache/medvision && xz -dc .carry/cuda/tokenizer.json.xz > ~/.cache/medvision/tokenizer.json
 nvidia-smi --query-gpu=name,driver_version,memory.used,memory.total,clocks.sm,clocks.mem --format=csv | tee "$OUT/gpu.txt"
 date -u | tee -a "$OUT/gpu.txt"
 if [ "${1:-}" != bench-only ]; then

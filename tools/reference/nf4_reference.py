@@ -203,7 +203,7 @@ def check_weight(name, t, original, errors, stats):
     # Error bound: half the widest NF4 gap times the block's absmax, plus the absmax's own error.
     a_true = np.repeat(absmax, bs)[:n]
     a_deq = np.repeat(scale, bs)[:n]
-    bound = F32(0.13853) * a_true + np.abs(a_true - a_deq) + F32(1e-6)
+    bound = F32(0.15191) * a_true + np.abs(a_true - a_deq) + F32(1e-6)
     over = np.abs(w - w_deq) > bound
     if over.any():
         errors.append(f"{name}: {int(over.sum())} elements exceed the rounding bound")

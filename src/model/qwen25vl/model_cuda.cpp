@@ -584,6 +584,7 @@ class CudaModel final : public Model {
     ty_.ensure(static_cast<std::size_t>(n * std::max(nq + 2 * nkv, 2 * I_)) * sizeof(float));
     tq_.ensure(static_cast<std::size_t>(n * nq) * sizeof(bf16));
     tcs_.ensure(static_cast<std::size_t>(2 * n * half) * sizeof(float));
+    th32_.ensure(static_cast<std::size_t>(std::max(H_, std::max(I_, nq))) * sizeof(float));
     float* x = tx_.as<float>();
     bf16* a = ta_.as<bf16>();
     float* y = ty_.as<float>();
@@ -594,25 +595,35 @@ class CudaModel final : public Model {
     cuda::embed_rows(stream_, embed_.W(), H_, d_ids, d_frow, features, n, x);
     cuda::mrope_tables(stream_, d_pos, pos_rows, inv_freq_.as<float>(), pair_stream_.as<std::int8_t>(),
                        static_cast<int>(half), cos, sin);
+    float* h32 = th32_.as<float>();
     for (std::size_t l = 0; l < layers_.size(); ++l) {
       const DTextLayer& L = layers_[l];
       bf16* kc = s.k_layer(static_cast<int>(l));
       bf16* vc = s.v_layer(static_cast<int>(l));
+      const cuda::QkvSplit sp{y, nq + 2 * nkv, n, static_cast<int>(nh_), static_cast<int>(nkv_), static_cast<int>(hd_),
+                              cos, sin, q, kc, vc, s.head_stride(), hd_, past};
+      if (decode) {
+        // One row: GEMV over fp32 activations (the weights are the traffic; activations stay unrounded).
+        cuda::rms_norm_f32(stream_, x, 1, H_, H_, L.in_norm.as<float>(), eps, h32);
+        cuda::gemv(stream_, h32, 1, L.qkv.W(), nq + 2 * nkv, H_, L.qkv.B(), y, false);
+        cuda::rope_split_qkv(stream_, sp);
+        const cuda::DecodeAttnArgs da{q, nq, d_kbase, d_vbase, static_cast<std::int64_t>(l) * s.layer_stride(),
+                                      s.head_stride(), hd_, d_len, h32, nq, static_cast<int>(nh_),
+                                      static_cast<int>(nkv_), static_cast<int>(hd_), 1};
+        cuda::decode_attention(stream_, da);
+        cuda::gemv(stream_, h32, 1, L.o.W(), H_, nq, nullptr, x, true);
+        cuda::rms_norm_f32(stream_, x, 1, H_, H_, L.post_norm.as<float>(), eps, h32);
+        cuda::gemv(stream_, h32, 1, L.gate_up.W(), 2 * I_, H_, nullptr, y, false);
+        cuda::silu_mul_f32(stream_, y, 1, I_, h32);
+        cuda::gemv(stream_, h32, 1, L.down.W(), H_, I_, nullptr, x, true);
+        continue;
+      }
       cuda::rms_norm(stream_, x, n, H_, H_, L.in_norm.as<float>(), eps, a);
       gemm_->run(stream_, a, n, L.qkv.W(), nq + 2 * nkv, H_, L.qkv.B(), y, false);
-      cuda::QkvSplit sp{y, nq + 2 * nkv, n, static_cast<int>(nh_), static_cast<int>(nkv_), static_cast<int>(hd_),
-                        cos, sin, q, kc, vc, s.head_stride(), hd_, past};
       cuda::rope_split_qkv(stream_, sp);
-      if (decode) {
-        cuda::DecodeAttnArgs da{q, nq, d_kbase, d_vbase, static_cast<std::int64_t>(l) * s.layer_stride(),
-                                s.head_stride(), hd_, d_len, a, nq, static_cast<int>(nh_), static_cast<int>(nkv_),
-                                static_cast<int>(hd_), 1};
-        cuda::decode_attention(stream_, da);
-      } else {
-        cuda::AttnArgs at{q, nq, kc, vc, s.head_stride(), hd_, a, nq, static_cast<int>(nh_), static_cast<int>(nkv_),
-                          static_cast<int>(hd_), d_items, static_cast<int>(items.size())};
-        cuda::attention(stream_, at);
-      }
+      const cuda::AttnArgs at{q, nq, kc, vc, s.head_stride(), hd_, a, nq, static_cast<int>(nh_), static_cast<int>(nkv_),
+                              static_cast<int>(hd_), d_items, static_cast<int>(items.size())};
+      cuda::attention(stream_, at);
       gemm_->run(stream_, a, n, L.o.W(), H_, nq, nullptr, x, true);
       cuda::rms_norm(stream_, x, n, H_, H_, L.post_norm.as<float>(), eps, a);
       gemm_->run(stream_, a, n, L.gate_up.W(), 2 * I_, H_, nullptr, y, false);
@@ -621,9 +632,9 @@ class CudaModel final : public Model {
     }
     s.length_ = past + n;
     if (logits) {
-      cuda::rms_norm(stream_, x + (n - 1) * H_, 1, H_, H_, norm_.as<float>(), eps, a);
+      cuda::rms_norm_f32(stream_, x + (n - 1) * H_, 1, H_, H_, norm_.as<float>(), eps, h32);
       const bf16* head = config_.text.tie_word_embeddings ? embed_.W() : lm_head_.W();
-      gemm_->run(stream_, a, 1, head, V_, H_, nullptr, logits_dev_.as<float>(), false);
+      cuda::gemv(stream_, h32, 1, head, V_, H_, nullptr, logits_dev_.as<float>(), false);
       cuda::check(cudaMemcpyAsync(logits_host_, logits_dev_.data(), static_cast<std::size_t>(V_) * sizeof(float),
                                   cudaMemcpyDeviceToHost, stream_),
                   "logits download");
@@ -652,7 +663,7 @@ class CudaModel final : public Model {
   Buffer inv_freq_, pair_stream_;
   // Work buffers (grown on demand).
   Buffer vin_, va_, vx_, vy_, vq_, features_;
-  Buffer tin_, tx_, ta_, ty_, tq_, tcs_, logits_dev_;
+  Buffer tin_, tx_, ta_, ty_, tq_, tcs_, th32_, logits_dev_;
   HostStage vstage_, tstage_;
   float* logits_host_ = nullptr;
 };

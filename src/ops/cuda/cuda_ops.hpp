@@ -89,12 +89,22 @@ class Gemm {
   Impl* impl_;
 };
 
+// Few-row product for decoding (m <= kGemvMaxRows): y[m, n] = x[m, k] · W[n, k]ᵀ + bias (+ y), with x fp32
+// (no rounding of activations) and W bf16 read once with 16-byte loads; memory-bandwidth bound.
+constexpr int kGemvMaxRows = 4;
+void gemv(cudaStream_t s, const float* x, int m, const bf16* w, std::int64_t n, std::int64_t k, const float* bias,
+          float* y, bool accumulate);
+
 // ---- element-wise and row ops ----------------------------------------------------------------------
 // y[r] = bf16(weight ⊙ x[r] / sqrt(mean(x[r]²) + eps)); x fp32 rows of `dim`, row stride x_stride.
 void rms_norm(cudaStream_t s, const float* x, std::int64_t rows, std::int64_t dim, std::int64_t x_stride,
               const float* weight, float eps, bf16* y);
+// The same with fp32 output (decode path).
+void rms_norm_f32(cudaStream_t s, const float* x, std::int64_t rows, std::int64_t dim, std::int64_t x_stride,
+                  const float* weight, float eps, float* y);
 // out[r][i] = bf16(silu(gu[r][i]) · gu[r][I + i]) for gu rows of 2I (gate then up).
 void silu_mul(cudaStream_t s, const float* gu, std::int64_t rows, std::int64_t inter, bf16* out);
+void silu_mul_f32(cudaStream_t s, const float* gu, std::int64_t rows, std::int64_t inter, float* out);
 // out[i] = bf16(exact GELU(x[i])).
 void gelu(cudaStream_t s, const float* x, std::int64_t n, bf16* out);
 // dst[i] = bf16(src[i]) for fp32 / fp16 sources.
@@ -166,7 +176,7 @@ struct DecodeAttnArgs {
   std::int64_t layer_offset;  // elements added to every base (the layer's slab of each cache)
   std::int64_t kv_head_stride, kv_row_stride;
   const std::int32_t* lens;   // device array [batch]
-  bf16* out;
+  float* out;                 // fp32 (it feeds the fp32 decode GEMV)
   std::int64_t out_stride;
   int n_heads, n_kv, hd, batch;
 };

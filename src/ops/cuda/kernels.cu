@@ -30,24 +30,82 @@ __device__ float block_sum(float v) {
   return warp_sum(t);
 }
 
+__device__ __forceinline__ void store(bf16* p, float v) { *p = __float2bfloat16(v); }
+__device__ __forceinline__ void store(float* p, float v) { *p = v; }
+
+template <typename T>
 __global__ void rms_norm_kernel(const float* x, std::int64_t dim, std::int64_t x_stride, const float* w,
-                                float eps, bf16* y) {
+                                float eps, T* y) {
   const float* xr = x + blockIdx.x * x_stride;
-  bf16* yr = y + blockIdx.x * dim;
+  T* yr = y + blockIdx.x * dim;
   float ss = 0.0f;
   for (std::int64_t i = threadIdx.x; i < dim; i += blockDim.x) ss += xr[i] * xr[i];
   ss = block_sum(ss);
   const float inv = rsqrtf(ss / static_cast<float>(dim) + eps);
-  for (std::int64_t i = threadIdx.x; i < dim; i += blockDim.x) yr[i] = __float2bfloat16(w[i] * (xr[i] * inv));
+  for (std::int64_t i = threadIdx.x; i < dim; i += blockDim.x) store(yr + i, w[i] * (xr[i] * inv));
 }
 
-__global__ void silu_mul_kernel(const float* gu, std::int64_t rows, std::int64_t inter, bf16* out) {
+template <typename T>
+__global__ void silu_mul_kernel(const float* gu, std::int64_t rows, std::int64_t inter, T* out) {
   const std::int64_t n = rows * inter;
   for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
     const std::int64_t r = i / inter, c = i - r * inter;
     const float g = gu[r * 2 * inter + c], u = gu[r * 2 * inter + inter + c];
-    out[i] = __float2bfloat16(g / (1.0f + __expf(-g)) * u);
+    store(out + i, g / (1.0f + __expf(-g)) * u);
+  }
+}
+
+// GEMV: one warp per output row, all m inputs at once; lanes read 8 bf16 (16 bytes) at a time.
+constexpr int kGemvWarps = 8;
+template <int M>
+__global__ void __launch_bounds__(kGemvWarps * 32) gemv_kernel(const float* __restrict__ x, const bf16* __restrict__ w,
+                                                               std::int64_t n, std::int64_t k, const float* bias,
+                                                               float* y, bool accumulate) {
+  const int lane = threadIdx.x & 31;
+  const std::int64_t row = static_cast<std::int64_t>(blockIdx.x) * kGemvWarps + (threadIdx.x >> 5);
+  if (row >= n) return;
+  const bf16* wr = w + row * k;
+  float acc[M];
+#pragma unroll
+  for (int i = 0; i < M; ++i) acc[i] = 0.0f;
+  if ((k & 7) == 0) {
+    const uint4* w4 = reinterpret_cast<const uint4*>(wr);
+    const std::int64_t k8 = k >> 3;
+#pragma unroll 4
+    for (std::int64_t c = lane; c < k8; c += 32) {
+      const uint4 raw = __ldg(w4 + c);
+      const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&raw);
+      float wf[8];
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const float2 f = __bfloat1622float2(h[j]);
+        wf[2 * j] = f.x;
+        wf[2 * j + 1] = f.y;
+      }
+#pragma unroll
+      for (int i = 0; i < M; ++i) {
+        const float4* xv = reinterpret_cast<const float4*>(x + i * k + c * 8);
+        const float4 a = __ldg(xv), b = __ldg(xv + 1);
+        acc[i] += wf[0] * a.x + wf[1] * a.y + wf[2] * a.z + wf[3] * a.w + wf[4] * b.x + wf[5] * b.y +
+                  wf[6] * b.z + wf[7] * b.w;
+      }
+    }
+  } else {
+    for (std::int64_t c = lane; c < k; c += 32) {
+      const float wv = __bfloat162float(wr[c]);
+#pragma unroll
+      for (int i = 0; i < M; ++i) acc[i] += wv * x[i * k + c];
+    }
+  }
+#pragma unroll
+  for (int i = 0; i < M; ++i) {
+    const float v = warp_sum(acc[i]);
+    if (lane == 0) {
+      float r = v + (bias ? bias[row] : 0.0f);
+      if (accumulate) r += y[i * n + row];
+      y[i * n + row] = r;
+    }
   }
 }
 
@@ -206,12 +264,12 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_attention_kernel(Decode
     }
     __syncthreads();
   }
-  bf16* o = a.out + b * a.out_stride + h * a.hd;
+  float* o = a.out + b * a.out_stride + h * a.hd;
   const float inv = l > 0.0f ? 1.0f / l : 0.0f;
 #pragma unroll
   for (int i = 0; i < kPer; ++i) {
     const int d = tid + i * kDecodeThreads;
-    if (d < a.hd) o[d] = __float2bfloat16(acc[i] * inv);
+    if (d < a.hd) o[d] = acc[i] * inv;
   }
 }
 
@@ -262,6 +320,32 @@ void rms_norm(cudaStream_t s, const float* x, std::int64_t rows, std::int64_t di
 void silu_mul(cudaStream_t s, const float* gu, std::int64_t rows, std::int64_t inter, bf16* out) {
   silu_mul_kernel<<<grid_for(rows * inter, 256), 256, 0, s>>>(gu, rows, inter, out);
   check_launch("silu_mul");
+}
+
+void silu_mul_f32(cudaStream_t s, const float* gu, std::int64_t rows, std::int64_t inter, float* out) {
+  silu_mul_kernel<<<grid_for(rows * inter, 256), 256, 0, s>>>(gu, rows, inter, out);
+  check_launch("silu_mul_f32");
+}
+
+void rms_norm_f32(cudaStream_t s, const float* x, std::int64_t rows, std::int64_t dim, std::int64_t x_stride,
+                  const float* weight, float eps, float* y) {
+  if (rows <= 0) return;
+  rms_norm_kernel<<<static_cast<unsigned>(rows), 256, 0, s>>>(x, dim, x_stride, weight, eps, y);
+  check_launch("rms_norm_f32");
+}
+
+void gemv(cudaStream_t s, const float* x, int m, const bf16* w, std::int64_t n, std::int64_t k, const float* bias,
+          float* y, bool accumulate) {
+  if (m <= 0) return;
+  const unsigned blocks = static_cast<unsigned>((n + kGemvWarps - 1) / kGemvWarps);
+  switch (m) {
+    case 1: gemv_kernel<1><<<blocks, kGemvWarps * 32, 0, s>>>(x, w, n, k, bias, y, accumulate); break;
+    case 2: gemv_kernel<2><<<blocks, kGemvWarps * 32, 0, s>>>(x, w, n, k, bias, y, accumulate); break;
+    case 3: gemv_kernel<3><<<blocks, kGemvWarps * 32, 0, s>>>(x, w, n, k, bias, y, accumulate); break;
+    case 4: gemv_kernel<4><<<blocks, kGemvWarps * 32, 0, s>>>(x, w, n, k, bias, y, accumulate); break;
+    default: check(cudaErrorInvalidValue, "gemv: more than kGemvMaxRows rows");
+  }
+  check_launch("gemv");
 }
 
 void gelu(cudaStream_t s, const float* x, std::int64_t n, bf16* out) {
