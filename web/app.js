@@ -86,7 +86,7 @@ function collectFields(ex) {
     const prov = obj.provenance || {};
     for (const [name, value] of Object.entries(obj)) {
       if (name === "provenance" || value === null || value === undefined) continue;
-      const box = (prov.fields && prov.fields[name]) || null;
+      const box = normBox(prov.fields && prov.fields[name]);
       rows.push({ section: key, label: name.replace(/_/g, " "), detail: String(value), page: prov.page || 1, box, confidence: prov.confidence });
     }
   }
@@ -94,10 +94,17 @@ function collectFields(ex) {
     for (const it of ex[section] || []) {
       const prov = it.provenance || {};
       const [label, detail] = itemLabel(section, it);
-      rows.push({ section, label, detail, page: prov.page || 1, box: prov.bbox || null, confidence: prov.confidence, verified: prov.verified });
+      rows.push({ section, label, detail, page: prov.page || 1, box: normBox(prov.bbox), confidence: prov.confidence, verified: prov.verified });
     }
   }
   return rows;
+}
+
+// Boxes are [x0, y0, x1, y1] in page pixels (docs/schema.json); objects with x0..y1 are accepted too.
+function normBox(b) {
+  if (!b) return null;
+  if (Array.isArray(b)) return b.length === 4 ? { x0: b[0], y0: b[1], x1: b[2], y1: b[3] } : null;
+  return typeof b.x0 === "number" ? b : null;
 }
 
 function pageInfo(ex, number) {

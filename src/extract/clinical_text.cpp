@@ -196,6 +196,7 @@ Vocabulary Vocabulary::load(const std::filesystem::path& data_dir) {
   v.lab_flags = string_map(lj["lab_flags"], labels_file, "lab_flags");
   v.severities = string_map(lj["severities"], labels_file, "severities");
   v.no_known_allergies = strings(lj["no_known_allergies"], labels_file, "no_known_allergies");
+  if (lj.contains("ocr_fixes")) v.ocr_fixes = string_map(lj["ocr_fixes"], labels_file, "ocr_fixes");
   v.dose_units = strings(lj["dose_units"], labels_file, "dose_units");
   v.strength_units = strings(lj["strength_units"], labels_file, "strength_units");
   for (auto& u : t.dose_unit_abbr) {

@@ -33,6 +33,7 @@ struct Vocabulary {
   std::map<std::string, std::vector<std::string>> labels;    // field -> labels
   std::map<std::string, std::string> sex_values, status_words, diagnosis_status, diagnosis_roles, lab_flags, severities;
   std::vector<std::string> no_known_allergies;
+  std::map<std::string, std::string> ocr_fixes;  // misread word -> word (same length)
   std::vector<std::pair<std::string, std::vector<std::string>>> document_types;  // type -> title phrases
   std::vector<std::pair<std::string, std::vector<std::string>>> document_cues;   // type -> content phrases
 

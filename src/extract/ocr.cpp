@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <numeric>
 
 #include "core/error.hpp"
@@ -96,6 +97,8 @@ std::string OcrPage::text() const {
 }
 
 OcrEngine::OcrEngine(OcrOptions options) : options_(std::move(options)) {
+  // Tesseract's OpenMP threads spin and compete with our own page-level threads: one each (unless set).
+  ::setenv("OMP_THREAD_LIMIT", "1", 0);
   release(acquire());  // fails early when the model cannot be loaded
 }
 

@@ -19,7 +19,7 @@ struct RowView {
   BBox box;
   double height = 0;
 
-  static RowView of(const OcrPage& p, const OcrRow& r) {
+  static RowView of(const OcrPage& p, const OcrRow& r, const std::map<std::string, std::string>& fixes) {
     RowView v;
     v.page = p.number;
     v.box = r.box;
@@ -30,8 +30,12 @@ struct RowView {
       for (std::size_t k = 0; k < c.words.size(); ++k) {
         if (k) v.text += ' ';
         const OcrWord& w = p.words[c.words[k]];
-        v.words.push_back({{v.text.size(), v.text.size() + w.text.size()}, &w});
-        v.text += w.text;
+        std::string t = w.text;
+        if (auto it = fixes.find(t); it != fixes.end()) t = it->second;
+        else if (t.size() > 2 && t.front() == '(' && t.back() == ')')
+          if (auto f = fixes.find(t.substr(1, t.size() - 2)); f != fixes.end()) t = "(" + f->second + ")";
+        v.words.push_back({{v.text.size(), v.text.size() + t.size()}, &w});
+        v.text += t;
       }
       v.cells.push_back({cb, v.text.size()});
     }
@@ -123,7 +127,8 @@ class Builder {
       pi.dpi = p.dpi;
       e_.pages.push_back(pi);
       std::vector<RowView> rows;
-      for (const auto& r : p.rows) rows.push_back(RowView::of(p, r));
+      for (const auto& r : p.rows) rows.push_back(RowView::of(p, r, v_.ocr_fixes));
+      grid_.reset();
       if (&p == &pages.front()) header(rows, p);
       for (std::size_t i = 0; i < rows.size(); ++i) i = row(rows, i);
     }
@@ -139,6 +144,11 @@ class Builder {
   std::string doc_title_row_;
   std::optional<std::size_t> last_procedure_;
   std::set<std::string> seen_procedures_;
+  struct Grid {
+    std::vector<std::pair<double, std::string>> columns;  // x centre, HH:MM
+    double first_x = 0;
+  };
+  std::optional<Grid> grid_;
 
   // ----------------------------------------------------------------------------------- header and type
   void header(const std::vector<RowView>& rows, const OcrPage& p) {
@@ -348,8 +358,11 @@ class Builder {
     if (r.text.empty()) return i;
     if (auto h = heading(r)) {
       section_ = *h;
+      grid_.reset();
       return i;
     }
+    if (grid_header(r)) return i;
+    if (grid_ && grid_row(r)) return i;
     std::string lower = to_lower(r.text);
     // Allergies line: "Allergies: A - rash (mild); B - hives" or "Allergies: NKDA".
     for (const auto& h : v_.sections.at("allergies")) {
@@ -388,6 +401,119 @@ class Builder {
     if (section_ == "followups") followup(r);
     if (section_ == "vitals") vitals(r);
     return i;
+  }
+
+  // ------------------------------------------------------------------------------------------ time grids
+  // A header row of times ("Parameter 06:00 07:00 ...") starts a grid: each later row is a vital or lab with
+  // its unit in parentheses, one value per time column (with a printed flag), and maybe a reference range.
+  bool grid_header(const RowView& r) {
+    static const std::regex hhmm(R"(^([01]?\d|2[0-3]):[0-5]\d$)");
+    Grid g;
+    for (std::size_t c = 0; c < r.cells.size(); ++c) {
+      for (const auto& [sp, w] : r.words) {
+        if (sp.first < r.cells[c].first || sp.second > r.cells[c].second) continue;
+        std::string t = r.text.substr(sp.first, sp.second - sp.first);
+        if (std::regex_match(t, hhmm))
+          g.columns.push_back({(w->box.x0 + w->box.x1) / 2, t.size() == 4 ? "0" + t : t});
+      }
+    }
+    if (g.columns.size() < 2) return false;
+    g.first_x = r.box.x0;
+    grid_ = g;
+    return true;
+  }
+  bool grid_row(const RowView& r) {
+    if (r.cells.size() < 2) return false;
+    std::string c0 = r.cell(0);
+    static const std::regex name_unit(R"(^(.*?)\s*\(([^()]+)\)\s*$)");
+    std::smatch m;
+    std::string name = c0, unit;
+    Span name_span = r.cells[0], unit_span{0, 0};
+    std::size_t value_cell = 1;
+    if (std::regex_match(c0, m, name_unit)) {
+      name = m[1].str();
+      unit = m[2].str();
+      name_span = {r.cells[0].first, r.cells[0].first + m.length(1)};
+      unit_span = {r.cells[0].first + m.position(2), r.cells[0].first + m.position(2) + m.length(2)};
+    } else if (r.cells.size() > 2 && std::regex_match(r.cell(1), m, std::regex(R"(^\(([^()]+)\)$)"))) {
+      unit = m[1].str();
+      unit_span = {r.cells[1].first + 1, r.cells[1].second - 1};
+      value_cell = 2;
+    }
+    bool is_vital = false, is_lab = false;
+    if (auto f = find_longest(name, v_.vitals); f && f->second.first == 0 && f->second.second == name.size()) is_vital = true;
+    if (auto f = find_longest(name, v_.lab_tests); f && f->second.first == 0 && f->second.second == name.size()) is_lab = true;
+    if (!is_vital && !is_lab) return false;
+    std::string date = e_.encounter && e_.encounter->date ? e_.encounter->date->substr(0, 10) : "";
+    std::optional<std::string> range;
+    Span range_span{0, 0};
+    static const std::regex range_re(R"(^[<>]=?\s?\d+(?:\.\d+)?$|^-?\d+(?:\.\d+)?\s?-\s?\d+(?:\.\d+)?$)");
+    struct Val {
+      std::string value, time;
+      std::optional<std::string> flag;
+      Span vs, fs;
+    };
+    std::vector<Val> vals;
+    for (std::size_t c = value_cell; c < r.cells.size(); ++c) {
+      std::string t = r.cell(c);
+      auto b = r.box_of(r.cells[c]);
+      if (!b) continue;
+      double cx = (b->x0 + b->x1) / 2;
+      // nearest time column
+      double best = 1e9;
+      std::string time;
+      for (const auto& [x, tm] : grid_->columns)
+        if (std::abs(x - cx) < best) best = std::abs(x - cx), time = tm;
+      double pitch = grid_->columns.size() > 1 ? std::abs(grid_->columns[1].first - grid_->columns[0].first) : 100;
+      if (best > 0.45 * pitch) {
+        if (std::regex_match(t, range_re)) {
+          range = t;
+          range_span = r.cells[c];
+        }
+        continue;
+      }
+      Val v;
+      std::size_t sp = t.find(' ');
+      v.value = sp == std::string::npos ? t : t.substr(0, sp);
+      v.vs = {r.cells[c].first, r.cells[c].first + v.value.size()};
+      v.time = time;
+      if (sp != std::string::npos) {
+        if (auto f = normalise_flag(t.substr(sp + 1), v_)) {
+          v.flag = f;
+          v.fs = {r.cells[c].first + sp + 1, r.cells[c].second};
+        }
+      }
+      vals.push_back(v);
+    }
+    if (vals.empty()) return false;
+    for (const auto& v : vals) {
+      std::map<std::string, Span> spans{{"value", v.vs}};
+      std::string when = date.empty() ? "" : date + "T" + v.time;
+      if (is_lab && !is_vital) {
+        Lab l;
+        l.test = name;
+        l.value = v.value;
+        spans["test"] = name_span;
+        if (!unit.empty()) l.unit = unit, spans["unit"] = unit_span;
+        if (range) l.reference_range = range, spans["reference_range"] = range_span;
+        if (v.flag) l.flag = v.flag, spans["flag"] = v.fs;
+        else if (o_.derive_flags && range)
+          if (auto f = derive_flag(v.value, *range)) l.flag = *f;
+        if (!when.empty()) l.time = when;
+        l.provenance = make_provenance(r, spans);
+        e_.labs.push_back(std::move(l));
+      } else {
+        Vital x;
+        x.name = name;
+        x.value = v.value;
+        spans["name"] = name_span;
+        if (!unit.empty()) x.unit = unit, spans["unit"] = unit_span;
+        if (!when.empty()) x.time = when;
+        x.provenance = make_provenance(r, spans);
+        e_.vitals.push_back(std::move(x));
+      }
+    }
+    return true;
   }
 
   // ------------------------------------------------------------------------------------------ allergies
@@ -639,13 +765,51 @@ class Builder {
   }
 
   // ---------------------------------------------------------------------------------------------- labs
+  // Labs quoted in prose: "... notable for Glucose 281 mg/dL (H *) and Sodium 162 mmol/L (CRIT HIGH)".
+  bool prose_labs(const RowView& r) {
+    static const std::regex after(R"(^:?\s+([<>]?\d+(?:\.\d+)?)\s*([A-Za-z%/^0-9.]*/[A-Za-z0-9.^]+|%)?(?:\s*\(([^()]{1,12})\))?)");
+    bool any = false;
+    std::size_t from = 0;
+    while (from < r.text.size()) {
+      auto f = find_longest(r.text, v_.lab_tests, from);
+      if (!f) break;
+      from = f->second.second;
+      std::string rest = r.text.substr(f->second.second);
+      std::smatch m;
+      if (!std::regex_search(rest, m, after)) continue;
+      Lab l;
+      std::size_t base = f->second.second;
+      l.test = r.text.substr(f->second.first, f->second.second - f->second.first);
+      l.value = m[1].str();
+      std::map<std::string, Span> spans{{"test", f->second},
+                                        {"value", {base + m.position(1), base + m.position(1) + m.length(1)}}};
+      if (m[2].matched && m.length(2) > 0) {
+        l.unit = m[2].str();
+        spans["unit"] = {base + m.position(2), base + m.position(2) + m.length(2)};
+      }
+      if (m[3].matched) {
+        if (auto fl = normalise_flag(m[3].str(), v_)) {
+          l.flag = fl;
+          spans["flag"] = {base + m.position(3), base + m.position(3) + m.length(3)};
+        }
+      }
+      if (!l.unit && !l.flag) continue;  // a bare number after a test name is too weak
+      l.provenance = make_provenance(r, spans);
+      e_.labs.push_back(std::move(l));
+      from = base + m.length(0);
+      any = true;
+    }
+    return any;
+  }
+
   bool lab(const RowView& r) {
     auto p = parse_lab_row(r.text.substr(skip_marker(r.text)), v_);
-    if (!p) return false;
+    if (!p) return prose_labs(r);
     std::size_t off = skip_marker(r.text);
     for (auto& [k, sp] : p->spans) sp = {sp.first + off, sp.second + off};
     if (!p->lab.flag && o_.derive_flags && p->lab.reference_range)
       if (auto f = derive_flag(p->lab.value, *p->lab.reference_range)) p->lab.flag = *f;  // no "flag" box
+    p->lab.loinc.reset();  // only a printed code belongs in the extraction; FHIR export adds known codes
     p->lab.provenance = make_provenance(r, p->spans);
     e_.labs.push_back(std::move(p->lab));
     return true;

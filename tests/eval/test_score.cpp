@@ -7,12 +7,14 @@
 #include <filesystem>
 #include <set>
 
+#include "core/error.hpp"
 #include "core/file.hpp"
 #include "data/clinical_tables.hpp"
 #include "data/synth.hpp"
 #include "eval/evaluate.hpp"
 #include "eval/report.hpp"
 #include "eval/score.hpp"
+#include "extract/extractor.hpp"
 #include "extract/schema.hpp"
 
 using namespace mv::eval;
@@ -403,4 +405,67 @@ TEST(EvalScore, AssignedCodesCountOnlyWhereTheTruthHasThem) {
   EXPECT_EQ(field(s, "labs.loinc").fp, 1);
   EXPECT_EQ(field(s, "labs.loinc").fn, 1);
   EXPECT_EQ(s.exact.at("labs").tp, 1);
+}
+
+namespace {
+// An extractor that answers with the ground truth of the document it is given (found by document_id),
+// and fails on one chosen document: exercises the runner, not an extraction method.
+class TruthEchoExtractor : public mv::extract::Extractor {
+ public:
+  TruthEchoExtractor(fs::path dir, std::string fail_id)
+      : dir_(std::move(dir)), fail_id_(std::move(fail_id)) {}
+  std::string_view backend() const override { return "ocr"; }
+  mv::extract::Extraction extract(const std::vector<mv::extract::Page>& pages,
+                                  const mv::extract::ExtractOptions& o) override {
+    EXPECT_FALSE(pages.empty());
+    EXPECT_GT(pages.front().image.width, 0);
+    if (*o.document_id == fail_id_) mv::fail(mv::Errc::kFailure, "test extractor: refusing {}", fail_id_);
+    json t = json::parse(mv::read_file(dir_ / (*o.document_id + ".json")));
+    return mv::extract::extraction_from_json(perfect(t), *o.document_id);
+  }
+
+ private:
+  fs::path dir_;
+  std::string fail_id_;
+};
+}  // namespace
+
+TEST(EvalRun, RunsAnExtractorTimesEachDocumentAndScoresFailuresAsEmpty) {
+  const fs::path dir = fs::temp_directory_path() / ("mv_eval_run_" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  mv::synth::SynthOptions o;
+  o.out_dir = dir / "data";
+  o.count = 3;
+  o.seed = 3;
+  o.threads = 1;
+  mv::synth::run_synth(o);
+  const auto entries = list_truth(o.out_dir);
+  ASSERT_EQ(entries.size(), 3u);
+  TruthEchoExtractor ex(o.out_dir, entries[1].id);
+  RunOptions ro;
+  ro.save_predictions = dir / "pred";
+  int seen = 0;
+  ro.on_document = [&](const TruthEntry&, const DocumentScore&) { ++seen; };
+  const auto r = evaluate_extractor(o.out_dir, ex, ro);
+  EXPECT_EQ(seen, 3);
+  ASSERT_EQ(r.documents.size(), 3u);
+  EXPECT_EQ(r.overall.failed, 1);
+  EXPECT_EQ(r.documents[1].status, "failed");
+  EXPECT_NE(r.documents[1].error.find("refusing"), std::string::npos);
+  EXPECT_DOUBLE_EQ(r.documents[1].field_total().recall(), 0.0);
+  for (int i : {0, 2}) {
+    EXPECT_EQ(r.documents[i].status, "ok");
+    ASSERT_TRUE(r.documents[i].seconds);
+    EXPECT_GT(*r.documents[i].seconds, 0.0);
+    EXPECT_DOUBLE_EQ(r.documents[i].field_total().f1(), 1.0);
+    EXPECT_TRUE(fs::exists(dir / "pred" / entries[i].truth_file.filename()));
+  }
+  EXPECT_FALSE(fs::exists(dir / "pred" / entries[1].truth_file.filename()));
+  EXPECT_TRUE(r.overall.mean_seconds);
+  EXPECT_EQ(r.meta["backend"], "ocr");
+  // The saved predictions rescore to the same figures.
+  const auto again = evaluate_predictions(o.out_dir, dir / "pred");
+  EXPECT_EQ(again.overall.missing, 1);
+  EXPECT_DOUBLE_EQ(again.overall.fields.f1(), r.overall.fields.f1());
+  fs::remove_all(dir);
 }

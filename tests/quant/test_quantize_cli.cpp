@@ -89,7 +89,7 @@ TEST(QuantizeCli, WritesBitsandbytesLayout) {
   const TensorView js = q.view(key + ".quant_state.bitsandbytes__nf4");
   const std::string json_text(js.bytes.begin(), js.bytes.end());
   EXPECT_TRUE(json_text.starts_with(
-      fmt::format(R"({{"quant_type": "nf4", "blocksize": 64, "dtype": "float16", "shape": [{}, {}], )"
+      fmt::format(R"({{"quant_type": "nf4", "blocksize": 64, "dtype": "bfloat16", "shape": [{}, {}], )"
                   R"("nested_blocksize": 256, "nested_dtype": "float32", "nested_offset": )",
                   shape[0], shape[1])))
       << json_text;
@@ -150,7 +150,7 @@ TEST(QuantizeCli, SkipVisualAndErrors) {
   const auto config = ModelConfig::load(f.model);
   EXPECT_EQ(nlohmann::json::parse(r.out)["quantized_weights"].get<int>(), 7 * config.text.num_hidden_layers);
   const TensorStore q = TensorStore::open(out);
-  EXPECT_EQ(q.view("visual.blocks.0.attn.qkv.weight").dtype(), DType::kF16);
+  EXPECT_EQ(q.view("visual.blocks.0.attn.qkv.weight").dtype(), DType::kBF16);
   EXPECT_EQ(q.view("model.layers.1.mlp.up_proj.weight").dtype(), DType::kU8);
   const auto cfg = nlohmann::json::parse(read_file(out / "config.json"));
   EXPECT_EQ(cfg["quantization_config"]["llm_int8_skip_modules"], nlohmann::json({"lm_head", "visual"}));

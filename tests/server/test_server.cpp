@@ -662,6 +662,13 @@ TEST_F(ServerTest, MetricsCountRequestsInPrometheusFormat) {
 TEST_F(ServerTest, FullQueueAnswers429AndAHangUpCancelsTheSequence) {
   // The engine queue of this server has 4 waiting places and one worker. A long streamed answer holds the
   // worker; five more requests fill the queue and overflow it.
+  auto generated_total = [] {
+    auto m = s_->client().Get("/metrics");
+    const std::string key = "\nmedvision_generated_tokens_total ";
+    const auto pos = m ? m->body.find(key) : std::string::npos;
+    return pos == std::string::npos ? -1.0 : std::stod(m->body.substr(pos + key.size()));
+  };
+  const double generated_before = generated_total();
   json longer = chat_body("Go on and on", 3000);
   longer["stream"] = true;
   std::promise<void> started;
@@ -724,6 +731,8 @@ TEST_F(ServerTest, FullQueueAnswers429AndAHangUpCancelsTheSequence) {
   holder.join();
   for (auto& f : queued) EXPECT_EQ(f.get(), 200);
   EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(60));
+  // The long sequence stopped well before its 3000 tokens (the four short ones add at most 8).
+  EXPECT_LT(generated_total() - generated_before, 2000.0);
   auto m = c.Get("/metrics");
   ASSERT_TRUE(m);
   EXPECT_NE(m->body.find("medvision_queue_rejections_total{queue=\"engine\",status=\"429\"}"), std::string::npos);

@@ -122,6 +122,22 @@ TEST(WebE2E, ExtractionTabDrawsBoxesAndDownloads) {
   for (const auto& row : s["rows"])
     if (row["section"] == "labs" && row["label"] == ex["labs"][0]["test"]) found_lab = true;
   EXPECT_TRUE(found_lab) << "first lab test not listed";
+  // Each lab's box is drawn where the extraction puts it on the page (as fractions of the page, within 1%;
+  // the border is 2 px wide).
+  const double pw = ex["pages"][0]["width"], ph = ex["pages"][0]["height"];
+  std::size_t lab = 0, checked = 0;
+  for (const auto& row : s["rows"]) {
+    if (row["section"] != "labs") continue;
+    const auto& bbox = ex["labs"][lab++]["provenance"]["bbox"];
+    for (const auto& placed : s["placed"]) {
+      if (placed["field"] != row["field"]) continue;
+      const double want[4] = {bbox[0].get<double>() / pw, bbox[1].get<double>() / ph, bbox[2].get<double>() / pw,
+                              bbox[3].get<double>() / ph};
+      for (int k = 0; k < 4; ++k) EXPECT_NEAR(placed["rel"][k].get<double>(), want[k], 0.01) << row.dump();
+      ++checked;
+    }
+  }
+  EXPECT_EQ(checked, ex["labs"].size());
   // Every box lies on the page image; hovering a row highlights its box.
   EXPECT_GT(s["boxes"].get<int>(), 0);
   EXPECT_EQ(s["inside"], s["boxes"]);
@@ -130,6 +146,9 @@ TEST(WebE2E, ExtractionTabDrawsBoxesAndDownloads) {
   EXPECT_EQ(fhir["resourceType"], "Bundle");
   EXPECT_EQ(s["benchmarks"], json::array({"environment.json"}));
   EXPECT_NE(s["analyze_status"].get<std::string>().find("503"), std::string::npos);
+  // The only failed load is that intended 503.
+  ASSERT_EQ(s["failed_loads"].size(), 1u) << s["failed_loads"].dump();
+  EXPECT_NE(s["failed_loads"][0].get<std::string>().find("503"), std::string::npos);
   // The screenshot is a PNG.
   const std::string png = mv::read_file(shot);
   ASSERT_GT(png.size(), 1000u);

@@ -16,12 +16,17 @@ const browser = await chromium.launch({
   headless: true,
   args: ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"],
 });
-const summary = { errors: [] };
+const summary = { errors: [], failed_loads: [] };
 try {
   const context = await browser.newContext({ viewport: { width: 1400, height: 1100 }, acceptDownloads: true });
   const page = await context.newPage();
   page.on("pageerror", (e) => summary.errors.push(String(e)));
-  page.on("console", (m) => { if (m.type() === "error") summary.errors.push(m.text()); });
+  page.on("console", (m) => {
+    if (m.type() !== "error") return;
+    // Failed fetches are reported by status (some are intended: the 503 of /analyze without a model).
+    if (m.text().startsWith("Failed to load resource")) summary.failed_loads.push(m.text());
+    else summary.errors.push(m.text());
+  });
   await page.goto(url, { waitUntil: "load" });
   summary.title = await page.title();
   await page.fill("#api-key", apiKey);
@@ -37,16 +42,22 @@ try {
   summary.document_type = (await page.textContent("#doc-type")).trim();
   summary.status = (await page.textContent("#extract-status")).trim();
   summary.rows = await page.$$eval("tr.field", (rows) => rows.map((r) => ({
+    field: r.dataset.field,
     section: r.dataset.section,
     label: r.querySelector(".label").textContent,
     detail: r.querySelector(".detail").textContent,
   })));
   const geometry = await page.evaluate(() => {
     const img = document.getElementById("page-image").getBoundingClientRect();
-    const boxes = [...document.querySelectorAll(".box")].map((b) => b.getBoundingClientRect());
+    const els = [...document.querySelectorAll(".box")];
+    const boxes = els.map((b) => b.getBoundingClientRect());
     const inside = boxes.filter((b) => b.left >= img.left - 1 && b.top >= img.top - 1 &&
       b.right <= img.right + 1 && b.bottom <= img.bottom + 1 && b.width > 0 && b.height > 0).length;
-    return { image: { width: img.width, height: img.height }, boxes: boxes.length, inside };
+    // Each box as fractions of the drawn image, to compare with the extraction's page-pixel boxes.
+    const placed = els.map((e, i) => ({ field: e.dataset.field, rel: [
+      (boxes[i].left - img.left) / img.width, (boxes[i].top - img.top) / img.height,
+      (boxes[i].right - img.left) / img.width, (boxes[i].bottom - img.top) / img.height] }));
+    return { image: { width: img.width, height: img.height }, boxes: boxes.length, inside, placed };
   });
   Object.assign(summary, geometry);
   // Hovering a row highlights its box.

@@ -10,7 +10,7 @@ mkdir -p ~/.cache/medvision && xz -dc .carry/cuda/tokenizer.json.xz > ~/.cache/m
 nvidia-smi --query-gpu=name,driver_version,memory.used,memory.total,clocks.sm,clocks.mem --format=csv | tee "$OUT/gpu.txt"
 date -u | tee -a "$OUT/gpu.txt"
 if [ "${1:-}" != bench-only ]; then
-  test_gpu 2>&1 | tee "$OUT/test_gpu.log"
+  MV_GPU_TIMINGS=1 test_gpu 2>&1 | tee "$OUT/test_gpu.log"
 fi
 if [ "${1:-}" = bench ] || [ "${1:-}" = bench-only ]; then
   python3 -c "from PIL import Image; Image.open('docs/images/synth_discharge_summary_fax.png').convert('RGB').resize((1008, 1316), Image.BICUBIC).save('/tmp/page.png')"

@@ -194,82 +194,93 @@ __global__ void rope_split_kernel(QkvSplit a) {
   }
 }
 
-// Decode attention: one block (kDecodeThreads) per (head, sequence). Keys in chunks of kDecodeChunk:
-// each warp scores keys (lanes over head dims), then threads accumulate p·V over dims, with an online
-// softmax across chunks.
-constexpr int kDecodeThreads = 128;
-constexpr int kDecodeChunk = 512;
+// Decode attention: one block of kDecodeWarps warps per (head, sequence). Each warp takes tiles of 32 keys
+// (tile t goes to warp t mod kDecodeWarps): lane j scores key j of the tile (16-byte loads of its key row),
+// the warp updates its own running max / sum, then accumulates p·V with lanes over head dims (rows read
+// coalesced, 32 independent loads in flight). The warps' partial results are merged at the end.
+constexpr int kDecodeWarps = 16;
 constexpr int kMaxHeadDim = 256;
+constexpr int kPerLane = kMaxHeadDim / 32;
 
-__global__ void __launch_bounds__(kDecodeThreads) decode_attention_kernel(DecodeAttnArgs a, float scale) {
+__global__ void __launch_bounds__(kDecodeWarps * 32) decode_attention_kernel(DecodeAttnArgs a, float scale) {
   const int h = blockIdx.x, b = blockIdx.y;
   const int g = h / (a.n_heads / a.n_kv);
   const int len = a.lens[b];
   const bf16* k = a.k_base[b] + a.layer_offset + g * a.kv_head_stride;
   const bf16* v = a.v_base[b] + a.layer_offset + g * a.kv_head_stride;
   __shared__ float qs[kMaxHeadDim];
-  __shared__ float sc[kDecodeChunk];
-  __shared__ float red[kDecodeThreads / 32];
-  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, warps = kDecodeThreads / 32;
-  const bf16* q = a.q + b * a.q_stride + h * a.hd;
-  for (int d = tid; d < a.hd; d += kDecodeThreads) qs[d] = __bfloat162float(q[d]) * scale;
+  __shared__ float wm[kDecodeWarps], wl[kDecodeWarps];
+  __shared__ float wacc[kDecodeWarps][kMaxHeadDim];
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int hd = a.hd;
+  const bf16* q = a.q + b * a.q_stride + h * hd;
+  for (int d = tid; d < hd; d += blockDim.x) qs[d] = __bfloat162float(q[d]) * scale;
   __syncthreads();
-  // Each thread owns up to kMaxHeadDim / kDecodeThreads output dims.
-  constexpr int kPer = kMaxHeadDim / kDecodeThreads;
-  float acc[kPer];
+  float acc[kPerLane];
 #pragma unroll
-  for (int i = 0; i < kPer; ++i) acc[i] = 0.0f;
+  for (int i = 0; i < kPerLane; ++i) acc[i] = 0.0f;
   float m = -FLT_MAX, l = 0.0f;
-  for (int c0 = 0; c0 < len; c0 += kDecodeChunk) {
-    const int cn = min(kDecodeChunk, len - c0);
-    for (int j = warp; j < cn; j += warps) {
-      const bf16* kr = k + static_cast<std::int64_t>(c0 + j) * a.kv_row_stride;
+  const bool vec = (hd & 7) == 0 && (a.kv_row_stride & 7) == 0;
+  for (int t0 = warp * 32; t0 < len; t0 += kDecodeWarps * 32) {
+    const int j = t0 + lane;
+    float sc = -FLT_MAX;
+    if (j < len) {
+      const bf16* kr = k + static_cast<std::int64_t>(j) * a.kv_row_stride;
       float dot = 0.0f;
-      for (int d = lane; d < a.hd; d += 32) dot += qs[d] * __bfloat162float(kr[d]);
-      dot = warp_sum(dot);
-      if (lane == 0) sc[j] = dot;
+      if (vec) {
+        for (int d = 0; d < hd; d += 8) {
+          const uint4 raw = *reinterpret_cast<const uint4*>(kr + d);
+          const __nv_bfloat162* h2 = reinterpret_cast<const __nv_bfloat162*>(&raw);
+#pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            const float2 f = __bfloat1622float2(h2[u]);
+            dot += f.x * qs[d + 2 * u] + f.y * qs[d + 2 * u + 1];
+          }
+        }
+      } else {
+        for (int d = 0; d < hd; ++d) dot += __bfloat162float(kr[d]) * qs[d];
+      }
+      sc = dot;
     }
-    __syncthreads();
-    float cm = -FLT_MAX;
-    for (int j = tid; j < cn; j += kDecodeThreads) cm = fmaxf(cm, sc[j]);
-    cm = warp_max(cm);
-    if (lane == 0) red[warp] = cm;
-    __syncthreads();
-    cm = red[0];
-    for (int w = 1; w < warps; ++w) cm = fmaxf(cm, red[w]);
-    const float m_new = fmaxf(m, cm);
+    const float m_new = fmaxf(m, warp_max(sc));
     const float corr = __expf(m - m_new);
-    __syncthreads();
-    float ps = 0.0f;
-    for (int j = tid; j < cn; j += kDecodeThreads) {
-      const float p = __expf(sc[j] - m_new);
-      sc[j] = p;
-      ps += p;
-    }
-    ps = warp_sum(ps);
-    if (lane == 0) red[warp] = ps;
-    __syncthreads();
-    float tot = 0.0f;
-    for (int w = 0; w < warps; ++w) tot += red[w];
-    l = l * corr + tot;
+    const float p = j < len ? __expf(sc - m_new) : 0.0f;
+    l = l * corr + warp_sum(p);
     m = m_new;
 #pragma unroll
-    for (int i = 0; i < kPer; ++i) {
-      const int d = tid + i * kDecodeThreads;
-      if (d < a.hd) {
-        float s = 0.0f;
-        for (int j = 0; j < cn; ++j) s += sc[j] * __bfloat162float(v[static_cast<std::int64_t>(c0 + j) * a.kv_row_stride + d]);
-        acc[i] = acc[i] * corr + s;
+    for (int i = 0; i < kPerLane; ++i) acc[i] *= corr;
+    const int nk = min(32, len - t0);
+#pragma unroll 8
+    for (int jj = 0; jj < nk; ++jj) {
+      const float pj = __shfl_sync(0xffffffffu, p, jj);
+      const bf16* vr = v + static_cast<std::int64_t>(t0 + jj) * a.kv_row_stride;
+#pragma unroll
+      for (int i = 0; i < kPerLane; ++i) {
+        const int d = lane + 32 * i;
+        if (d < hd) acc[i] += pj * __bfloat162float(vr[d]);
       }
     }
-    __syncthreads();
   }
-  float* o = a.out + b * a.out_stride + h * a.hd;
-  const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+  if (lane == 0) {
+    wm[warp] = m;
+    wl[warp] = l;
+  }
 #pragma unroll
-  for (int i = 0; i < kPer; ++i) {
-    const int d = tid + i * kDecodeThreads;
-    if (d < a.hd) o[d] = acc[i] * inv;
+  for (int i = 0; i < kPerLane; ++i) {
+    const int d = lane + 32 * i;
+    if (d < hd) wacc[warp][d] = acc[i];
+  }
+  __syncthreads();
+  float M = -FLT_MAX;
+  for (int w = 0; w < kDecodeWarps; ++w) M = fmaxf(M, wm[w]);
+  float L = 0.0f;
+  for (int w = 0; w < kDecodeWarps; ++w) L += wl[w] * __expf(wm[w] - M);
+  const float inv = L > 0.0f ? 1.0f / L : 0.0f;
+  float* o = a.out + b * a.out_stride + h * hd;
+  for (int d = tid; d < hd; d += blockDim.x) {
+    float s = 0.0f;
+    for (int w = 0; w < kDecodeWarps; ++w) s += wacc[w][d] * __expf(wm[w] - M);
+    o[d] = s * inv;
   }
 }
 
@@ -400,7 +411,7 @@ void rope_split_qkv(cudaStream_t s, const QkvSplit& a) {
 void decode_attention(cudaStream_t s, const DecodeAttnArgs& a) {
   if (a.hd > kMaxHeadDim) check(cudaErrorInvalidValue, "decode_attention: head_dim above 256");
   const float scale = 1.0f / sqrtf(static_cast<float>(a.hd));
-  decode_attention_kernel<<<dim3(a.n_heads, a.batch), kDecodeThreads, 0, s>>>(a, scale);
+  decode_attention_kernel<<<dim3(a.n_heads, a.batch), kDecodeWarps * 32, 0, s>>>(a, scale);
   check_launch("decode_attention");
 }
 
