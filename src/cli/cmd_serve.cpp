@@ -4,7 +4,6 @@
 #include <unistd.h>
 
 #include <cerrno>
-
 #include <cstdio>
 #include <memory>
 #include <optional>
@@ -51,8 +50,8 @@ void run_serve(ServeArgs& a) {
     if (c != 0) std::fprintf(stderr, "medvision: signal %d: finishing admitted requests, then exiting\n", c);
     srv.stop();
   });
-  std::fprintf(stderr, "medvision: serving on %s://%s:%d (Ctrl-C or SIGTERM to stop)\n", srv.tls() ? "https" : "http",
-               a.o.host.c_str(), port);
+  std::fprintf(stderr, "medvision: serving on %s://%s:%d (Ctrl-C or SIGTERM to stop)\n",
+               srv.tls() ? "https" : "http", a.o.host.c_str(), port);
   std::fflush(stderr);
   srv.run();
   const char zero = 0;  // the server stopped by itself: release the waiter
@@ -64,23 +63,31 @@ void run_serve(ServeArgs& a) {
 
 void add_serve_command(CLI::App& app) {
   auto a = std::make_shared<ServeArgs>();
-  auto* cmd = app.add_subcommand("serve", "Run the HTTP service: extraction API, OpenAI-compatible API, web page");
+  auto* cmd =
+      app.add_subcommand("serve", "Run the HTTP service: extraction API, OpenAI-compatible API, web page");
   auto& o = a->o;
-  cmd->add_option("--host", o.host, "address to listen on (0.0.0.0 for all interfaces)")->capture_default_str();
+  cmd->add_option("--host", o.host, "address to listen on (0.0.0.0 for all interfaces)")
+      ->capture_default_str();
   cmd->add_option("--port", o.port, "TCP port (0 = any free port)")->capture_default_str();
-  cmd->add_option("--model", o.model_dir, "Qwen2.5-VL checkpoint folder: enables /analyze and /v1/chat/completions");
+  cmd->add_option("--model", o.model_dir,
+                  "Qwen2.5-VL checkpoint folder: enables /analyze and /v1/chat/completions");
   cmd->add_option("--backend", o.backend, "extraction backend: auto (vlm with --model, else ocr), ocr or vlm")
       ->capture_default_str();
-  cmd->add_option("--device", o.device, "auto, cpu or cuda")->capture_default_str();
+  cmd->add_option("--device", o.device,
+                  "engine of the chat model: auto (GPU 0 when usable), cpu, cuda or cuda:N")
+      ->capture_default_str();
   cmd->add_option("--api-keys", o.api_keys_file, "file with one API key per line; requests must carry one");
   cmd->add_option("--tls-cert", o.tls_cert, "PEM certificate (chain): serve HTTPS");
   cmd->add_option("--tls-key", o.tls_key, "PEM private key of --tls-cert");
-  cmd->add_option("--max-upload-mb", o.max_upload_mb, "largest uploaded document or image, MiB")->capture_default_str();
-  cmd->add_option("--max-queue", o.max_queue, "requests that may wait per queue; more get 429 with Retry-After")
+  cmd->add_option("--max-upload-mb", o.max_upload_mb, "largest uploaded document or image, MiB")
       ->capture_default_str();
-  cmd->add_option("--max-batch", o.max_batch,
-                  "vlm: sequences per decode step (1 until batched decode lands); ocr: concurrent extractions (0 = "
-                  "cores)")
+  cmd->add_option("--max-queue", o.max_queue,
+                  "requests that may wait per queue; more get 429 with Retry-After")
+      ->capture_default_str();
+  cmd->add_option(
+         "--max-batch", o.max_batch,
+         "vlm: sequences per decode step (1 until batched decode lands); ocr: concurrent extractions (0 = "
+         "cores)")
       ->capture_default_str();
   cmd->add_option("--benchmarks", o.benchmarks_dir, "folder whose JSON files GET /benchmark returns")
       ->capture_default_str();

@@ -435,8 +435,10 @@ class Builder {
       unit = m[2].str();
       name_span = {r.cells[0].first, r.cells[0].first + m.length(1)};
       unit_span = {r.cells[0].first + m.position(2), r.cells[0].first + m.position(2) + m.length(2)};
-    } else if (r.cells.size() > 2 && std::regex_match(r.cell(1), m, std::regex(R"(^\(([^()]+)\)$)"))) {
-      unit = m[1].str();
+    } else if (std::string c1 = r.cells.size() > 2 ? r.cell(1) : std::string();
+               c1.size() > 2 && c1.front() == '(' && c1.back() == ')') {
+      m = std::smatch();
+      unit = c1.substr(1, c1.size() - 2);
       unit_span = {r.cells[1].first + 1, r.cells[1].second - 1};
       value_cell = 2;
     }

@@ -8,6 +8,10 @@
 #include <cmath>
 #include <cstring>
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
 #include "core/error.hpp"
 
 namespace mv::quant {
@@ -118,11 +122,42 @@ void load_f32(const void* data, DType dt, std::int64_t first, std::int64_t n, fl
 }
 
 // Encodes one block of `n` (<= bs) fp32 values; returns absmax. bytes: the block's ceil(n/2) bytes.
+// The SSE2 path (every x86-64 CPU) counts thresholds exceeded with packed compares: same results as
+// nf4_encode (NaN compares false), no data-dependent branches.
 float quantize_block(const float* v, std::int64_t n, std::uint8_t* bytes) {
-  float amax = -3.4028234663852886e38f;  // -FLT_MAX, then fmaxf (a NaN element is ignored)
-  for (std::int64_t i = 0; i < n; ++i) amax = std::fmax(amax, std::fabs(v[i]));
-  const float inv = 1.0f / amax;
   std::int64_t i = 0;
+  float amax = -3.4028234663852886e38f;  // -FLT_MAX, then fmaxf (a NaN element is ignored)
+#if defined(__SSE2__)
+  {
+    const __m128 sign = _mm_set1_ps(-0.0f);
+    __m128 acc = _mm_set1_ps(amax);
+    for (; i + 4 <= n; i += 4) acc = _mm_max_ps(_mm_andnot_ps(sign, _mm_loadu_ps(v + i)), acc);  // NaN: keeps acc
+    alignas(16) float lanes[4];
+    _mm_store_ps(lanes, acc);
+    for (float l : lanes) amax = std::fmax(amax, l);
+  }
+#endif
+  for (; i < n; ++i) amax = std::fmax(amax, std::fabs(v[i]));
+  const float inv = 1.0f / amax;
+  i = 0;
+#if defined(__SSE2__)
+  {
+    const __m128 vinv = _mm_set1_ps(inv);
+    for (; i + 8 <= n; i += 8) {
+      __m128i c0 = _mm_setzero_si128(), c1 = _mm_setzero_si128();
+      const __m128 x0 = _mm_mul_ps(_mm_loadu_ps(v + i), vinv), x1 = _mm_mul_ps(_mm_loadu_ps(v + i + 4), vinv);
+      for (float t : kNf4Thresholds) {
+        const __m128 tv = _mm_set1_ps(t);
+        c0 = _mm_sub_epi32(c0, _mm_castps_si128(_mm_cmpgt_ps(x0, tv)));
+        c1 = _mm_sub_epi32(c1, _mm_castps_si128(_mm_cmpgt_ps(x1, tv)));
+      }
+      alignas(16) std::int32_t c[8];
+      _mm_store_si128(reinterpret_cast<__m128i*>(c), c0);
+      _mm_store_si128(reinterpret_cast<__m128i*>(c + 4), c1);
+      for (int k = 0; k < 4; ++k) bytes[(i >> 1) + k] = static_cast<std::uint8_t>(c[2 * k] << 4 | c[2 * k + 1]);
+    }
+  }
+#endif
   for (; i + 1 < n; i += 2) {
     const float x0 = v[i] * inv, x1 = v[i + 1] * inv;
     bytes[i >> 1] = static_cast<std::uint8_t>(nf4_encode(x0) << 4 | nf4_encode(x1));

@@ -1,5 +1,6 @@
 #include "server/generation.hpp"
 
+#include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
@@ -13,15 +14,20 @@
 
 namespace mv::server {
 
-std::unique_ptr<ChatModel> ChatModel::load(const std::filesystem::path& dir, int threads) {
+std::unique_ptr<ChatModel> ChatModel::load(const std::filesystem::path& dir, int threads,
+                                           const std::string& device) {
   auto m = std::make_unique<ChatModel>();
   m->dir = dir;
   m->id = std::filesystem::absolute(dir).lexically_normal().filename().string();
-  if (m->id.empty()) m->id = std::filesystem::absolute(dir).lexically_normal().parent_path().filename().string();
+  if (m->id.empty())
+    m->id = std::filesystem::absolute(dir).lexically_normal().parent_path().filename().string();
   m->tokenizer = std::make_unique<Tokenizer>(Tokenizer::from_model_dir(dir));
   m->preprocess = PreprocessConfig::load(dir);
   qwen25vl::LoadOptions options;
   options.threads = threads;
+  options.device = device;
+  const int gpu = qwen25vl::parse_device(device);  // throws for unknown names or cuda without CUDA
+  m->device = gpu < 0 ? "cpu" : fmt::format("cuda:{}", gpu);
   m->model = qwen25vl::Model::load(dir, options);
   return m;
 }
@@ -145,7 +151,8 @@ std::future<GenerationOutput> SerialGenerationScheduler::submit(GenerationReques
     try {
       if (metrics_) metrics_->observe_batch(1);
       GenerationOutput out = run_generation(model_, *req, sink);
-      if (metrics_) metrics_->observe_generation(out.prompt_tokens, out.completion_tokens, out.decode_seconds);
+      if (metrics_)
+        metrics_->observe_generation(out.prompt_tokens, out.completion_tokens, out.decode_seconds);
       promise->set_value(std::move(out));
     } catch (...) {
       promise->set_exception(std::current_exception());

@@ -36,7 +36,10 @@ struct ChatModel {
   std::unique_ptr<qwen25vl::Model> model;
   std::unique_ptr<Tokenizer> tokenizer;
   PreprocessConfig preprocess;
-  static std::unique_ptr<ChatModel> load(const std::filesystem::path& dir, int threads = 0);
+  std::string device = "cpu";  // where the engine runs: cpu or cuda:N
+  // device: cpu | cuda | cuda:N | auto (as qwen25vl::LoadOptions::device).
+  static std::unique_ptr<ChatModel> load(const std::filesystem::path& dir, int threads = 0,
+                                         const std::string& device = "cpu");
 };
 
 struct GenerationRequest {

@@ -62,19 +62,22 @@ std::string Metrics::render() const {
     for (const auto& [key, n] : requests_)
       out += fmt::format("medvision_http_requests_total{{route=\"{}\",status=\"{}\"}} {}\n", key.first,
                          key.second, n);
-    out += "# HELP medvision_http_request_duration_seconds Time from request to response, by route pattern.\n";
+    out +=
+        "# HELP medvision_http_request_duration_seconds Time from request to response, by route pattern.\n";
     out += "# TYPE medvision_http_request_duration_seconds histogram\n";
     for (const auto& [route, h] : latency_) {
       std::uint64_t cumulative = 0;
       for (std::size_t i = 0; i < kLatencyBuckets.size(); ++i) {
         cumulative = h.buckets[i];  // buckets are already cumulative (every bound >= the value counts)
-        out += fmt::format("medvision_http_request_duration_seconds_bucket{{route=\"{}\",le=\"{}\"}} {}\n", route,
-                           num(kLatencyBuckets[i]), cumulative);
+        out += fmt::format("medvision_http_request_duration_seconds_bucket{{route=\"{}\",le=\"{}\"}} {}\n",
+                           route, num(kLatencyBuckets[i]), cumulative);
       }
-      out += fmt::format("medvision_http_request_duration_seconds_bucket{{route=\"{}\",le=\"+Inf\"}} {}\n", route,
-                         h.count);
-      out += fmt::format("medvision_http_request_duration_seconds_sum{{route=\"{}\"}} {}\n", route, num(h.sum));
-      out += fmt::format("medvision_http_request_duration_seconds_count{{route=\"{}\"}} {}\n", route, h.count);
+      out += fmt::format("medvision_http_request_duration_seconds_bucket{{route=\"{}\",le=\"+Inf\"}} {}\n",
+                         route, h.count);
+      out +=
+          fmt::format("medvision_http_request_duration_seconds_sum{{route=\"{}\"}} {}\n", route, num(h.sum));
+      out +=
+          fmt::format("medvision_http_request_duration_seconds_count{{route=\"{}\"}} {}\n", route, h.count);
     }
     out += "# HELP medvision_queue_rejections_total Requests turned away by admission control.\n";
     out += "# TYPE medvision_queue_rejections_total counter\n";

@@ -16,7 +16,7 @@ class Metrics {
  public:
   // Upper bounds (seconds) of the latency histogram buckets.
   static constexpr std::array<double, 14> kLatencyBuckets{0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
-                                                          1,     2.5,  5,     10,   30,  60,  120};
+                                                          1,     2.5,  5,     10,   30,  60,   120};
 
   void observe_request(const std::string& route, int status, double seconds);
   // One finished generation: tokens produced and the seconds spent decoding them.

@@ -29,7 +29,8 @@ double number_field(const nlohmann::json& body, const char* name, double lo, dou
   const auto* v = field(body, name);
   if (!v->is_number()) fail(Errc::kInvalidInput, "'{}' must be a number", name);
   const double x = v->get<double>();
-  if (!std::isfinite(x) || x < lo || x > hi) fail(Errc::kInvalidInput, "'{}' must be in [{}, {}]", name, lo, hi);
+  if (!std::isfinite(x) || x < lo || x > hi)
+    fail(Errc::kInvalidInput, "'{}' must be in [{}, {}]", name, lo, hi);
   return x;
 }
 
@@ -57,8 +58,8 @@ ImageRGB8 load_image_url(const std::string& url, const std::string& where, const
   if (url.rfind("http://", 0) == 0 || url.rfind("https://", 0) == 0)
     fail(Errc::kUnsupported, "{}: remote image URLs are not fetched; send the image as a data: URL", where);
   if (!limits.local_files_root)
-    fail(Errc::kUnsupported, "{}: local file images are disabled (start the server with --allow-local-files DIR)",
-         where);
+    fail(Errc::kUnsupported,
+         "{}: local file images are disabled (start the server with --allow-local-files DIR)", where);
   std::string path = url.rfind("file://", 0) == 0 ? url.substr(7) : url;
   namespace fs = std::filesystem;
   std::error_code ec;
@@ -88,7 +89,8 @@ ChatMessage parse_message(const nlohmann::json& m, std::size_t index, std::vecto
     msg.parts.push_back({ChatPart::Kind::kText, content->get<std::string>()});
     return msg;
   }
-  if (!content->is_array()) fail(Errc::kInvalidInput, "{}.content must be a string or an array of parts", where);
+  if (!content->is_array())
+    fail(Errc::kInvalidInput, "{}.content must be a string or an array of parts", where);
   for (std::size_t k = 0; k < content->size(); ++k) {
     const auto& part = (*content)[k];
     const std::string pw = fmt::format("{}.content[{}]", where, k);
@@ -103,9 +105,12 @@ ChatMessage parse_message(const nlohmann::json& m, std::size_t index, std::vecto
       if (msg.role != "user") fail(Errc::kInvalidInput, "{}: images are only accepted in user messages", pw);
       const auto* iu = field(part, "image_url");
       std::string url;
-      if (iu && iu->is_string()) url = iu->get<std::string>();
-      else if (iu && iu->is_object() && field(*iu, "url") && (*iu)["url"].is_string()) url = (*iu)["url"];
-      else fail(Errc::kInvalidInput, "{}.image_url.url must be a string", pw);
+      if (iu && iu->is_string())
+        url = iu->get<std::string>();
+      else if (iu && iu->is_object() && field(*iu, "url") && (*iu)["url"].is_string())
+        url = (*iu)["url"];
+      else
+        fail(Errc::kInvalidInput, "{}.image_url.url must be a string", pw);
       if (static_cast<int>(images.size()) >= limits.max_images)
         fail(Errc::kTooLarge, "{}: more than {} images in one request", pw, limits.max_images);
       images.push_back(load_image_url(url, pw + ".image_url", limits));
@@ -150,7 +155,8 @@ std::string base64_encode(std::string_view bytes) {
   out.reserve((bytes.size() + 2) / 3 * 4);
   std::size_t i = 0;
   for (; i + 2 < bytes.size(); i += 3) {
-    const std::uint32_t v = (std::uint8_t(bytes[i]) << 16) | (std::uint8_t(bytes[i + 1]) << 8) | std::uint8_t(bytes[i + 2]);
+    const std::uint32_t v =
+        (std::uint8_t(bytes[i]) << 16) | (std::uint8_t(bytes[i + 1]) << 8) | std::uint8_t(bytes[i + 2]);
     for (int s = 18; s >= 0; s -= 6) out.push_back(kAlphabet[(v >> s) & 63]);
   }
   if (i < bytes.size()) {
@@ -194,12 +200,14 @@ ChatRequest parse_chat_request(const nlohmann::json& body, const ChatLimits& lim
   for (std::size_t i = 0; i < messages->size(); ++i)
     g.messages.push_back(parse_message((*messages)[i], i, g.images, limits));
   if (g.messages.back().role == "assistant")
-    fail(Errc::kInvalidInput, "the last message must not be from the assistant (continuations are not supported)");
+    fail(Errc::kInvalidInput,
+         "the last message must not be from the assistant (continuations are not supported)");
 
   g.max_tokens = limits.default_max_tokens;
   for (const char* name : {"max_tokens", "max_completion_tokens"}) {
     if (const auto* v = field(body, name)) {
-      if (!v->is_number_integer() || v->get<std::int64_t>() < 1 || v->get<std::int64_t>() > limits.max_tokens_limit)
+      if (!v->is_number_integer() || v->get<std::int64_t>() < 1 ||
+          v->get<std::int64_t>() > limits.max_tokens_limit)
         fail(Errc::kInvalidInput, "'{}' must be an integer in [1, {}]", name, limits.max_tokens_limit);
       g.max_tokens = v->get<int>();
     }
@@ -234,12 +242,14 @@ ChatRequest parse_chat_request(const nlohmann::json& body, const ChatLimits& lim
     req.stream = s->get<bool>();
   }
   if (const auto* so = field(body, "stream_options"); so && so->is_object())
-    if (const auto* iu = field(*so, "include_usage"); iu && iu->is_boolean()) req.include_usage = iu->get<bool>();
+    if (const auto* iu = field(*so, "include_usage"); iu && iu->is_boolean())
+      req.include_usage = iu->get<bool>();
   if (const auto* rf = field(body, "response_format")) {
     const auto* type = rf->is_object() ? field(*rf, "type") : nullptr;
     if (!type || !type->is_string()) fail(Errc::kInvalidInput, "'response_format.type' is missing");
     const auto t = type->get<std::string>();
-    if (t == "json_object") req.json_object = true;
+    if (t == "json_object")
+      req.json_object = true;
     else if (t != "text")
       fail(Errc::kUnsupported, "response_format type '{}' is not supported (text, json_object)", t);
   }
@@ -248,8 +258,8 @@ ChatRequest parse_chat_request(const nlohmann::json& body, const ChatLimits& lim
     if (g.messages.front().role == "system") {
       g.messages.front().parts.push_back({ChatPart::Kind::kText, std::string("\n") + kJsonObjectInstruction});
     } else {
-      g.messages.insert(g.messages.begin(),
-                        ChatMessage::text("system", std::string(kDefaultSystemPrompt) + " " + kJsonObjectInstruction));
+      g.messages.insert(g.messages.begin(), ChatMessage::text("system", std::string(kDefaultSystemPrompt) +
+                                                                            " " + kJsonObjectInstruction));
     }
   }
   return req;
@@ -268,8 +278,8 @@ nlohmann::json chat_completion_json(const std::string& id, const std::string& mo
           {"created", created},
           {"model", model},
           {"choices", nlohmann::json::array({{{"index", 0},
-                                               {"message", {{"role", "assistant"}, {"content", content}}},
-                                               {"finish_reason", out.finish_reason}}})},
+                                              {"message", {{"role", "assistant"}, {"content", content}}},
+                                              {"finish_reason", out.finish_reason}}})},
           {"usage", usage_json(out)}};
 }
 
@@ -279,7 +289,8 @@ nlohmann::json chat_chunk_json(const std::string& id, const std::string& model, 
           {"object", "chat.completion.chunk"},
           {"created", created},
           {"model", model},
-          {"choices", nlohmann::json::array({{{"index", 0}, {"delta", delta}, {"finish_reason", finish_reason}}})}};
+          {"choices",
+           nlohmann::json::array({{{"index", 0}, {"delta", delta}, {"finish_reason", finish_reason}}})}};
 }
 
 }  // namespace mv::server

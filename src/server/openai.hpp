@@ -15,9 +15,9 @@
 namespace mv::server {
 
 struct ChatLimits {
-  int max_tokens_limit = 4096;       // largest max_tokens accepted
-  int default_max_tokens = 512;      // when the request gives none
-  int max_images = 8;                // image parts per request
+  int max_tokens_limit = 4096;   // largest max_tokens accepted
+  int default_max_tokens = 512;  // when the request gives none
+  int max_images = 8;            // image parts per request
   std::uint64_t max_image_bytes = 20ull << 20;
   ImageLimits image_limits;
   // file paths / file:// URLs are read only when this is set, and only below it.

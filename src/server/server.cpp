@@ -23,13 +23,13 @@
 #include "extract/extractor.hpp"
 #include "extract/fhir.hpp"
 #include "extract/schema.hpp"
+#include "model/qwen25vl/model.hpp"
 #include "server/auth.hpp"
 #include "server/generation.hpp"
 #include "server/metrics.hpp"
 #include "server/openai.hpp"
 #include "server/web_assets.hpp"
 #include "server/work_queue.hpp"
-
 
 namespace mv::server {
 
@@ -70,28 +70,43 @@ std::string random_hex(std::size_t bytes) {
 
 bool valid_client_request_id(const std::string& id) {
   if (id.empty() || id.size() > 64) return false;
-  return std::all_of(id.begin(), id.end(), [](char c) { return std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_'; });
+  return std::all_of(id.begin(), id.end(), [](char c) {
+    return std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_';
+  });
 }
 
 const char* error_type(int status) {
   switch (status) {
-    case 400: return "invalid_request_error";
-    case 401: return "authentication_error";
-    case 404: return "not_found_error";
-    case 405: return "method_not_allowed";
-    case 413: return "request_too_large";
-    case 415: return "unsupported_media_type";
-    case 429: return "rate_limit_error";
-    case 501: return "not_implemented";
-    case 502: return "invalid_model_output";
-    case 503: return "service_unavailable";
-    default: return status >= 500 ? "server_error" : "invalid_request_error";
+    case 400:
+      return "invalid_request_error";
+    case 401:
+      return "authentication_error";
+    case 404:
+      return "not_found_error";
+    case 405:
+      return "method_not_allowed";
+    case 413:
+      return "request_too_large";
+    case 415:
+      return "unsupported_media_type";
+    case 429:
+      return "rate_limit_error";
+    case 501:
+      return "not_implemented";
+    case 502:
+      return "invalid_model_output";
+    case 503:
+      return "service_unavailable";
+    default:
+      return status >= 500 ? "server_error" : "invalid_request_error";
   }
 }
 
 json error_body(int status, const std::string& message, const std::string& request_id) {
-  return {{"error", {{"message", message}, {"type", error_type(status)}, {"code", status}, {"request_id", request_id}}},
-          {"detail", message}};
+  return {
+      {"error",
+       {{"message", message}, {"type", error_type(status)}, {"code", status}, {"request_id", request_id}}},
+      {"detail", message}};
 }
 
 void send_json(httplib::Response& res, int status, const json& body) {
@@ -178,7 +193,7 @@ struct StreamState {
 
 struct Server::Impl {
   ServerOptions options;
-  std::string backend;   // resolved: ocr | vlm
+  std::string backend;  // resolved: ocr | vlm
   std::string device = "cpu";
   std::string model_name;
   std::unique_ptr<httplib::Server> http;
@@ -232,10 +247,7 @@ Server::Impl::Impl(ServerOptions o) : options(std::move(o)) {
   if (options.max_upload_mb < 1) fail(Errc::kUsage, "--max-upload-mb must be at least 1");
   if (options.max_queue < 0) fail(Errc::kUsage, "--max-queue must be 0 or more");
   if (options.max_batch < 0) fail(Errc::kUsage, "--max-batch must be 0 or more");
-  if (options.device != "auto" && options.device != "cpu" && options.device != "cuda")
-    fail(Errc::kUsage, "--device must be auto, cpu or cuda (have '{}')", options.device);
-  if (options.device == "cuda")
-    fail(Errc::kUnsupported, "--device cuda: the server runs the CPU engine in this version; use --device cpu");
+  qwen25vl::parse_device(options.device);  // kUsage for an unknown name, kUnsupported for cuda without CUDA
   if (options.tls_cert.empty() != options.tls_key.empty())
     fail(Errc::kUsage, "--tls-cert and --tls-key go together");
   if (!options.api_keys_file.empty()) keys = ApiKeys::load(options.api_keys_file);
@@ -254,13 +266,15 @@ Server::Impl::Impl(ServerOptions o) : options(std::move(o)) {
   extractor = extract::make_extractor(backend, config);
   if (!options.model_dir.empty()) {
     spdlog::info("server: loading the model from {}", options.model_dir.string());
-    chat = ChatModel::load(options.model_dir, options.threads);
+    chat = ChatModel::load(options.model_dir, options.threads, options.device);
     model_name = chat->id;
+    device = chat->device;
   } else {
     model_name = "tesseract-eng";
   }
   engine_queue = std::make_unique<WorkQueue>("engine", 1, options.max_queue);
-  ocr_queue = std::make_unique<WorkQueue>("ocr", options.max_batch > 0 ? options.max_batch : cores, options.max_queue);
+  ocr_queue = std::make_unique<WorkQueue>("ocr", options.max_batch > 0 ? options.max_batch : cores,
+                                          options.max_queue);
   if (chat) scheduler = std::make_unique<SerialGenerationScheduler>(*chat, *engine_queue, &metrics);
 
   chat_limits.max_tokens_limit = options.max_tokens_limit;
@@ -274,7 +288,8 @@ Server::Impl::Impl(ServerOptions o) : options(std::move(o)) {
       if (!std::filesystem::is_regular_file(f)) fail(Errc::kNotFound, "{}: no such file", f.string());
     auto ssl = std::make_unique<httplib::SSLServer>(options.tls_cert.c_str(), options.tls_key.c_str());
     if (!ssl->is_valid())
-      fail(Errc::kInvalidInput, "TLS: cannot use certificate {} with key {} (PEM files that match are needed)",
+      fail(Errc::kInvalidInput,
+           "TLS: cannot use certificate {} with key {} (PEM files that match are needed)",
            options.tls_cert.string(), options.tls_key.string());
     http = std::move(ssl);
     is_tls = true;
@@ -284,7 +299,9 @@ Server::Impl::Impl(ServerOptions o) : options(std::move(o)) {
   const int http_threads = options.http_threads > 0
                                ? options.http_threads
                                : std::max(32, options.max_queue + ocr_queue->workers() + 8);
-  http->new_task_queue = [http_threads] { return new httplib::ThreadPool(static_cast<std::size_t>(http_threads)); };
+  http->new_task_queue = [http_threads] {
+    return new httplib::ThreadPool(static_cast<std::size_t>(http_threads));
+  };
   // JSON bodies carry base64 images (4/3 of the bytes) plus the text around them.
   http->set_payload_max_length(max_upload_bytes() / 3 * 4 + (4u << 20));
   http->set_read_timeout(30);
@@ -315,14 +332,14 @@ json Server::Impl::model_info() const {
 std::vector<Metrics::Gauge> Server::Impl::gauges() {
   std::vector<Metrics::Gauge> g;
   for (const WorkQueue* q : {engine_queue.get(), ocr_queue.get()})
-    g.push_back({"medvision_queue_depth", "Requests waiting for a worker.", fmt::format("{{queue=\"{}\"}}", q->name()),
-                 static_cast<double>(q->waiting())});
+    g.push_back({"medvision_queue_depth", "Requests waiting for a worker.",
+                 fmt::format("{{queue=\"{}\"}}", q->name()), static_cast<double>(q->waiting())});
   for (const WorkQueue* q : {engine_queue.get(), ocr_queue.get()})
-    g.push_back({"medvision_queue_running", "Requests being worked on.", fmt::format("{{queue=\"{}\"}}", q->name()),
-                 static_cast<double>(q->running())});
+    g.push_back({"medvision_queue_running", "Requests being worked on.",
+                 fmt::format("{{queue=\"{}\"}}", q->name()), static_cast<double>(q->running())});
   for (const WorkQueue* q : {engine_queue.get(), ocr_queue.get()})
-    g.push_back({"medvision_queue_capacity", "Waiting places of the queue.", fmt::format("{{queue=\"{}\"}}", q->name()),
-                 static_cast<double>(q->capacity())});
+    g.push_back({"medvision_queue_capacity", "Waiting places of the queue.",
+                 fmt::format("{{queue=\"{}\"}}", q->name()), static_cast<double>(q->capacity())});
   g.push_back({"medvision_max_batch", "Sequences that may share one decode step.", "",
                static_cast<double>(scheduler ? scheduler->max_batch() : 0)});
   g.push_back({"medvision_active_streams", "Streamed chat completions in progress.", "",
@@ -331,7 +348,8 @@ std::vector<Metrics::Gauge> Server::Impl::gauges() {
   const auto report = gpu_report();
   for (const auto& gpu_info : report.gpus) {
     const auto labels = fmt::format("{{gpu=\"{}\"}}", gpu_info.index);
-    g.push_back({"medvision_vram_total_bytes", "GPU memory.", labels, static_cast<double>(gpu_info.vram_total)});
+    g.push_back(
+        {"medvision_vram_total_bytes", "GPU memory.", labels, static_cast<double>(gpu_info.vram_total)});
   }
   for (const auto& gpu_info : report.gpus) {
     const auto labels = fmt::format("{{gpu=\"{}\"}}", gpu_info.index);
@@ -356,9 +374,12 @@ void Server::Impl::route(const char* method, const std::string& pattern, const s
     }
   };
   const std::string m = method;
-  if (m == "GET") http->Get(pattern, wrapped);
-  else if (m == "POST") http->Post(pattern, wrapped);
-  else MV_CHECK(false, "method {}", m);
+  if (m == "GET")
+    http->Get(pattern, wrapped);
+  else if (m == "POST")
+    http->Post(pattern, wrapped);
+  else
+    MV_CHECK(false, "method {}", m);
 }
 
 void Server::Impl::check_accepting() const {
@@ -380,7 +401,8 @@ std::string Server::Impl::upload(const httplib::Request& req, const char* field,
   return std::move(part.content);
 }
 
-std::vector<extract::Page> Server::Impl::decode_upload(const std::string& bytes, const std::string& pages_spec) const {
+std::vector<extract::Page> Server::Impl::decode_upload(const std::string& bytes,
+                                                       const std::string& pages_spec) const {
   std::span<const std::uint8_t> data(reinterpret_cast<const std::uint8_t*>(bytes.data()), bytes.size());
   const auto format = sniff_image_format(data.first(std::min<std::size_t>(data.size(), 16)));
   const auto range = extract::parse_page_range(pages_spec);
@@ -396,7 +418,8 @@ std::vector<extract::Page> Server::Impl::decode_upload(const std::string& bytes,
     pages.push_back(std::move(p));
   }
   if (pages.empty())
-    fail(Errc::kInvalidInput, "the page range '{}' selects none of the document's {} page(s)", pages_spec, images.size());
+    fail(Errc::kInvalidInput, "the page range '{}' selects none of the document's {} page(s)", pages_spec,
+         images.size());
   return pages;
 }
 
@@ -414,7 +437,8 @@ T Server::Impl::run_on(WorkQueue& queue, std::function<T()> job) {
   });
   if (admit == WorkQueue::Admit::kFull) {
     metrics.observe_rejection(queue.name(), 429);
-    throw Rejected(429, queue.retry_after_seconds(), fmt::format("the {} queue is full; retry later", queue.name()));
+    throw Rejected(429, queue.retry_after_seconds(),
+                   fmt::format("the {} queue is full; retry later", queue.name()));
   }
   if (admit == WorkQueue::Admit::kClosed) {
     metrics.observe_rejection(queue.name(), 503);
@@ -427,18 +451,19 @@ void Server::Impl::handle_health(const httplib::Request&, httplib::Response& res
   const auto report = gpu_report();
   const GpuInfo* g = report.gpus.empty() ? nullptr : &report.gpus.front();
   constexpr double kMiB = 1024.0 * 1024.0;
-  json body = {{"status", draining ? "shutting_down" : "ok"},
-               {"model_loaded", extractor != nullptr},
-               {"gpu_available", g != nullptr && g->kernel_ok},
-               {"gpu_name", g ? json(g->name) : json(nullptr)},
-               {"current_vram_usage_mb", g ? json(static_cast<double>(g->vram_total - g->vram_free) / kMiB) : json(0)},
-               {"total_vram_mb", g ? json(static_cast<double>(g->vram_total) / kMiB) : json(0)},
-               {"timestamp", iso_timestamp()},
-               {"backend", backend},
-               {"model", model_name},
-               {"chat_model", chat ? json(chat->id) : json(nullptr)},
-               {"device", device},
-               {"version", MEDVISION_VERSION}};
+  json body = {
+      {"status", draining ? "shutting_down" : "ok"},
+      {"model_loaded", extractor != nullptr},
+      {"gpu_available", g != nullptr && g->kernel_ok},
+      {"gpu_name", g ? json(g->name) : json(nullptr)},
+      {"current_vram_usage_mb", g ? json(static_cast<double>(g->vram_total - g->vram_free) / kMiB) : json(0)},
+      {"total_vram_mb", g ? json(static_cast<double>(g->vram_total) / kMiB) : json(0)},
+      {"timestamp", iso_timestamp()},
+      {"backend", backend},
+      {"model", model_name},
+      {"chat_model", chat ? json(chat->id) : json(nullptr)},
+      {"device", device},
+      {"version", MEDVISION_VERSION}};
   send_json(res, draining ? 503 : 200, body);
 }
 
@@ -495,8 +520,10 @@ void Server::Impl::handle_analyze(const httplib::Request& req, httplib::Response
   std::string bytes = upload(req, "file");
   if (!req.has_file("prompt") && !req.has_param("prompt"))
     fail(Errc::kInvalidInput, "the field 'prompt' is missing");
-  std::string prompt = req.has_file("prompt") ? req.get_file_value("prompt").content : req.get_param_value("prompt");
-  if (prompt.find_first_not_of(" \t\r\n") == std::string::npos) fail(Errc::kInvalidInput, "the prompt is empty");
+  std::string prompt =
+      req.has_file("prompt") ? req.get_file_value("prompt").content : req.get_param_value("prompt");
+  if (prompt.find_first_not_of(" \t\r\n") == std::string::npos)
+    fail(Errc::kInvalidInput, "the prompt is empty");
   if (prompt.size() > 32768) fail(Errc::kTooLarge, "the prompt is over 32 KiB");
   {
     std::span<const std::uint8_t> head(reinterpret_cast<const std::uint8_t*>(bytes.data()),
@@ -543,7 +570,10 @@ void Server::Impl::handle_benchmark(const httplib::Request&, httplib::Response& 
   std::error_code ec;
   if (!fs::is_directory(root, ec)) {
     send_json(res, 200,
-              {{"benchmarks", benchmarks}, {"errors", errors}, {"count", 0}, {"timestamp", iso_timestamp()},
+              {{"benchmarks", benchmarks},
+               {"errors", errors},
+               {"count", 0},
+               {"timestamp", iso_timestamp()},
                {"note", "no benchmarks folder"}});
     return;
   }
@@ -558,27 +588,34 @@ void Server::Impl::handle_benchmark(const httplib::Request&, httplib::Response& 
     try {
       const std::string text = read_file(f);
       auto j = json::parse(text, nullptr, false);
-      if (j.is_discarded()) errors[key] = "not valid JSON";
-      else benchmarks[key] = std::move(j);
+      if (j.is_discarded())
+        errors[key] = "not valid JSON";
+      else
+        benchmarks[key] = std::move(j);
     } catch (const Error& e) {
       errors[key] = "unreadable";
     }
   }
   send_json(res, 200,
-            {{"benchmarks", benchmarks}, {"errors", errors}, {"count", benchmarks.size()}, {"timestamp", iso_timestamp()}});
+            {{"benchmarks", benchmarks},
+             {"errors", errors},
+             {"count", benchmarks.size()},
+             {"timestamp", iso_timestamp()}});
 }
 
 void Server::Impl::handle_models(const httplib::Request&, httplib::Response& res) {
   json data = json::array();
   if (chat)
-    data.push_back({{"id", chat->id}, {"object", "model"}, {"created", unix_seconds()}, {"owned_by", "medvision"}});
+    data.push_back(
+        {{"id", chat->id}, {"object", "model"}, {"created", unix_seconds()}, {"owned_by", "medvision"}});
   send_json(res, 200, {{"object", "list"}, {"data", data}});
 }
 
 void Server::Impl::handle_chat(const httplib::Request& req, httplib::Response& res) {
   check_accepting();
   if (!scheduler)
-    throw Rejected(503, 0, "no language model is loaded: start the server with --model DIR to use /v1/chat/completions");
+    throw Rejected(
+        503, 0, "no language model is loaded: start the server with --model DIR to use /v1/chat/completions");
   const auto ct = req.get_header_value("Content-Type");
   if (!ct.empty() && ct.find("application/json") == std::string::npos)
     fail(Errc::kUnsupported, "send the request as application/json");
@@ -614,7 +651,8 @@ void Server::Impl::handle_chat(const httplib::Request& req, httplib::Response& r
     state->cv.notify_one();
     return true;
   };
-  auto future = std::make_shared<std::future<GenerationOutput>>(scheduler->submit(std::move(chat_req.generation), sink));
+  auto future = std::make_shared<std::future<GenerationOutput>>(
+      scheduler->submit(std::move(chat_req.generation), sink));
   const bool include_usage = chat_req.include_usage, json_object = chat_req.json_object;
   const std::string request_id = t_request_id;
   ++active_streams;
@@ -630,7 +668,8 @@ void Server::Impl::handle_chat(const httplib::Request& req, httplib::Response& r
         };
         if (!started) {
           started = true;
-          if (!event(chat_chunk_json(id, model, created, {{"role", "assistant"}, {"content", ""}}, nullptr))) {
+          if (!event(
+                  chat_chunk_json(id, model, created, {{"role", "assistant"}, {"content", ""}}, nullptr))) {
             state->cancelled = true;
             return false;
           }
@@ -645,7 +684,8 @@ void Server::Impl::handle_chat(const httplib::Request& req, httplib::Response& r
           for (auto& piece : batch) {
             text += piece;
             if (!event(chat_chunk_json(id, model, created, {{"content", piece}}, nullptr))) {
-              state->cancelled = true;  // the client went away: the engine drops the sequence at its next token
+              state->cancelled =
+                  true;  // the client went away: the engine drops the sequence at its next token
               return false;
             }
           }
@@ -679,8 +719,9 @@ void Server::Impl::handle_chat(const httplib::Request& req, httplib::Response& r
             }
           } catch (const Error& e) {
             const int status = http_status(e.code());
-            event(error_body(status, status >= 500 ? fmt::format("internal error (request id {})", request_id) : e.what(),
-                             request_id));
+            event(error_body(
+                status, status >= 500 ? fmt::format("internal error (request id {})", request_id) : e.what(),
+                request_id));
           } catch (const std::exception&) {
             event(error_body(500, fmt::format("internal error (request id {})", request_id), request_id));
           }
@@ -713,33 +754,47 @@ void Server::Impl::setup_routes() {
     res.set_header("Referrer-Policy", "no-referrer");
     res.set_header("Cache-Control", "no-store");
     if (!keys.enabled()) return httplib::Server::HandlerResponse::Unhandled;
-    static const char* const kOpen[] = {"/health", "/", "/index.html", "/app.js", "/style.css", "/favicon.ico"};
+    static const char* const kOpen[] = {"/health", "/",          "/index.html",
+                                        "/app.js", "/style.css", "/favicon.ico"};
     for (const char* open : kOpen)
       if (req.path == open) return httplib::Server::HandlerResponse::Unhandled;
     std::string key = req.get_header_value("X-API-Key");
     const auto auth = req.get_header_value("Authorization");
-    if (key.empty() && auth.size() > 7 && (auth.compare(0, 7, "Bearer ") == 0 || auth.compare(0, 7, "bearer ") == 0))
+    if (key.empty() && auth.size() > 7 &&
+        (auth.compare(0, 7, "Bearer ") == 0 || auth.compare(0, 7, "bearer ") == 0))
       key = auth.substr(7);
     if (keys.accepts(key)) return httplib::Server::HandlerResponse::Unhandled;
     t_route = "auth";
     res.set_header("WWW-Authenticate", "Bearer");
-    send_error(res, 401, key.empty() ? "an API key is required (Authorization: Bearer KEY or X-API-Key)"
-                                     : "the API key is not valid");
+    send_error(res, 401,
+               key.empty() ? "an API key is required (Authorization: Bearer KEY or X-API-Key)"
+                           : "the API key is not valid");
     return httplib::Server::HandlerResponse::Handled;
   });
-  http->set_error_handler(httplib::Server::HandlerWithResponse([this](const httplib::Request&, httplib::Response& res) {
-    if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
-    std::string message;
-    switch (res.status) {
-      case 404: message = "no such route"; break;
-      case 413: message = fmt::format("the request body is over the limit ({} MiB per document)", options.max_upload_mb); break;
-      case 400: message = "malformed HTTP request"; break;
-      case 405: message = "method not allowed"; break;
-      default: message = fmt::format("HTTP {}", res.status);
-    }
-    send_json(res, res.status, error_body(res.status, message, t_request_id));
-    return httplib::Server::HandlerResponse::Handled;
-  }));
+  http->set_error_handler(
+      httplib::Server::HandlerWithResponse([this](const httplib::Request&, httplib::Response& res) {
+        if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
+        std::string message;
+        switch (res.status) {
+          case 404:
+            message = "no such route";
+            break;
+          case 413:
+            message = fmt::format("the request body is over the limit ({} MiB per document)",
+                                  options.max_upload_mb);
+            break;
+          case 400:
+            message = "malformed HTTP request";
+            break;
+          case 405:
+            message = "method not allowed";
+            break;
+          default:
+            message = fmt::format("HTTP {}", res.status);
+        }
+        send_json(res, res.status, error_body(res.status, message, t_request_id));
+        return httplib::Server::HandlerResponse::Handled;
+      }));
   http->set_exception_handler([](const httplib::Request&, httplib::Response& res, std::exception_ptr ep) {
     send_exception(res, ep);
   });
@@ -747,9 +802,10 @@ void Server::Impl::setup_routes() {
     const double seconds = std::chrono::duration<double>(Clock::now() - t_start).count();
     metrics.observe_request(t_route, res.status, seconds);
     // Route pattern, status, sizes and time only: no paths with parameters, no names, no content.
-    spdlog::info("request {} {} {} -> {} ({} bytes in, {:.1f} ms)", t_request_id, req.method, t_route, res.status,
-                 req.get_header_value("Content-Length").empty() ? "0" : req.get_header_value("Content-Length"),
-                 seconds * 1000.0);
+    spdlog::info(
+        "request {} {} {} -> {} ({} bytes in, {:.1f} ms)", t_request_id, req.method, t_route, res.status,
+        req.get_header_value("Content-Length").empty() ? "0" : req.get_header_value("Content-Length"),
+        seconds * 1000.0);
   });
 
   route("GET", "/health", "/health", [this](auto& q, auto& r) { handle_health(q, r); });
@@ -757,16 +813,19 @@ void Server::Impl::setup_routes() {
   route("POST", "/analyze", "/analyze", [this](auto& q, auto& r) { handle_analyze(q, r); });
   route("GET", "/benchmark", "/benchmark", [this](auto& q, auto& r) { handle_benchmark(q, r); });
   route("GET", "/v1/models", "/v1/models", [this](auto& q, auto& r) { handle_models(q, r); });
-  route("POST", "/v1/chat/completions", "/v1/chat/completions", [this](auto& q, auto& r) { handle_chat(q, r); });
+  route("POST", "/v1/chat/completions", "/v1/chat/completions",
+        [this](auto& q, auto& r) { handle_chat(q, r); });
   route("GET", "/metrics", "/metrics", [this](auto& q, auto& r) { handle_metrics(q, r); });
   for (const auto& asset : web_assets()) {
-    route("GET", std::string(asset.path), "/static", [&asset](const httplib::Request&, httplib::Response& res) {
-      res.set_header("Content-Security-Policy",
-                     "default-src 'self'; img-src 'self' blob: data:; style-src 'self'; script-src 'self'; "
-                     "connect-src 'self'; frame-ancestors 'none'");
-      res.set_header("Cache-Control", "no-cache");
-      res.set_content(std::string(asset.body), std::string(asset.content_type).c_str());
-    });
+    route("GET", std::string(asset.path), "/static",
+          [&asset](const httplib::Request&, httplib::Response& res) {
+            res.set_header(
+                "Content-Security-Policy",
+                "default-src 'self'; img-src 'self' blob: data:; style-src 'self'; script-src 'self'; "
+                "connect-src 'self'; frame-ancestors 'none'");
+            res.set_header("Cache-Control", "no-cache");
+            res.set_content(std::string(asset.body), std::string(asset.content_type).c_str());
+          });
   }
 }
 
@@ -788,8 +847,8 @@ int Server::bind() {
     fail(Errc::kIo, "cannot listen on {}:{} (address in use or not available)", o.host, port);
   }
   o.port = port;
-  spdlog::info("server: listening on {}://{}:{} ({} backend{}{})", impl_->is_tls ? "https" : "http", o.host, port,
-               impl_->backend, impl_->chat ? ", model " + impl_->chat->id : "",
+  spdlog::info("server: listening on {}://{}:{} ({} backend{}{})", impl_->is_tls ? "https" : "http", o.host,
+               port, impl_->backend, impl_->chat ? ", model " + impl_->chat->id : "",
                impl_->keys.enabled() ? fmt::format(", {} API keys", impl_->keys.size()) : "");
   return port;
 }
@@ -813,8 +872,8 @@ void Server::stop() {
   spdlog::info("server: shutting down; finishing admitted work");
   const auto deadline = Clock::now() + std::chrono::duration<double>(d.options.shutdown_timeout_s);
   auto busy = [&] {
-    return d.engine_queue->waiting() + d.engine_queue->running() + d.ocr_queue->waiting() + d.ocr_queue->running() +
-           d.active_streams.load();
+    return d.engine_queue->waiting() + d.engine_queue->running() + d.ocr_queue->waiting() +
+           d.ocr_queue->running() + d.active_streams.load();
   };
   while (busy() > 0 && Clock::now() < deadline) std::this_thread::sleep_for(std::chrono::milliseconds(20));
   if (busy() > 0) {

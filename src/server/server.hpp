@@ -7,8 +7,8 @@
 //   std::thread t([&] { s.run(); });   ...   s.stop();  t.join();
 #pragma once
 #include <cstdint>
-#include <filesystem>
 #include <exception>
+#include <filesystem>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <optional>
@@ -21,20 +21,20 @@ struct ServerOptions {
   int port = 8080;                      // 0 = any free port (bind() returns it)
   std::filesystem::path model_dir;      // Qwen2.5-VL checkpoint: enables /analyze, /v1/* and backend vlm
   std::string backend = "auto";         // auto | ocr | vlm (auto = vlm with --model, else ocr)
-  std::string device = "auto";          // auto | cpu | cuda
+  std::string device = "auto";          // chat engine: auto | cpu | cuda | cuda:N
   std::filesystem::path api_keys_file;  // empty = no authentication
   std::filesystem::path tls_cert, tls_key;
-  int max_upload_mb = 20;               // per uploaded document / image
-  int max_queue = 16;                   // requests waiting for a worker, per queue
-  int max_batch = 0;                    // vlm: sequences per decode step; ocr: concurrent extractions (0 = cores)
+  int max_upload_mb = 20;  // per uploaded document / image
+  int max_queue = 16;      // requests waiting for a worker, per queue
+  int max_batch = 0;       // vlm: sequences per decode step; ocr: concurrent extractions (0 = cores)
   std::filesystem::path benchmarks_dir = "benchmarks";
-  int http_threads = 0;                 // connection threads (0 = max(32, max_queue + workers + 8))
-  int threads = 0;                      // engine / OCR threads (0 = hardware concurrency)
-  int max_tokens_limit = 4096;          // largest max_tokens a client may ask for
+  int http_threads = 0;         // connection threads (0 = max(32, max_queue + workers + 8))
+  int threads = 0;              // engine / OCR threads (0 = hardware concurrency)
+  int max_tokens_limit = 4096;  // largest max_tokens a client may ask for
   int default_max_tokens = 512;
-  int max_pages = 16;                   // pages decoded per uploaded document
+  int max_pages = 16;                                      // pages decoded per uploaded document
   std::optional<std::filesystem::path> allow_local_files;  // image_url file paths allowed below this folder
-  double shutdown_timeout_s = 30;       // in-flight work gets this long on stop(); then streams are cancelled
+  double shutdown_timeout_s = 30;  // in-flight work gets this long on stop(); then streams are cancelled
 };
 
 // How an exception thrown while serving becomes a response: mv::Error codes map through http_status()
@@ -46,7 +46,8 @@ struct ErrorReply {
   nlohmann::json body;
   int retry_after = 0;  // seconds; 0 = no Retry-After header
 };
-ErrorReply error_reply(std::exception_ptr error, const std::string& request_id, const std::string& route = "");
+ErrorReply error_reply(std::exception_ptr error, const std::string& request_id,
+                       const std::string& route = "");
 
 class Server {
  public:
@@ -57,8 +58,8 @@ class Server {
   Server(const Server&) = delete;
   Server& operator=(const Server&) = delete;
 
-  int bind();    // binds host:port; returns the port. Throws kIo when the address is taken.
-  void run();    // serves until stop(); call after bind()
+  int bind();  // binds host:port; returns the port. Throws kIo when the address is taken.
+  void run();  // serves until stop(); call after bind()
   // Graceful: refuses new work (503), lets admitted work finish (cancelling streams after
   // shutdown_timeout_s), then closes the listener. Safe from any thread, and more than once.
   void stop();

@@ -78,7 +78,8 @@ TEST(LoadTest, ConcurrentExtractRequests) {
   const std::string document = std::getenv("MV_LOADTEST_DOCUMENT")
                                    ? std::getenv("MV_LOADTEST_DOCUMENT")
                                    : std::string(MV_FIXTURES_DIR) + "/model/images/page_252x196.png";
-  const std::string extra = std::getenv("MV_LOADTEST_SERVER_ARGS") ? std::getenv("MV_LOADTEST_SERVER_ARGS") : "";
+  const std::string extra =
+      std::getenv("MV_LOADTEST_SERVER_ARGS") ? std::getenv("MV_LOADTEST_SERVER_ARGS") : "";
   const std::string out_path = std::getenv("MV_LOADTEST_OUT")
                                    ? std::getenv("MV_LOADTEST_OUT")
                                    : std::string(MEDVISION_SOURCE_DIR) + "/benchmarks/server_loadtest.json";

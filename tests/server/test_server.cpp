@@ -247,7 +247,8 @@ TEST(OpenAi, ParsesPartsAndRejectsBadFields) {
                 {{{"role", "system"}, {"content", "Be brief."}},
                  {{"role", "user"},
                   {"content",
-                   {{{"type", "image_url"}, {"image_url", {{"url", "data:image/png;base64," + mv::server::base64_encode(png)}}}},
+                   {{{"type", "image_url"},
+                     {"image_url", {{"url", "data:image/png;base64," + mv::server::base64_encode(png)}}}},
                     {{"type", "text"}, {"text", "What is this?"}}}}}}},
                {"max_tokens", 7},
                {"temperature", 0.5},
@@ -283,33 +284,39 @@ TEST(OpenAi, ParsesPartsAndRejectsBadFields) {
   expect_error({{"messages", {{{"role", "user"}, {"content", "x"}}}}, {"max_tokens", 0}}, "max_tokens");
   expect_error({{"messages", {{{"role", "user"}, {"content", "x"}}}}, {"temperature", 3}}, "temperature");
   expect_error({{"messages", {{{"role", "robot"}, {"content", "x"}}}}}, "messages[0].role");
+  expect_error(
+      {{"messages",
+        {{{"role", "user"},
+          {"content", {{{"type", "image_url"}, {"image_url", {{"url", "data:image/png;base64,@@@"}}}}}}}}}},
+      "base64");
+  expect_error(
+      {{"messages",
+        {{{"role", "user"},
+          {"content", {{{"type", "image_url"}, {"image_url", {{"url", "https://example.org/a.png"}}}}}}}}}},
+      "remote");
   expect_error({{"messages",
                  {{{"role", "user"},
-                   {"content", {{{"type", "image_url"}, {"image_url", {{"url", "data:image/png;base64,@@@"}}}}}}}}}},
-               "base64");
-  expect_error({{"messages",
-                 {{{"role", "user"},
-                   {"content", {{{"type", "image_url"}, {"image_url", {{"url", "https://example.org/a.png"}}}}}}}}}},
-               "remote");
-  expect_error({{"messages",
-                 {{{"role", "user"}, {"content", {{{"type", "image_url"}, {"image_url", {{"url", "/etc/passwd"}}}}}}}}}},
+                   {"content", {{{"type", "image_url"}, {"image_url", {{"url", "/etc/passwd"}}}}}}}}}},
                "local file");
-  expect_error({{"messages", {{{"role", "user"}, {"content", "x"}}}}, {"response_format", {{"type", "json_schema"}}}},
-               "json_schema");
+  expect_error(
+      {{"messages", {{{"role", "user"}, {"content", "x"}}}}, {"response_format", {{"type", "json_schema"}}}},
+      "json_schema");
   EXPECT_EQ(mv::server::base64_decode("aGVsbG8="), "hello");
   EXPECT_EQ(mv::server::base64_decode(mv::server::base64_encode(std::string("\x00\xff\x10", 3))),
             std::string("\x00\xff\x10", 3));
 }
 
 TEST(ErrorReply, ServerFaultsHideTheirMessageAndCarryTheRequestId) {
-  auto r = mv::server::error_reply(std::make_exception_ptr(mv::Error(mv::Errc::kInternal, "secret detail")), "abc123");
+  auto r = mv::server::error_reply(std::make_exception_ptr(mv::Error(mv::Errc::kInternal, "secret detail")),
+                                   "abc123");
   EXPECT_EQ(r.status, 500);
   EXPECT_EQ(r.body["error"]["request_id"], "abc123");
   EXPECT_EQ(r.body.dump().find("secret"), std::string::npos);
   EXPECT_NE(r.body["error"]["message"].get<std::string>().find("abc123"), std::string::npos);
   auto c = mv::server::error_reply(std::make_exception_ptr(std::runtime_error("boom")), "id2");
   EXPECT_EQ(c.status, 500);
-  auto bad = mv::server::error_reply(std::make_exception_ptr(mv::Error(mv::Errc::kInvalidInput, "field x")), "i");
+  auto bad =
+      mv::server::error_reply(std::make_exception_ptr(mv::Error(mv::Errc::kInvalidInput, "field x")), "i");
   EXPECT_EQ(bad.status, 400);
   EXPECT_EQ(bad.body["detail"], "field x");
   auto busy = mv::server::error_reply(std::make_exception_ptr(mv::server::Rejected(429, 7, "full")), "i");
@@ -394,7 +401,8 @@ TEST_F(ServerTest, ExtractsADocumentWithTheOcrBackendAndLogsNoContent) {
   ASSERT_TRUE(r);
   ASSERT_EQ(r->status, 200) << r->body;
   json j = parse(r);
-  for (const char* k : {"extracted_content", "inference_latency_seconds", "model_info", "timestamp", "extraction"})
+  for (const char* k :
+       {"extracted_content", "inference_latency_seconds", "model_info", "timestamp", "extraction"})
     EXPECT_TRUE(j.contains(k)) << k;
   EXPECT_TRUE(mv::extract::validate_extraction(j["extraction"]).empty());
   EXPECT_EQ(j["extraction"]["document_type"], "lab_results");
@@ -415,7 +423,8 @@ TEST_F(ServerTest, ExtractsADocumentWithTheOcrBackendAndLogsNoContent) {
   EXPECT_EQ(logs.find("SECRET-PROMPT"), std::string::npos) << logs;
   const json truth = json::parse(read_bytes(fs::path(sample_document()).replace_extension(".json")));
   ASSERT_FALSE(truth["labs"].empty());
-  for (const auto& lab : truth["labs"]) EXPECT_EQ(logs.find(lab["test"].get<std::string>()), std::string::npos);
+  for (const auto& lab : truth["labs"])
+    EXPECT_EQ(logs.find(lab["test"].get<std::string>()), std::string::npos);
   if (truth.contains("patient") && truth["patient"].contains("name"))
     EXPECT_EQ(logs.find(truth["patient"]["name"].get<std::string>()), std::string::npos);
 
@@ -458,7 +467,7 @@ TEST_F(ServerTest, ExtractAnswersClearErrors) {
   ASSERT_TRUE(r);
   EXPECT_EQ(r->status, 400);
   r = c.Post("/extract", httplib::MultipartFormDataItems{{"file", png, "a.png", "image/png"},
-                                                          {"document_type", "no_such_type", "", ""}});
+                                                         {"document_type", "no_such_type", "", ""}});
   ASSERT_TRUE(r);
   EXPECT_EQ(r->status, 400);
   // 413: over --max-upload-mb (1 MiB) inside the body limit, and a body over the transport limit.
@@ -480,8 +489,9 @@ TEST_F(ServerTest, ExtractAnswersClearErrors) {
 TEST_F(ServerTest, AnalyzeAnswersAboutTheDocument) {
   auto c = s_->client();
   const std::string png = read_bytes(std::string(MV_FIXTURES_DIR) + "/model/images/page_252x196.png");
-  auto r = c.Post("/analyze?max_tokens=5",
-                  httplib::MultipartFormDataItems{{"file", png, "p.png", "image/png"}, {"prompt", "Summarise.", "", ""}});
+  auto r = c.Post(
+      "/analyze?max_tokens=5",
+      httplib::MultipartFormDataItems{{"file", png, "p.png", "image/png"}, {"prompt", "Summarise.", "", ""}});
   ASSERT_TRUE(r);
   ASSERT_EQ(r->status, 200) << r->body;
   json j = parse(r);
@@ -491,7 +501,8 @@ TEST_F(ServerTest, AnalyzeAnswersAboutTheDocument) {
   r = c.Post("/analyze", httplib::MultipartFormDataItems{{"file", png, "p.png", "image/png"}});
   ASSERT_TRUE(r);
   EXPECT_EQ(r->status, 400);
-  r = c.Post("/analyze", httplib::MultipartFormDataItems{{"file", png, "p.png", "image/png"}, {"prompt", "  ", "", ""}});
+  r = c.Post("/analyze",
+             httplib::MultipartFormDataItems{{"file", png, "p.png", "image/png"}, {"prompt", "  ", "", ""}});
   ASSERT_TRUE(r);
   EXPECT_EQ(r->status, 400);
 }
@@ -571,7 +582,8 @@ TEST_F(ServerTest, ChatCompletionsWithAnImageAndErrors) {
                 {{{"role", "user"},
                   {"content",
                    {{{"type", "image_url"},
-                     {"image_url", {{"url", data_url(std::string(MV_FIXTURES_DIR) + "/model/images/form_150x120.png")}}}},
+                     {"image_url",
+                      {{"url", data_url(std::string(MV_FIXTURES_DIR) + "/model/images/form_150x120.png")}}}},
                     {{"type", "text"}, {"text", "What does the form say?"}}}}}}},
                {"max_tokens", 4},
                {"temperature", 0}};
@@ -641,12 +653,13 @@ TEST_F(ServerTest, MetricsCountRequestsInPrometheusFormat) {
   ASSERT_EQ(r->status, 200);
   EXPECT_NE(r->get_header_value("Content-Type").find("text/plain"), std::string::npos);
   const std::string& m = r->body;
-  for (const char* needle : {"medvision_http_requests_total{route=\"/health\",status=\"200\"}",
-                             "# TYPE medvision_http_request_duration_seconds histogram",
-                             "medvision_http_request_duration_seconds_bucket{route=\"/health\",le=\"+Inf\"}",
-                             "medvision_queue_depth{queue=\"engine\"}", "medvision_queue_depth{queue=\"ocr\"}",
-                             "medvision_batch_size", "medvision_decode_tokens_per_second",
-                             "medvision_generated_tokens_total", "process_resident_memory_bytes"})
+  for (const char* needle :
+       {"medvision_http_requests_total{route=\"/health\",status=\"200\"}",
+        "# TYPE medvision_http_request_duration_seconds histogram",
+        "medvision_http_request_duration_seconds_bucket{route=\"/health\",le=\"+Inf\"}",
+        "medvision_queue_depth{queue=\"engine\"}", "medvision_queue_depth{queue=\"ocr\"}",
+        "medvision_batch_size", "medvision_decode_tokens_per_second", "medvision_generated_tokens_total",
+        "process_resident_memory_bytes"})
     EXPECT_NE(m.find(needle), std::string::npos) << needle;
   // Every sample line is "name{labels} value" with a numeric value.
   std::istringstream lines(m);
@@ -716,7 +729,8 @@ TEST_F(ServerTest, FullQueueAnswers429AndAHangUpCancelsTheSequence) {
     const auto pos = m->body.find(key);
     return pos == std::string::npos ? -1.0 : std::stod(m->body.substr(pos + key.size()));
   };
-  for (int i = 0; i < 600 && engine_depth() < 4; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  for (int i = 0; i < 600 && engine_depth() < 4; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
   EXPECT_EQ(engine_depth(), 4) << "the long answer ended before the queue filled";
   auto over = c.Post("/v1/chat/completions", chat_body("one too many", 2).dump(), "application/json");
   EXPECT_TRUE(over);
@@ -735,7 +749,8 @@ TEST_F(ServerTest, FullQueueAnswers429AndAHangUpCancelsTheSequence) {
   EXPECT_LT(generated_total() - generated_before, 2000.0);
   auto m = c.Get("/metrics");
   ASSERT_TRUE(m);
-  EXPECT_NE(m->body.find("medvision_queue_rejections_total{queue=\"engine\",status=\"429\"}"), std::string::npos);
+  EXPECT_NE(m->body.find("medvision_queue_rejections_total{queue=\"engine\",status=\"429\"}"),
+            std::string::npos);
 }
 
 TEST(ServerNoModel, ModelRoutesAnswer503AndTheRestWorks) {
@@ -748,7 +763,8 @@ TEST(ServerNoModel, ModelRoutesAnswer503AndTheRestWorks) {
   EXPECT_EQ(r->status, 503);
   EXPECT_NE(parse(r)["detail"].get<std::string>().find("--model"), std::string::npos);
   const std::string png = read_bytes(std::string(MV_FIXTURES_DIR) + "/model/images/form_150x120.png");
-  r = c.Post("/analyze", httplib::MultipartFormDataItems{{"file", png, "a.png", "image/png"}, {"prompt", "x", "", ""}});
+  r = c.Post("/analyze",
+             httplib::MultipartFormDataItems{{"file", png, "a.png", "image/png"}, {"prompt", "x", "", ""}});
   ASSERT_TRUE(r);
   EXPECT_EQ(r->status, 503);
   json models = parse(c.Get("/v1/models"));
@@ -776,6 +792,9 @@ TEST(ServerOptionsCheck, RejectsBadOptionsClearly) {
   o.backend = "vlm";
   expect_usage(o, "--model");
   o = base_options();
+  o.device = "tpu";
+  expect_usage(o, "tpu");
+  o = base_options();
   o.tls_cert = "/nonexistent/cert.pem";
   expect_usage(o, "--tls-key");
   o = base_options();
@@ -787,9 +806,10 @@ TEST(ServerOptionsCheck, RejectsBadOptionsClearly) {
 TEST(ServerTls, ServesHttpsWithACertificateMadeHere) {
   const fs::path dir = temp_root() / "tls";
   fs::create_directories(dir);
-  const std::string cmd = "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 "
-                          "-subj /CN=localhost -addext subjectAltName=IP:127.0.0.1,DNS:localhost -keyout " +
-                          (dir / "key.pem").string() + " -out " + (dir / "cert.pem").string() + " 2>/dev/null";
+  const std::string cmd =
+      "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 "
+      "-subj /CN=localhost -addext subjectAltName=IP:127.0.0.1,DNS:localhost -keyout " +
+      (dir / "key.pem").string() + " -out " + (dir / "cert.pem").string() + " 2>/dev/null";
   ASSERT_EQ(std::system(cmd.c_str()), 0) << "openssl could not make a certificate";
   ServerOptions o = base_options();
   o.tls_cert = dir / "cert.pem";

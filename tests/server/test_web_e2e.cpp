@@ -92,9 +92,10 @@ TEST(WebE2E, ExtractionTabDrawsBoxesAndDownloads) {
 
   const fs::path shot = dir / "extraction.png";
   const std::string cmd = "PLAYWRIGHT_CORE='" + playwright.string() + "' CHROMIUM='" + chromium.string() +
-                          "' node '" + std::string(MV_FIXTURES_DIR) + "/../server/web_e2e.mjs' 'http://127.0.0.1:" +
-                          std::to_string(port) + "/' '" + doc.string() + "' '" + shot.string() + "' '" +
-                          (dir / "downloads").string() + "' '" + key + "' 2>&1";
+                          "' node '" + std::string(MV_FIXTURES_DIR) +
+                          "/../server/web_e2e.mjs' 'http://127.0.0.1:" + std::to_string(port) + "/' '" +
+                          doc.string() + "' '" + shot.string() + "' '" + (dir / "downloads").string() +
+                          "' '" + key + "' 2>&1";
   int status = 0;
   const std::string out = run_capture(cmd, status);
   server.stop();
@@ -109,8 +110,8 @@ TEST(WebE2E, ExtractionTabDrawsBoxesAndDownloads) {
   // The downloaded JSON is the extraction the page showed: one row per item and patient/encounter field.
   const json ex = json::parse(mv::read_file(s["download_json"].get<std::string>()));
   std::size_t expected_rows = 0;
-  for (const char* sec : {"diagnoses", "medications", "labs", "vitals", "allergies", "procedures", "immunizations",
-                          "followups"})
+  for (const char* sec : {"diagnoses", "medications", "labs", "vitals", "allergies", "procedures",
+                          "immunizations", "followups"})
     expected_rows += ex[sec].size();
   for (const char* obj : {"patient", "encounter"})
     if (ex.contains(obj))
@@ -131,8 +132,8 @@ TEST(WebE2E, ExtractionTabDrawsBoxesAndDownloads) {
     const auto& bbox = ex["labs"][lab++]["provenance"]["bbox"];
     for (const auto& placed : s["placed"]) {
       if (placed["field"] != row["field"]) continue;
-      const double want[4] = {bbox[0].get<double>() / pw, bbox[1].get<double>() / ph, bbox[2].get<double>() / pw,
-                              bbox[3].get<double>() / ph};
+      const double want[4] = {bbox[0].get<double>() / pw, bbox[1].get<double>() / ph,
+                              bbox[2].get<double>() / pw, bbox[3].get<double>() / ph};
       for (int k = 0; k < 4; ++k) EXPECT_NEAR(placed["rel"][k].get<double>(), want[k], 0.01) << row.dump();
       ++checked;
     }
