@@ -45,7 +45,8 @@ void run_bench(const BenchArgs& a) {
   if (a.runs < 1) fail(Errc::kUsage, "--runs must be >= 1");
   if (a.max_new_tokens < 1) fail(Errc::kUsage, "--max-new-tokens must be >= 1");
   if (a.concurrency != 1)
-    fail(Errc::kUnsupported, "--concurrency {}: batched decode is not implemented yet (only 1)", a.concurrency);
+    fail(Errc::kUnsupported, "--concurrency {}: batched decode is not implemented yet (only 1)",
+         a.concurrency);
   const ImageRGB8 image = load_image(a.image);
   const PreprocessConfig pre = PreprocessConfig::load(a.model_dir);
   const Tokenizer tokenizer = Tokenizer::from_model_dir(a.model_dir);
@@ -76,9 +77,10 @@ void run_bench(const BenchArgs& a) {
     const auto res = qwen25vl::generate(*model, tokenizer, messages, {image}, pre, opt);
     const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - s0).count();
     const auto& t = res.timings;
-    std::fprintf(stderr, "bench: run %d%s: vision %.1f ms, prefill %.1f ms, ttft %.1f ms, decode %.1f tok/s, %.3f s\n",
-                 r, r < a.warmup ? " (warm-up)" : "", t.vision_ms, t.prefill_ms, t.ttft_ms, t.decode_tokens_per_s(),
-                 wall);
+    std::fprintf(
+        stderr, "bench: run %d%s: vision %.1f ms, prefill %.1f ms, ttft %.1f ms, decode %.1f tok/s, %.3f s\n",
+        r, r < a.warmup ? " (warm-up)" : "", t.vision_ms, t.prefill_ms, t.ttft_ms, t.decode_tokens_per_s(),
+        wall);
     if (r < a.warmup) continue;
     vision.push_back(t.vision_ms);
     prefill.push_back(t.prefill_ms);
@@ -94,7 +96,8 @@ void run_bench(const BenchArgs& a) {
   j["engine"] = "medvision";
   j["device"] = gpu >= 0 ? "cuda:" + std::to_string(gpu) : "cpu";
   const GpuReport gr = query_gpus();
-  if (gpu >= 0 && gpu < static_cast<int>(gr.gpus.size())) j["gpu_name"] = gr.gpus[static_cast<std::size_t>(gpu)].name;
+  if (gpu >= 0 && gpu < static_cast<int>(gr.gpus.size()))
+    j["gpu_name"] = gr.gpus[static_cast<std::size_t>(gpu)].name;
   j["model_dir"] = a.model_dir;
   j["dtype"] = gpu >= 0 ? "bfloat16" : "float32 compute";
   j["max_new_tokens"] = a.max_new_tokens;
@@ -128,13 +131,15 @@ void run_bench(const BenchArgs& a) {
 
 void add_bench_command(CLI::App& app) {
   auto args = std::make_shared<BenchArgs>();
-  auto* cmd = app.add_subcommand("bench", "Time one page end to end (vision, prefill, TTFT, decode) over several runs");
+  auto* cmd = app.add_subcommand(
+      "bench", "Time one page end to end (vision, prefill, TTFT, decode) over several runs");
   cmd->add_option("--model", args->model_dir, "model directory")->required();
   cmd->add_option("--image", args->image, "the page (image file, or first page of a PDF/TIFF)")->required();
   cmd->add_option("--prompt", args->prompt, "the question after the image")->capture_default_str();
   cmd->add_option("--max-new-tokens", args->max_new_tokens, "tokens to generate")->capture_default_str();
   cmd->add_flag("--ignore-eos", args->ignore_eos, "always generate --max-new-tokens tokens");
-  cmd->add_option("--runs", args->runs, "timed runs (median, min and max are reported)")->capture_default_str();
+  cmd->add_option("--runs", args->runs, "timed runs (median, min and max are reported)")
+      ->capture_default_str();
   cmd->add_option("--warmup", args->warmup, "untimed runs first")->capture_default_str();
   cmd->add_option("--concurrency", args->concurrency, "sequences decoded together (only 1 so far)")
       ->capture_default_str();

@@ -306,7 +306,10 @@ Server::Impl::Impl(ServerOptions o) : options(std::move(o)) {
   http->set_payload_max_length(max_upload_bytes() / 3 * 4 + (4u << 20));
   http->set_read_timeout(30);
   http->set_write_timeout(30);
-  http->set_keep_alive_timeout(10);
+  // Idle keep-alive connections stay open longer than a typical Retry-After, so a client that waits and
+  // retries does not race the server closing its connection.
+  http->set_keep_alive_timeout(30);
+  http->set_keep_alive_max_count(1000);
   metrics.set_gauge_source([this] { return gauges(); });
   setup_routes();
   gpu_report();

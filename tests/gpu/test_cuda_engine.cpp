@@ -1,6 +1,7 @@
 // CUDA engine tests (label gpu): kernels against the CPU ops on random data at the real head sizes, and
 // the whole model against the CPU engine on every fixture of tests/fixtures/model (last-position logits
 // and every teacher-forced decode step within relative L2 2e-2). Skipped when no GPU is present.
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 #include <unistd.h>
 
@@ -10,13 +11,10 @@
 #include <filesystem>
 #include <map>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <random>
 #include <string>
 #include <vector>
-
-#include <fmt/format.h>
-
-#include <nlohmann/json.hpp>
 
 #include "core/file.hpp"
 #include "model/qwen25vl/model.hpp"
@@ -102,8 +100,10 @@ TEST(CudaOps, GemmWithBiasAndAccumulate) {
   SKIP_WITHOUT_GPU();
   std::mt19937 rng(7);
   for (auto [m, n, k] : {std::array<std::int64_t, 3>{1, 3584, 3584}, {37, 200, 96}, {300, 1280, 1176}}) {
-    const auto x = random_vec(static_cast<std::size_t>(m * k), rng), w = random_vec(static_cast<std::size_t>(n * k), rng, 0.05f),
-               bias = random_vec(static_cast<std::size_t>(n), rng), y0 = random_vec(static_cast<std::size_t>(m * n), rng);
+    const auto x = random_vec(static_cast<std::size_t>(m * k), rng),
+               w = random_vec(static_cast<std::size_t>(n * k), rng, 0.05f),
+               bias = random_vec(static_cast<std::size_t>(n), rng),
+               y0 = random_vec(static_cast<std::size_t>(m * n), rng);
     std::vector<float> want = y0, tmp(static_cast<std::size_t>(m * n));
     ops::linear(x.data(), m, ops::Matrix{w.data(), DType::kF32, n, k}, bias.data(), tmp.data(), nullptr);
     for (std::size_t i = 0; i < want.size(); ++i) want[i] += tmp[i];
@@ -123,13 +123,15 @@ TEST(CudaOps, GemvMatchesCpuInFp32) {
     std::normal_distribution<float> d(0.0f, 1.0f);
     std::vector<float> x(static_cast<std::size_t>(m * k));
     for (auto& v : x) v = d(rng);  // not rounded: the GEMV keeps fp32 activations
-    const auto w = random_vec(static_cast<std::size_t>(n * k), rng, 0.05f), bias = random_vec(static_cast<std::size_t>(n), rng),
+    const auto w = random_vec(static_cast<std::size_t>(n * k), rng, 0.05f),
+               bias = random_vec(static_cast<std::size_t>(n), rng),
                y0 = random_vec(static_cast<std::size_t>(m * n), rng);
     std::vector<float> want = y0, tmp(static_cast<std::size_t>(m * n));
     ops::linear(x.data(), m, ops::Matrix{w.data(), DType::kF32, n, k}, bias.data(), tmp.data(), nullptr);
     for (std::size_t i = 0; i < want.size(); ++i) want[i] += tmp[i];
     auto dx = upload(x), dw = upload(to_bf16(w)), db = upload(bias), dy = upload(y0);
-    cuda::gemv(nullptr, dx.as<float>(), static_cast<int>(m), dw.as<cuda::bf16>(), n, k, db.as<float>(), dy.as<float>(), true);
+    cuda::gemv(nullptr, dx.as<float>(), static_cast<int>(m), dw.as<cuda::bf16>(), n, k, db.as<float>(),
+               dy.as<float>(), true);
     cuda::check(cudaDeviceSynchronize(), "gemv");
     EXPECT_LE(rel_l2(download<float>(dy, want.size()), want), 1e-5) << m << "x" << n << "x" << k;
   }
@@ -144,30 +146,42 @@ TEST(CudaOps, AttentionMatchesCpu) {
     int hd, heads, kv;
     std::int64_t past, m;
   };
-  for (const Case c : {Case{128, 28, 4, 0, 150}, Case{128, 8, 2, 70, 90}, Case{80, 16, 16, 0, 200}, Case{8, 4, 1, 3, 67}}) {
+  for (const Case c :
+       {Case{128, 28, 4, 0, 150}, Case{128, 8, 2, 70, 90}, Case{80, 16, 16, 0, 200}, Case{8, 4, 1, 3, 67}}) {
     const std::int64_t keys = c.past + c.m, nq = c.heads * c.hd;
     const auto q = random_vec(static_cast<std::size_t>(c.m * nq), rng);
     // Cache layout [kv][keys][hd].
     const auto k = random_vec(static_cast<std::size_t>(c.kv * keys * c.hd), rng);
     const auto v = random_vec(static_cast<std::size_t>(c.kv * keys * c.hd), rng);
     std::vector<float> want(static_cast<std::size_t>(c.m * nq));
-    ops::attention_causal(q.data(), c.m, nq, c.heads, c.kv, c.hd, k.data(), v.data(), keys * c.hd, c.past, want.data(),
-                          nq, nullptr);
+    ops::attention_causal(q.data(), c.m, nq, c.heads, c.kv, c.hd, k.data(), v.data(), keys * c.hd, c.past,
+                          want.data(), nq, nullptr);
     std::vector<cuda::AttnItem> items;
     for (std::int64_t q0 = 0; q0 < c.m; q0 += cuda::kAttnBlockQ)
       items.push_back({static_cast<int>(q0), static_cast<int>(std::min<std::int64_t>(64, c.m - q0)), 0,
                        static_cast<int>(keys), static_cast<int>(c.past + q0)});
     auto dq = upload(to_bf16(q)), dk = upload(to_bf16(k)), dv = upload(to_bf16(v)), di = upload(items);
     cuda::Buffer dout(want.size() * sizeof(cuda::bf16));
-    cuda::AttnArgs a{dq.as<cuda::bf16>(), nq, dk.as<cuda::bf16>(), dv.as<cuda::bf16>(), keys * c.hd, c.hd,
-                     dout.as<cuda::bf16>(), nq, c.heads, c.kv, c.hd, di.as<cuda::AttnItem>(), static_cast<int>(items.size())};
+    cuda::AttnArgs a{dq.as<cuda::bf16>(),
+                     nq,
+                     dk.as<cuda::bf16>(),
+                     dv.as<cuda::bf16>(),
+                     keys * c.hd,
+                     c.hd,
+                     dout.as<cuda::bf16>(),
+                     nq,
+                     c.heads,
+                     c.kv,
+                     c.hd,
+                     di.as<cuda::AttnItem>(),
+                     static_cast<int>(items.size())};
     cuda::attention(nullptr, a);
     cuda::check(cudaDeviceSynchronize(), "attention");
     const auto got = from_bf16(download<cuda::bf16>(dout, want.size()));
     const double e = rel_l2(got, want);
     EXPECT_LE(e, 1e-2) << "hd " << c.hd << " past " << c.past << " m " << c.m;
-    std::printf("[ cuda ops ] causal attention hd %d heads %d/%d past %lld m %lld: rel L2 %.2e\n", c.hd, c.heads, c.kv,
-                static_cast<long long>(c.past), static_cast<long long>(c.m), e);
+    std::printf("[ cuda ops ] causal attention hd %d heads %d/%d past %lld m %lld: rel L2 %.2e\n", c.hd,
+                c.heads, c.kv, static_cast<long long>(c.past), static_cast<long long>(c.m), e);
 
     // Decode: the last query row alone.
     if (c.m >= 1) {
@@ -179,9 +193,20 @@ TEST(CudaOps, AttentionMatchesCpu) {
       auto dkb = upload(std::vector<const cuda::bf16*>{kb}), dvb = upload(std::vector<const cuda::bf16*>{vb});
       auto dlen = upload(std::vector<std::int32_t>{len});
       cuda::Buffer dout1(static_cast<std::size_t>(nq) * sizeof(float));
-      cuda::DecodeAttnArgs d{dq.as<cuda::bf16>() + last * nq, nq, dkb.as<const cuda::bf16*>(), dvb.as<const cuda::bf16*>(),
-                             0, keys * c.hd, c.hd, dlen.as<std::int32_t>(), dout1.as<float>(), nq, c.heads, c.kv,
-                             c.hd, 1};
+      cuda::DecodeAttnArgs d{dq.as<cuda::bf16>() + last * nq,
+                             nq,
+                             dkb.as<const cuda::bf16*>(),
+                             dvb.as<const cuda::bf16*>(),
+                             0,
+                             keys * c.hd,
+                             c.hd,
+                             dlen.as<std::int32_t>(),
+                             dout1.as<float>(),
+                             nq,
+                             c.heads,
+                             c.kv,
+                             c.hd,
+                             1};
       cuda::decode_attention(nullptr, d);
       cuda::check(cudaDeviceSynchronize(), "decode attention");
       const double e1 = rel_l2(download<float>(dout1, static_cast<std::size_t>(nq)), want1);
@@ -189,13 +214,14 @@ TEST(CudaOps, AttentionMatchesCpu) {
     }
   }
   // Varlen (vision): segments of 64 (windows, some partial) and one long segment.
-  for (const std::vector<std::int64_t>& cu : {std::vector<std::int64_t>{0, 64, 128, 160, 224, 240},
-                                              std::vector<std::int64_t>{0, 700}}) {
+  for (const std::vector<std::int64_t>& cu :
+       {std::vector<std::int64_t>{0, 64, 128, 160, 224, 240}, std::vector<std::int64_t>{0, 700}}) {
     const int hd = 80, heads = 16;
     const std::int64_t N = cu.back(), D = heads * hd;
     const auto q = random_vec(static_cast<std::size_t>(N * 3 * D), rng);
     std::vector<float> want(static_cast<std::size_t>(N * D));
-    ops::attention_varlen(q.data(), q.data() + D, q.data() + 2 * D, 3 * D, heads, hd, cu, want.data(), D, nullptr);
+    ops::attention_varlen(q.data(), q.data() + D, q.data() + 2 * D, 3 * D, heads, hd, cu, want.data(), D,
+                          nullptr);
     std::vector<cuda::AttnItem> items;
     for (std::size_t s = 0; s + 1 < cu.size(); ++s)
       for (std::int64_t q0 = cu[s]; q0 < cu[s + 1]; q0 += 64)
@@ -204,8 +230,19 @@ TEST(CudaOps, AttentionMatchesCpu) {
     auto dqkv = upload(to_bf16(q)), di = upload(items);
     cuda::Buffer dout(want.size() * sizeof(cuda::bf16));
     const cuda::bf16* base = dqkv.as<cuda::bf16>();
-    cuda::AttnArgs a{base, 3 * D, base + D, base + 2 * D, hd, 3 * D, dout.as<cuda::bf16>(), D, heads, heads, hd,
-                     di.as<cuda::AttnItem>(), static_cast<int>(items.size())};
+    cuda::AttnArgs a{base,
+                     3 * D,
+                     base + D,
+                     base + 2 * D,
+                     hd,
+                     3 * D,
+                     dout.as<cuda::bf16>(),
+                     D,
+                     heads,
+                     heads,
+                     hd,
+                     di.as<cuda::AttnItem>(),
+                     static_cast<int>(items.size())};
     cuda::attention(nullptr, a);
     cuda::check(cudaDeviceSynchronize(), "varlen attention");
     const double e = rel_l2(from_bf16(download<cuda::bf16>(dout, want.size())), want);
@@ -218,7 +255,8 @@ TEST(CudaOps, RmsNormSiluRope) {
   SKIP_WITHOUT_GPU();
   std::mt19937 rng(3);
   const std::int64_t rows = 5, dim = 3584, inter = 300;
-  const auto x = random_vec(static_cast<std::size_t>(rows * dim), rng), w = random_vec(static_cast<std::size_t>(dim), rng);
+  const auto x = random_vec(static_cast<std::size_t>(rows * dim), rng),
+             w = random_vec(static_cast<std::size_t>(dim), rng);
   std::vector<float> want(x.size());
   ops::rms_norm(x.data(), rows, dim, w.data(), 1e-6f, want.data(), nullptr);
   auto dx = upload(x), dw = upload(w);
@@ -319,7 +357,8 @@ std::vector<PixelValues> pixels(const Pair& p) {
     px.rows = px.grid_thw[0] * px.grid_thw[1] * px.grid_thw[2];
     px.cols = p.expected["pixel_values"]["shape"][1].get<std::int64_t>();
     const auto n = static_cast<std::size_t>(px.rows * px.cols);
-    px.data.assign(all.begin() + static_cast<std::ptrdiff_t>(off), all.begin() + static_cast<std::ptrdiff_t>(off + n));
+    px.data.assign(all.begin() + static_cast<std::ptrdiff_t>(off),
+                   all.begin() + static_cast<std::ptrdiff_t>(off + n));
     off += n;
     out.push_back(std::move(px));
   }
@@ -359,8 +398,8 @@ TEST_P(CudaParity, TeacherForcedLogitsEveryStep) {
   EXPECT_EQ(sg->rope_delta(), sc->rope_delta());
   const double e0 = rel_l2(lg, lc);
   const double ref = rel_l2(lg, p.array("last_logits"));
-  std::printf("[ cuda     ] %s: last logits rel L2 vs CPU %.2e, vs transformers fp32 %.2e\n", GetParam().c_str(), e0,
-              ref);
+  std::printf("[ cuda     ] %s: last logits rel L2 vs CPU %.2e, vs transformers fp32 %.2e\n",
+              GetParam().c_str(), e0, ref);
   EXPECT_LE(e0, kModelRelL2);
   double worst = e0;
   for (std::size_t s = 0; s + 1 < tokens.size(); ++s) {
@@ -370,8 +409,8 @@ TEST_P(CudaParity, TeacherForcedLogitsEveryStep) {
     EXPECT_LE(e, kModelRelL2) << "step " << s + 1;
     worst = std::max(worst, e);
   }
-  std::printf("[ cuda     ] %s: teacher-forced over %zu steps, worst rel L2 vs CPU %.2e\n", GetParam().c_str(),
-              tokens.size(), worst);
+  std::printf("[ cuda     ] %s: teacher-forced over %zu steps, worst rel L2 vs CPU %.2e\n",
+              GetParam().c_str(), tokens.size(), worst);
 }
 
 TEST_P(CudaParity, PrefillWithHostFeaturesMatchesPrefill) {
@@ -422,16 +461,28 @@ TEST(CudaTimings, KernelsAt7BShapes) {
     std::vector<cuda::AttnItem> items;
     for (std::int64_t s0 = 0; s0 < N; s0 += seg)
       for (std::int64_t q0 = s0; q0 < std::min(N, s0 + seg); q0 += 64)
-        items.push_back({static_cast<int>(q0), static_cast<int>(std::min<std::int64_t>(64, std::min(N, s0 + seg) - q0)),
+        items.push_back({static_cast<int>(q0),
+                         static_cast<int>(std::min<std::int64_t>(64, std::min(N, s0 + seg) - q0)),
                          static_cast<int>(s0), static_cast<int>(std::min(N, s0 + seg) - s0), -1});
     auto di = upload(items);
     const cuda::bf16* b = qkv.as<cuda::bf16>();
-    cuda::AttnArgs a{b, 3 * D, b + D, b + 2 * D, hd, 3 * D, out.as<cuda::bf16>(), D, heads, heads, hd,
-                     di.as<cuda::AttnItem>(), static_cast<int>(items.size())};
+    cuda::AttnArgs a{b,
+                     3 * D,
+                     b + D,
+                     b + 2 * D,
+                     hd,
+                     3 * D,
+                     out.as<cuda::bf16>(),
+                     D,
+                     heads,
+                     heads,
+                     hd,
+                     di.as<cuda::AttnItem>(),
+                     static_cast<int>(items.size())};
     const float ms = time_ms([&] { cuda::attention(nullptr, a); }, 5);
     const double flops = 4.0 * N * static_cast<double>(std::min(seg, N)) * D;
-    std::printf("[ timing   ] vision attention, segments of %lld: %.3f ms (%.1f TFLOP/s)\n", static_cast<long long>(seg),
-                ms, flops / ms / 1e9);
+    std::printf("[ timing   ] vision attention, segments of %lld: %.3f ms (%.1f TFLOP/s)\n",
+                static_cast<long long>(seg), ms, flops / ms / 1e9);
   }
   // Causal prefill attention: 1727 tokens, 28 heads / 4 kv heads of 128.
   {
@@ -440,39 +491,66 @@ TEST(CudaTimings, KernelsAt7BShapes) {
     auto kv = upload(to_bf16(random_vec(static_cast<std::size_t>(4 * n * 128), rng)));
     std::vector<cuda::AttnItem> items;
     for (std::int64_t q0 = 0; q0 < n; q0 += 64)
-      items.push_back({static_cast<int>(q0), static_cast<int>(std::min<std::int64_t>(64, n - q0)), 0, static_cast<int>(n),
-                       static_cast<int>(q0)});
+      items.push_back({static_cast<int>(q0), static_cast<int>(std::min<std::int64_t>(64, n - q0)), 0,
+                       static_cast<int>(n), static_cast<int>(q0)});
     auto di = upload(items);
     cuda::Buffer o(static_cast<std::size_t>(n * nq) * sizeof(cuda::bf16));
-    cuda::AttnArgs a{q.as<cuda::bf16>(), nq, kv.as<cuda::bf16>(), kv.as<cuda::bf16>(), n * 128, 128, o.as<cuda::bf16>(),
-                     nq, 28, 4, 128, di.as<cuda::AttnItem>(), static_cast<int>(items.size())};
+    cuda::AttnArgs a{q.as<cuda::bf16>(),
+                     nq,
+                     kv.as<cuda::bf16>(),
+                     kv.as<cuda::bf16>(),
+                     n * 128,
+                     128,
+                     o.as<cuda::bf16>(),
+                     nq,
+                     28,
+                     4,
+                     128,
+                     di.as<cuda::AttnItem>(),
+                     static_cast<int>(items.size())};
     std::printf("[ timing   ] causal prefill attention 1727 tokens: %.3f ms\n",
                 time_ms([&] { cuda::attention(nullptr, a); }, 5));
   }
   // Decode GEMV at the MLP shapes: bytes of weights over time.
-  for (auto [n, k] : {std::array<std::int64_t, 2>{37888, 3584}, {3584, 18944}, {4608, 3584}, {151936, 3584}}) {
+  for (auto [n, k] :
+       {std::array<std::int64_t, 2>{37888, 3584}, {3584, 18944}, {4608, 3584}, {151936, 3584}}) {
     cuda::Buffer w(static_cast<std::size_t>(n * k) * sizeof(cuda::bf16));
     cudaMemset(w.data(), 0x3f, w.size());
     auto x = upload(random_vec(static_cast<std::size_t>(k), rng));
     cuda::Buffer y(static_cast<std::size_t>(n) * sizeof(float));
-    const float ms = time_ms([&] { cuda::gemv(nullptr, x.as<float>(), 1, w.as<cuda::bf16>(), n, k, nullptr, y.as<float>(), false); }, 20);
+    const float ms = time_ms(
+        [&] {
+          cuda::gemv(nullptr, x.as<float>(), 1, w.as<cuda::bf16>(), n, k, nullptr, y.as<float>(), false);
+        },
+        20);
     cuda::Gemm g;
     cuda::Buffer xb(static_cast<std::size_t>(k) * sizeof(cuda::bf16));
     cudaMemset(xb.data(), 0x3f, xb.size());
-    const float ms2 = time_ms([&] { g.run(nullptr, xb.as<cuda::bf16>(), 1, w.as<cuda::bf16>(), n, k, nullptr, y.as<float>(), false); }, 20);
+    const float ms2 = time_ms(
+        [&] {
+          g.run(nullptr, xb.as<cuda::bf16>(), 1, w.as<cuda::bf16>(), n, k, nullptr, y.as<float>(), false);
+        },
+        20);
     std::printf("[ timing   ] decode %lldx%lld: gemv %.3f ms (%.0f GB/s), cuBLASLt m=1 %.3f ms (%.0f GB/s)\n",
-                static_cast<long long>(n), static_cast<long long>(k), ms, w.size() / ms / 1e6, ms2, w.size() / ms2 / 1e6);
+                static_cast<long long>(n), static_cast<long long>(k), ms, w.size() / ms / 1e6, ms2,
+                w.size() / ms2 / 1e6);
   }
   // Prefill GEMM: 1727 x 37888 x 3584.
   {
     const std::int64_t m = 1727, n = 37888, k = 3584;
-    cuda::Buffer w(static_cast<std::size_t>(n * k) * 2), x(static_cast<std::size_t>(m * k) * 2), y(static_cast<std::size_t>(m * n) * 4);
+    cuda::Buffer w(static_cast<std::size_t>(n * k) * 2), x(static_cast<std::size_t>(m * k) * 2),
+        y(static_cast<std::size_t>(m * n) * 4);
     cudaMemset(w.data(), 0x3c, w.size());
     cudaMemset(x.data(), 0x3c, x.size());
     cuda::Gemm g;
-    const float ms = time_ms([&] { g.run(nullptr, x.as<cuda::bf16>(), m, w.as<cuda::bf16>(), n, k, nullptr, y.as<float>(), false); }, 10);
-    std::printf("[ timing   ] prefill GEMM %lldx%lldx%lld: %.3f ms (%.0f TFLOP/s)\n", static_cast<long long>(m),
-                static_cast<long long>(n), static_cast<long long>(k), ms, 2.0 * m * n * k / ms / 1e9);
+    const float ms = time_ms(
+        [&] {
+          g.run(nullptr, x.as<cuda::bf16>(), m, w.as<cuda::bf16>(), n, k, nullptr, y.as<float>(), false);
+        },
+        10);
+    std::printf("[ timing   ] prefill GEMM %lldx%lldx%lld: %.3f ms (%.0f TFLOP/s)\n",
+                static_cast<long long>(m), static_cast<long long>(n), static_cast<long long>(k), ms,
+                2.0 * m * n * k / ms / 1e9);
   }
   cudaEventDestroy(e0);
   cudaEventDestroy(e1);

@@ -108,7 +108,8 @@ Logits run(const fs::path& dir, const LoadOptions& options, const std::vector<st
 
 struct Case {
   const char* fixture;
-  int images;  // images of the fixture to use
+  int images;             // images of the fixture to use
+  double init_std = 0.0;  // 0: the fixture's (0.3); 0.02: transformers' initialisation
 };
 
 class Nf4Engine : public ::testing::TestWithParam<Case> {};
@@ -117,14 +118,14 @@ TEST_P(Nf4Engine, LogitsAgreeAcrossPathsAndStayCloseToFloat) {
   const Case c = GetParam();
   const fs::path fdir = kFixtures / c.fixture;
   const auto fixture = nlohmann::json::parse(read_file(fdir / "fixture.json"));
-  TempDir tmp(c.fixture);
+  TempDir tmp(fmt::format("{}-{}", c.fixture, c.init_std));
   const fs::path ref = tmp.path / "ref", nf4 = tmp.path / "nf4", deq = tmp.path / "deq";
 
   RandomCheckpointOptions opt;
   opt.seed = fixture["seed"].get<std::uint64_t>();
   const std::string dt = fixture["dtype"].get<std::string>();
   opt.dtype = dt == "bf16" ? DType::kBF16 : dt == "f16" ? DType::kF16 : DType::kF32;
-  opt.init_std = fixture.value("init_std", 0.02);
+  opt.init_std = c.init_std > 0 ? c.init_std : fixture.value("init_std", 0.02);
   opt.threads = 2;
   const ModelConfig config = random_checkpoint_config((fdir / "config.json").string());
   write_random_checkpoint(config, ref, opt);
@@ -173,7 +174,7 @@ TEST_P(Nf4Engine, LogitsAgreeAcrossPathsAndStayCloseToFloat) {
     top1 += argmax(r_nf4.logits[s]) == argmax(r_ref.logits[s]);
   }
   const auto steps = static_cast<double>(r_ref.logits.size());
-  std::printf("[ NF4 vs %s ] %s: relative L2 mean %.4f max %.4f, top-1 agreement %d/%zu\n", dt.c_str(), c.fixture,
+  std::printf("[ NF4 vs %s, init_std %.2f ] %s: relative L2 mean %.4f max %.4f, top-1 agreement %d/%zu\n", dt.c_str(), opt.init_std, c.fixture,
               sum / steps, worst, top1, r_ref.logits.size());
   RecordProperty("rel_l2_max", std::to_string(worst));
   RecordProperty("top1", std::to_string(top1));
@@ -187,7 +188,10 @@ TEST_P(Nf4Engine, LogitsAgreeAcrossPathsAndStayCloseToFloat) {
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, Nf4Engine,
                          ::testing::Values(Case{"tied_bf16_image", 1}, Case{"untied_f16_two_images", 2},
-                                           Case{"text_only_f32", 0}),
-                         [](const auto& info) { return std::string(info.param.fixture); });
+                                           Case{"text_only_f32", 0}, Case{"tied_bf16_image", 1, 0.02},
+                                           Case{"untied_f16_two_images", 2, 0.02}),
+                         [](const auto& info) {
+                           return std::string(info.param.fixture) + (info.param.init_std > 0 ? "_std002" : "");
+                         });
 
 }  // namespace

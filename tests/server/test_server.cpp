@@ -45,6 +45,16 @@ fs::path temp_root() {
   return root;
 }
 
+// Removes this process's temporary folder (checkpoint, documents, certificates) at the end.
+class RemoveTempRoot : public ::testing::Environment {
+ public:
+  void TearDown() override {
+    std::error_code ec;
+    fs::remove_all(temp_root(), ec);
+  }
+};
+[[maybe_unused]] const auto* const kRemoveTempRoot = ::testing::AddGlobalTestEnvironment(new RemoveTempRoot);
+
 // One synthetic lab report (PNG) and its ground truth, made once.
 const fs::path& sample_document() {
   static const fs::path doc = [] {

@@ -86,6 +86,42 @@ def run_transformers(ckpt, page, prompt, max_new_tokens, runs, warmup):
     return out, logits
 
 
+def hf_last_logits(ckpt, page, prompt, dtype):
+    from PIL import Image
+    from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
+
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+        ckpt, dtype=dtype, attn_implementation="sdpa", device_map="cuda"
+    ).eval()
+    processor = AutoProcessor.from_pretrained(ckpt)
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+    text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    inputs = processor(text=[text], images=[Image.open(page).convert("RGB")], return_tensors="pt").to("cuda")
+    with torch.no_grad():
+        out = model(**inputs).logits[0, -1].float().cpu().numpy()
+    del model
+    torch.cuda.empty_cache()
+    return out
+
+
+def logits_only(a):
+    """Last-position logits: medvision (cuda), transformers bf16 and fp32; distances between them."""
+    if not os.path.exists(os.path.join(a.model, "config.json")):
+        sh([a.medvision, "debug", "random-checkpoint", "--config", "7b", "--out", a.model])
+    path = a.out + ".medvision_logits.f32"
+    sh([a.medvision, "-q", "generate", "--model", a.model, "--image", a.page, "--prompt", a.prompt, "--max-new-tokens",
+        "1", "--device", "cuda", "--logits-out", path, "--json"], stdout=subprocess.DEVNULL)
+    mv = np.fromfile(path, dtype=np.float32)
+    bf = hf_last_logits(a.model, a.page, a.prompt, torch.bfloat16)
+    fp = hf_last_logits(a.model, a.page, a.prompt, torch.float32)
+    rel = lambda x, y: float(np.linalg.norm(x - y) / np.linalg.norm(y))
+    r = {"medvision_vs_transformers_bf16": rel(mv, bf), "medvision_vs_transformers_fp32": rel(mv, fp),
+         "transformers_bf16_vs_fp32": rel(bf, fp), "argmax": [int(mv.argmax()), int(bf.argmax()), int(fp.argmax())],
+         "gpu": torch.cuda.get_device_name(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    print(json.dumps(r, indent=2))
+    json.dump(r, open(a.out, "w"), indent=2)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--medvision", default="medvision")
@@ -97,12 +133,17 @@ def main():
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--out", required=True)
     ap.add_argument("--skip-transformers", action="store_true")
+    ap.add_argument("--logits-only", action="store_true",
+                    help="no timing: last-position logits of medvision, transformers bf16 and transformers fp32")
     a = ap.parse_args()
 
     if not os.path.exists(os.path.join(a.model, "config.json")):
         t0 = time.perf_counter()
         sh([a.medvision, "debug", "random-checkpoint", "--config", "7b", "--out", a.model])
         print(f"random checkpoint written in {time.perf_counter() - t0:.1f} s", flush=True)
+
+    if a.logits_only:
+        return logits_only(a)
 
     # medvision: bench, then the last-position logits of the same prompt.
     mv_json = a.out + ".medvision.json"

@@ -19,7 +19,8 @@ int parse_device(const std::string& device) {
   }
   if (gpu == -2) fail(Errc::kUsage, "device '{}' is not one of cpu, cuda, cuda:N, auto", device);
 #if !MEDVISION_HAS_CUDA
-  if (gpu >= 0) fail(Errc::kUnsupported, "device '{}': this build has no CUDA engine (built without nvcc)", device);
+  if (gpu >= 0)
+    fail(Errc::kUnsupported, "device '{}': this build has no CUDA engine (built without nvcc)", device);
 #endif
   return gpu;
 }

@@ -6,9 +6,9 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
-#include <optional>
 #include <cstring>
 #include <mutex>
+#include <optional>
 
 #include "core/error.hpp"
 #include "core/log.hpp"
@@ -68,7 +68,8 @@ class Uploader {
     for (std::int64_t off = 0; off < n; off += per) {
       const std::int64_t cnt = std::min(per, n - off);
       cuda::check(cudaEventSynchronize(ev_[cur_]), "staging wait");
-      std::memcpy(pinned_[cur_], static_cast<const char*>(m.data) + off * esz, static_cast<std::size_t>(cnt) * esz);
+      std::memcpy(pinned_[cur_], static_cast<const char*>(m.data) + off * esz,
+                  static_cast<std::size_t>(cnt) * esz);
       if (m.dtype == DType::kBF16) {
         cuda::check(cudaMemcpyAsync(dst + off, pinned_[cur_], static_cast<std::size_t>(cnt) * 2,
                                     cudaMemcpyHostToDevice, s_),
@@ -101,7 +102,8 @@ class Uploader {
 
 Buffer upload_vec(const std::vector<float>& v) {
   Buffer b(v.size() * sizeof(float));
-  cuda::check(cudaMemcpy(b.data(), v.data(), v.size() * sizeof(float), cudaMemcpyHostToDevice), "vector upload");
+  cuda::check(cudaMemcpy(b.data(), v.data(), v.size() * sizeof(float), cudaMemcpyHostToDevice),
+              "vector upload");
   return b;
 }
 
@@ -252,14 +254,15 @@ class CudaModel final : public Model {
     std::vector<std::int8_t> stream(static_cast<std::size_t>(half));
     int s = 0, end = t.mrope_section[0];
     for (int j = 0; j < half; ++j) {
-      inv[static_cast<std::size_t>(j)] =
-          1.0f / std::pow(static_cast<float>(t.rope_theta), static_cast<float>(2 * j) / static_cast<float>(hd_));
+      inv[static_cast<std::size_t>(j)] = 1.0f / std::pow(static_cast<float>(t.rope_theta),
+                                                         static_cast<float>(2 * j) / static_cast<float>(hd_));
       while (j >= end && s < 2) end += t.mrope_section[static_cast<std::size_t>(++s)];
       stream[static_cast<std::size_t>(j)] = static_cast<std::int8_t>(s);
     }
     inv_freq_ = upload_vec(inv);
     pair_stream_.resize(stream.size());
-    cuda::check(cudaMemcpy(pair_stream_.data(), stream.data(), stream.size(), cudaMemcpyHostToDevice), "upload");
+    cuda::check(cudaMemcpy(pair_stream_.data(), stream.data(), stream.size(), cudaMemcpyHostToDevice),
+                "upload");
     logits_dev_.resize(static_cast<std::size_t>(V_) * sizeof(float));
     cuda::check(cudaMallocHost(&logits_host_, static_cast<std::size_t>(V_) * sizeof(float)), "pinned logits");
   }
@@ -289,8 +292,9 @@ class CudaModel final : public Model {
     const std::int64_t tokens = encode_locked(images);
     std::vector<float> out(static_cast<std::size_t>(tokens * H_));
     if (tokens > 0)
-      cuda::check(cudaMemcpy(out.data(), features_.data(), out.size() * sizeof(float), cudaMemcpyDeviceToHost),
-                  "features download");
+      cuda::check(
+          cudaMemcpy(out.data(), features_.data(), out.size() * sizeof(float), cudaMemcpyDeviceToHost),
+          "features download");
     return out;
   }
 
@@ -311,8 +315,8 @@ class CudaModel final : public Model {
     std::lock_guard lock(mutex_);
     cuda::check(cudaSetDevice(device_), "select device");
     if (image_features.size() % static_cast<std::size_t>(H_) != 0)
-      fail(Errc::kInvalidInput, "prefill: {} image feature floats are not whole rows of {}", image_features.size(),
-           H_);
+      fail(Errc::kInvalidInput, "prefill: {} image feature floats are not whole rows of {}",
+           image_features.size(), H_);
     features_.ensure(image_features.size() * sizeof(float));
     if (!image_features.empty())
       cuda::check(cudaMemcpy(features_.data(), image_features.data(), image_features.size() * sizeof(float),
@@ -366,19 +370,20 @@ class CudaModel final : public Model {
   std::int64_t encode_locked(std::span<const PixelValues> images) {
     if (images.empty()) return 0;
     const VisionConfig& c = config_.vision;
-    const std::int64_t cols = std::int64_t{c.in_channels} * c.temporal_patch_size * c.patch_size * c.patch_size;
+    const std::int64_t cols =
+        std::int64_t{c.in_channels} * c.temporal_patch_size * c.patch_size * c.patch_size;
     std::vector<Grid> grids;
     std::int64_t N = 0;
     for (std::size_t i = 0; i < images.size(); ++i) {
       const PixelValues& p = images[i];
       if (p.cols != cols)
-        fail(Errc::kInvalidInput, "image {}: pixel rows have {} values, the vision config needs {}", i, p.cols,
-             cols);
+        fail(Errc::kInvalidInput, "image {}: pixel rows have {} values, the vision config needs {}", i,
+             p.cols, cols);
       grids.push_back(p.grid_thw);
       const std::int64_t expect = check_grids(c, std::span<const Grid>(&grids.back(), 1));
       if (p.rows != expect)
-        fail(Errc::kInvalidInput, "image {}: {} pixel rows but grid_thw [{}, {}, {}] has {} patches", i, p.rows,
-             p.grid_thw[0], p.grid_thw[1], p.grid_thw[2], expect);
+        fail(Errc::kInvalidInput, "image {}: {} pixel rows but grid_thw [{}, {}, {}] has {} patches", i,
+             p.rows, p.grid_thw[0], p.grid_thw[1], p.grid_thw[2], expect);
       if (static_cast<std::int64_t>(p.data.size()) != p.rows * p.cols)
         fail(Errc::kInvalidInput, "image {}: pixel buffer holds {} floats, expected {}", i, p.data.size(),
              p.rows * p.cols);
@@ -396,7 +401,8 @@ class CudaModel final : public Model {
     std::vector<float> cs(static_cast<std::size_t>(2 * N * half));
     for (std::int64_t p = 0; p < tokens; ++p) {
       const std::int64_t src = layout.window_index[static_cast<std::size_t>(p)];
-      std::memcpy(cs.data() + p * unit * half, cos_raw.data() + src * unit * half, sizeof(float) * unit * half);
+      std::memcpy(cs.data() + p * unit * half, cos_raw.data() + src * unit * half,
+                  sizeof(float) * unit * half);
       std::memcpy(cs.data() + N * half + p * unit * half, sin_raw.data() + src * unit * half,
                   sizeof(float) * unit * half);
     }
@@ -417,9 +423,11 @@ class CudaModel final : public Model {
       off += p.data.size() * sizeof(float);
     }
     std::memcpy(h + pix_b, cs.data(), cs.size() * sizeof(float));
-    std::memcpy(h + pix_b + cs_b, layout.window_index.data(), static_cast<std::size_t>(tokens) * sizeof(std::int64_t));
+    std::memcpy(h + pix_b + cs_b, layout.window_index.data(),
+                static_cast<std::size_t>(tokens) * sizeof(std::int64_t));
     std::memcpy(h + pix_b + cs_b + idx_b, win_items.data(), win_items.size() * sizeof(cuda::AttnItem));
-    std::memcpy(h + pix_b + cs_b + idx_b + wi_b, full_items.data(), full_items.size() * sizeof(cuda::AttnItem));
+    std::memcpy(h + pix_b + cs_b + idx_b + wi_b, full_items.data(),
+                full_items.size() * sizeof(cuda::AttnItem));
     vin_.ensure(total);
     char* d = vin_.as<char>();
     cuda::check(cudaMemcpyAsync(d, h, total, cudaMemcpyHostToDevice, stream_), "vision inputs upload");
@@ -431,10 +439,10 @@ class CudaModel final : public Model {
     const auto* fitems = reinterpret_cast<const cuda::AttnItem*>(d + pix_b + cs_b + idx_b + wi_b);
 
     // Work buffers.
-    va_.ensure(static_cast<std::size_t>(N * std::max(cols, 2 * Iv)) * sizeof(bf16));  // bf16 GEMM inputs
-    vx_.ensure(static_cast<std::size_t>(N * D) * sizeof(float));                      // residual stream
+    va_.ensure(static_cast<std::size_t>(N * std::max(cols, 2 * Iv)) * sizeof(bf16));    // bf16 GEMM inputs
+    vx_.ensure(static_cast<std::size_t>(N * D) * sizeof(float));                        // residual stream
     vy_.ensure(static_cast<std::size_t>(N * std::max(3 * D, 2 * Iv)) * sizeof(float));  // GEMM outputs
-    vq_.ensure(static_cast<std::size_t>(3 * N * D) * sizeof(bf16));                    // q, k, v
+    vq_.ensure(static_cast<std::size_t>(3 * N * D) * sizeof(bf16));                     // q, k, v
     features_.ensure(static_cast<std::size_t>(tokens * O) * sizeof(float));
     bf16* a = va_.as<bf16>();
     float* x = vx_.as<float>();
@@ -453,11 +461,33 @@ class CudaModel final : public Model {
                                   static_cast<int>(j)) != c.fullatt_block_indexes.end();
       cuda::rms_norm(stream_, x, N, D, D, B.norm1.as<float>(), eps, a);
       gemm_->run(stream_, a, N, B.qkv.W(), 3 * D, D, B.qkv.B(), y, false);
-      cuda::QkvSplit sp{y, 3 * D, N, static_cast<int>(heads), static_cast<int>(heads), static_cast<int>(hd),
-                        cos, sin, q, k, v, hd, heads * hd, 0};
+      cuda::QkvSplit sp{y,
+                        3 * D,
+                        N,
+                        static_cast<int>(heads),
+                        static_cast<int>(heads),
+                        static_cast<int>(hd),
+                        cos,
+                        sin,
+                        q,
+                        k,
+                        v,
+                        hd,
+                        heads * hd,
+                        0};
       cuda::rope_split_qkv(stream_, sp);
-      cuda::AttnArgs at{q, D, k, v, hd, heads * hd, a, D, static_cast<int>(heads), static_cast<int>(heads),
-                        static_cast<int>(hd), full ? fitems : witems,
+      cuda::AttnArgs at{q,
+                        D,
+                        k,
+                        v,
+                        hd,
+                        heads * hd,
+                        a,
+                        D,
+                        static_cast<int>(heads),
+                        static_cast<int>(heads),
+                        static_cast<int>(hd),
+                        full ? fitems : witems,
                         static_cast<int>(full ? full_items.size() : win_items.size())};
       cuda::attention(stream_, at);
       gemm_->run(stream_, a, N, B.proj.W(), D, D, B.proj.B(), x, true);
@@ -505,10 +535,12 @@ class CudaModel final : public Model {
     std::vector<std::int32_t> frow(static_cast<std::size_t>(n), -1);
     std::int64_t pads = 0;
     for (std::int64_t i = 0; i < n; ++i)
-      if (ids[static_cast<std::size_t>(i)] == config_.image_token_id) frow[static_cast<std::size_t>(i)] = static_cast<std::int32_t>(pads++);
+      if (ids[static_cast<std::size_t>(i)] == config_.image_token_id)
+        frow[static_cast<std::size_t>(i)] = static_cast<std::int32_t>(pads++);
     if (pads != feature_rows)
-      fail(Errc::kInvalidInput, "prefill: the prompt has {} image-pad tokens but {} image feature rows were given",
-           pads, feature_rows);
+      fail(Errc::kInvalidInput,
+           "prefill: the prompt has {} image-pad tokens but {} image feature rows were given", pads,
+           feature_rows);
     RopeIndex pos = get_rope_index(config_, ids, grids);
     const std::int64_t start = s.length_ + s.rope_delta_;
     std::vector<std::int64_t> p3(static_cast<std::size_t>(3 * n));
@@ -525,7 +557,8 @@ class CudaModel final : public Model {
       for (int st = 0; st < 3; ++st)
         std::memcpy(pc.data() + st * rows, p3.data() + st * n + c0, sizeof(std::int64_t) * rows);
       const bool last = c0 + rows == n;
-      forward_rows(s, rows, ids.data() + c0, frow.data() + c0, features, pc.data(), rows, last ? logits.data() : nullptr);
+      forward_rows(s, rows, ids.data() + c0, frow.data() + c0, features, pc.data(), rows,
+                   last ? logits.data() : nullptr);
     }
     s.rope_delta_ = new_delta;
   }
@@ -557,7 +590,8 @@ class CudaModel final : public Model {
     std::memcpy(h, ids, sizeof(std::int32_t) * n);
     std::memcpy(h + ids_b, frow, sizeof(std::int32_t) * n);
     std::memcpy(h + ids_b + frow_b, pos, sizeof(std::int64_t) * 3 * n);
-    if (!items.empty()) std::memcpy(h + ids_b + frow_b + pos_b, items.data(), sizeof(cuda::AttnItem) * items.size());
+    if (!items.empty())
+      std::memcpy(h + ids_b + frow_b + pos_b, items.data(), sizeof(cuda::AttnItem) * items.size());
     {
       char* dp = h + ids_b + frow_b + pos_b + items_b;
       const bf16* kb = s.k_layer(0);
@@ -600,16 +634,39 @@ class CudaModel final : public Model {
       const DTextLayer& L = layers_[l];
       bf16* kc = s.k_layer(static_cast<int>(l));
       bf16* vc = s.v_layer(static_cast<int>(l));
-      const cuda::QkvSplit sp{y, nq + 2 * nkv, n, static_cast<int>(nh_), static_cast<int>(nkv_), static_cast<int>(hd_),
-                              cos, sin, q, kc, vc, s.head_stride(), hd_, past};
+      const cuda::QkvSplit sp{y,
+                              nq + 2 * nkv,
+                              n,
+                              static_cast<int>(nh_),
+                              static_cast<int>(nkv_),
+                              static_cast<int>(hd_),
+                              cos,
+                              sin,
+                              q,
+                              kc,
+                              vc,
+                              s.head_stride(),
+                              hd_,
+                              past};
       if (decode) {
         // One row: GEMV over fp32 activations (the weights are the traffic; activations stay unrounded).
         cuda::rms_norm_f32(stream_, x, 1, H_, H_, L.in_norm.as<float>(), eps, h32);
         cuda::gemv(stream_, h32, 1, L.qkv.W(), nq + 2 * nkv, H_, L.qkv.B(), y, false);
         cuda::rope_split_qkv(stream_, sp);
-        const cuda::DecodeAttnArgs da{q, nq, d_kbase, d_vbase, static_cast<std::int64_t>(l) * s.layer_stride(),
-                                      s.head_stride(), hd_, d_len, h32, nq, static_cast<int>(nh_),
-                                      static_cast<int>(nkv_), static_cast<int>(hd_), 1};
+        const cuda::DecodeAttnArgs da{q,
+                                      nq,
+                                      d_kbase,
+                                      d_vbase,
+                                      static_cast<std::int64_t>(l) * s.layer_stride(),
+                                      s.head_stride(),
+                                      hd_,
+                                      d_len,
+                                      h32,
+                                      nq,
+                                      static_cast<int>(nh_),
+                                      static_cast<int>(nkv_),
+                                      static_cast<int>(hd_),
+                                      1};
         cuda::decode_attention(stream_, da);
         cuda::gemv(stream_, h32, 1, L.o.W(), H_, nq, nullptr, x, true);
         cuda::rms_norm_f32(stream_, x, 1, H_, H_, L.post_norm.as<float>(), eps, h32);
@@ -621,8 +678,19 @@ class CudaModel final : public Model {
       cuda::rms_norm(stream_, x, n, H_, H_, L.in_norm.as<float>(), eps, a);
       gemm_->run(stream_, a, n, L.qkv.W(), nq + 2 * nkv, H_, L.qkv.B(), y, false);
       cuda::rope_split_qkv(stream_, sp);
-      const cuda::AttnArgs at{q, nq, kc, vc, s.head_stride(), hd_, a, nq, static_cast<int>(nh_), static_cast<int>(nkv_),
-                              static_cast<int>(hd_), d_items, static_cast<int>(items.size())};
+      const cuda::AttnArgs at{q,
+                              nq,
+                              kc,
+                              vc,
+                              s.head_stride(),
+                              hd_,
+                              a,
+                              nq,
+                              static_cast<int>(nh_),
+                              static_cast<int>(nkv_),
+                              static_cast<int>(hd_),
+                              d_items,
+                              static_cast<int>(items.size())};
       cuda::attention(stream_, at);
       gemm_->run(stream_, a, n, L.o.W(), H_, nq, nullptr, x, true);
       cuda::rms_norm(stream_, x, n, H_, H_, L.post_norm.as<float>(), eps, a);
@@ -635,9 +703,10 @@ class CudaModel final : public Model {
       cuda::rms_norm_f32(stream_, x + (n - 1) * H_, 1, H_, H_, norm_.as<float>(), eps, h32);
       const bf16* head = config_.text.tie_word_embeddings ? embed_.W() : lm_head_.W();
       cuda::gemv(stream_, h32, 1, head, V_, H_, nullptr, logits_dev_.as<float>(), false);
-      cuda::check(cudaMemcpyAsync(logits_host_, logits_dev_.data(), static_cast<std::size_t>(V_) * sizeof(float),
-                                  cudaMemcpyDeviceToHost, stream_),
-                  "logits download");
+      cuda::check(
+          cudaMemcpyAsync(logits_host_, logits_dev_.data(), static_cast<std::size_t>(V_) * sizeof(float),
+                          cudaMemcpyDeviceToHost, stream_),
+          "logits download");
       cuda::check(cudaStreamSynchronize(stream_), "forward");
       std::memcpy(logits, logits_host_, static_cast<std::size_t>(V_) * sizeof(float));
     } else {

@@ -208,15 +208,24 @@ void attention(cudaStream_t s, const AttnArgs& a) {
   const float scale = 1.0f / sqrtf(static_cast<float>(a.hd));
   const int hdp = (a.hd + 15) / 16 * 16;
   switch (hdp) {
-    case 16: return launch<16>(s, a, scale);
-    case 32: return launch<32>(s, a, scale);
-    case 48: return launch<48>(s, a, scale);
-    case 64: return launch<64>(s, a, scale);
-    case 80: return launch<80>(s, a, scale);
-    case 96: return launch<96>(s, a, scale);
-    case 112: return launch<112>(s, a, scale);
-    case 128: return launch<128>(s, a, scale);
-    default: check(cudaErrorInvalidValue, "attention: head_dim above 128 is not supported");
+    case 16:
+      return launch<16>(s, a, scale);
+    case 32:
+      return launch<32>(s, a, scale);
+    case 48:
+      return launch<48>(s, a, scale);
+    case 64:
+      return launch<64>(s, a, scale);
+    case 80:
+      return launch<80>(s, a, scale);
+    case 96:
+      return launch<96>(s, a, scale);
+    case 112:
+      return launch<112>(s, a, scale);
+    case 128:
+      return launch<128>(s, a, scale);
+    default:
+      check(cudaErrorInvalidValue, "attention: head_dim above 128 is not supported");
   }
 }
 

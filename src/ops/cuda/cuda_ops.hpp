@@ -92,8 +92,8 @@ class Gemm {
 // Few-row product for decoding (m <= kGemvMaxRows): y[m, n] = x[m, k] · W[n, k]ᵀ + bias (+ y), with x fp32
 // (no rounding of activations) and W bf16 read once with 16-byte loads; memory-bandwidth bound.
 constexpr int kGemvMaxRows = 4;
-void gemv(cudaStream_t s, const float* x, int m, const bf16* w, std::int64_t n, std::int64_t k, const float* bias,
-          float* y, bool accumulate);
+void gemv(cudaStream_t s, const float* x, int m, const bf16* w, std::int64_t n, std::int64_t k,
+          const float* bias, float* y, bool accumulate);
 
 // ---- element-wise and row ops ----------------------------------------------------------------------
 // y[r] = bf16(weight ⊙ x[r] / sqrt(mean(x[r]²) + eps)); x fp32 rows of `dim`, row stride x_stride.
@@ -175,14 +175,15 @@ struct DecodeAttnArgs {
   const bf16* const* v_base;
   std::int64_t layer_offset;  // elements added to every base (the layer's slab of each cache)
   std::int64_t kv_head_stride, kv_row_stride;
-  const std::int32_t* lens;   // device array [batch]
-  float* out;                 // fp32 (it feeds the fp32 decode GEMV)
+  const std::int32_t* lens;  // device array [batch]
+  float* out;                // fp32 (it feeds the fp32 decode GEMV)
   std::int64_t out_stride;
   int n_heads, n_kv, hd, batch;
 };
 void decode_attention(cudaStream_t s, const DecodeAttnArgs& a);
 
 // out[b] = argmax of logits row b (first index on ties).
-void argmax_rows(cudaStream_t s, const float* logits, std::int64_t rows, std::int64_t cols, std::int32_t* out);
+void argmax_rows(cudaStream_t s, const float* logits, std::int64_t rows, std::int64_t cols,
+                 std::int32_t* out);
 
 }  // namespace mv::cuda

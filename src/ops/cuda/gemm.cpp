@@ -16,7 +16,8 @@ namespace mv::cuda {
 namespace {
 
 void check_lt(cublasStatus_t st, const char* what) {
-  if (st != CUBLAS_STATUS_SUCCESS) fail(Errc::kInternal, "cuBLASLt: {}: status {}", what, static_cast<int>(st));
+  if (st != CUBLAS_STATUS_SUCCESS)
+    fail(Errc::kInternal, "cuBLASLt: {}: status {}", what, static_cast<int>(st));
 }
 
 constexpr std::size_t kWorkspace = std::size_t{32} << 20;
@@ -47,7 +48,8 @@ struct Gemm::Impl {
     if (bias) {
       const cublasLtEpilogue_t ep = CUBLASLT_EPILOGUE_BIAS;
       const cudaDataType_t bt = CUDA_R_32F;
-      check_lt(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_EPILOGUE, &ep, sizeof ep), "epilogue");
+      check_lt(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_EPILOGUE, &ep, sizeof ep),
+               "epilogue");
       check_lt(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bt, sizeof bt),
                "bias type");
     }
@@ -63,11 +65,13 @@ struct Gemm::Impl {
     cublasLtMatmulPreference_t pref = nullptr;
     check_lt(cublasLtMatmulPreferenceCreate(&pref), "preference");
     const std::uint64_t ws = kWorkspace;
-    check_lt(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws),
-             "workspace");
+    check_lt(
+        cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws),
+        "workspace");
     cublasLtMatmulHeuristicResult_t res{};
     int found = 0;
-    const cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(handle, p.op, p.a, p.b, p.c, p.c, pref, 1, &res, &found);
+    const cublasStatus_t st =
+        cublasLtMatmulAlgoGetHeuristic(handle, p.op, p.a, p.b, p.c, p.c, pref, 1, &res, &found);
     cublasLtMatmulPreferenceDestroy(pref);
     if (st != CUBLAS_STATUS_SUCCESS || found == 0)
       fail(Errc::kInternal, "cuBLASLt: no algorithm for a {}x{}x{} bf16 GEMM (status {})", m, n, k,

@@ -59,9 +59,9 @@ __global__ void silu_mul_kernel(const float* gu, std::int64_t rows, std::int64_t
 // GEMV: one warp per output row, all m inputs at once; lanes read 8 bf16 (16 bytes) at a time.
 constexpr int kGemvWarps = 8;
 template <int M>
-__global__ void __launch_bounds__(kGemvWarps * 32) gemv_kernel(const float* __restrict__ x, const bf16* __restrict__ w,
-                                                               std::int64_t n, std::int64_t k, const float* bias,
-                                                               float* y, bool accumulate) {
+__global__ void __launch_bounds__(kGemvWarps * 32)
+    gemv_kernel(const float* __restrict__ x, const bf16* __restrict__ w, std::int64_t n, std::int64_t k,
+                const float* bias, float* y, bool accumulate) {
   const int lane = threadIdx.x & 31;
   const std::int64_t row = static_cast<std::int64_t>(blockIdx.x) * kGemvWarps + (threadIdx.x >> 5);
   if (row >= n) return;
@@ -345,16 +345,25 @@ void rms_norm_f32(cudaStream_t s, const float* x, std::int64_t rows, std::int64_
   check_launch("rms_norm_f32");
 }
 
-void gemv(cudaStream_t s, const float* x, int m, const bf16* w, std::int64_t n, std::int64_t k, const float* bias,
-          float* y, bool accumulate) {
+void gemv(cudaStream_t s, const float* x, int m, const bf16* w, std::int64_t n, std::int64_t k,
+          const float* bias, float* y, bool accumulate) {
   if (m <= 0) return;
   const unsigned blocks = static_cast<unsigned>((n + kGemvWarps - 1) / kGemvWarps);
   switch (m) {
-    case 1: gemv_kernel<1><<<blocks, kGemvWarps * 32, 0, s>>>(x, w, n, k, bias, y, accumulate); break;
-    case 2: gemv_kernel<2><<<blocks, kGemvWarps * 32, 0, s>>>(x, w, n, k, bias, y, accumulate); break;
-    case 3: gemv_kernel<3><<<blocks, kGemvWarps * 32, 0, s>>>(x, w, n, k, bias, y, accumulate); break;
-    case 4: gemv_kernel<4><<<blocks, kGemvWarps * 32, 0, s>>>(x, w, n, k, bias, y, accumulate); break;
-    default: check(cudaErrorInvalidValue, "gemv: more than kGemvMaxRows rows");
+    case 1:
+      gemv_kernel<1><<<blocks, kGemvWarps * 32, 0, s>>>(x, w, n, k, bias, y, accumulate);
+      break;
+    case 2:
+      gemv_kernel<2><<<blocks, kGemvWarps * 32, 0, s>>>(x, w, n, k, bias, y, accumulate);
+      break;
+    case 3:
+      gemv_kernel<3><<<blocks, kGemvWarps * 32, 0, s>>>(x, w, n, k, bias, y, accumulate);
+      break;
+    case 4:
+      gemv_kernel<4><<<blocks, kGemvWarps * 32, 0, s>>>(x, w, n, k, bias, y, accumulate);
+      break;
+    default:
+      check(cudaErrorInvalidValue, "gemv: more than kGemvMaxRows rows");
   }
   check_launch("gemv");
 }
@@ -398,7 +407,7 @@ void embed_rows(cudaStream_t s, const bf16* embed, std::int64_t hidden, const st
 void mrope_tables(cudaStream_t s, const std::int64_t* pos, std::int64_t rows, const float* inv_freq,
                   const std::int8_t* stream, int half, float* cos_out, float* sin_out) {
   mrope_tables_kernel<<<grid_for(rows * half, 256), 256, 0, s>>>(pos, rows, inv_freq, stream, half, cos_out,
-                                                                  sin_out);
+                                                                 sin_out);
   check_launch("mrope_tables");
 }
 
@@ -415,7 +424,8 @@ void decode_attention(cudaStream_t s, const DecodeAttnArgs& a) {
   check_launch("decode_attention");
 }
 
-void argmax_rows(cudaStream_t s, const float* logits, std::int64_t rows, std::int64_t cols, std::int32_t* out) {
+void argmax_rows(cudaStream_t s, const float* logits, std::int64_t rows, std::int64_t cols,
+                 std::int32_t* out) {
   argmax_kernel<<<static_cast<unsigned>(rows), 1024, 0, s>>>(logits, cols, out);
   check_launch("argmax_rows");
 }
