@@ -21,31 +21,36 @@ std::string text_summary(const extract::Extraction& e) {
   std::string s = fmt::format("document type: {}\n", e.document_type);
   if (e.patient) {
     const auto& p = *e.patient;
-    s += fmt::format("patient: {}{}{}{}\n", p.name.value_or("-"), p.birth_date ? ", born " + *p.birth_date : "",
-                     p.mrn ? ", MRN " + *p.mrn : "", p.sex ? ", " + *p.sex : "");
+    s += fmt::format("patient: {}{}{}{}\n", p.name.value_or("-"),
+                     p.birth_date ? ", born " + *p.birth_date : "", p.mrn ? ", MRN " + *p.mrn : "",
+                     p.sex ? ", " + *p.sex : "");
   }
   if (e.encounter) {
     const auto& n = *e.encounter;
-    s += fmt::format("encounter: {}{}{}{}\n", n.facility.value_or("-"), n.department ? ", " + *n.department : "",
-                     n.date ? ", " + *n.date : "", n.provider ? ", " + *n.provider : "");
+    s += fmt::format("encounter: {}{}{}{}\n", n.facility.value_or("-"),
+                     n.department ? ", " + *n.department : "", n.date ? ", " + *n.date : "",
+                     n.provider ? ", " + *n.provider : "");
   }
   auto opt = [](const std::optional<std::string>& o) { return o ? " " + *o : std::string(); };
   if (!e.diagnoses.empty()) s += "diagnoses:\n";
-  for (const auto& d : e.diagnoses) s += fmt::format("  {}{}{}\n", d.text, d.icd10 ? " (" + *d.icd10 + ")" : "", opt(d.status));
+  for (const auto& d : e.diagnoses)
+    s += fmt::format("  {}{}{}\n", d.text, d.icd10 ? " (" + *d.icd10 + ")" : "", opt(d.status));
   if (!e.medications.empty()) s += "medications:\n";
   for (const auto& m : e.medications)
-    s += fmt::format("  {}{}{}{}{}{}{}{}{}\n", m.name, opt(m.strength), m.dose ? " - " + *m.dose : "", opt(m.unit),
-                     opt(m.route), opt(m.frequency), m.prn && *m.prn ? " PRN" : "", m.duration ? " x " + *m.duration : "",
-                     m.status ? " [" + *m.status + "]" : "");
+    s += fmt::format("  {}{}{}{}{}{}{}{}{}\n", m.name, opt(m.strength), m.dose ? " - " + *m.dose : "",
+                     opt(m.unit), opt(m.route), opt(m.frequency), m.prn && *m.prn ? " PRN" : "",
+                     m.duration ? " x " + *m.duration : "", m.status ? " [" + *m.status + "]" : "");
   if (!e.labs.empty()) s += "labs:\n";
   for (const auto& l : e.labs)
-    s += fmt::format("  {}: {}{}{}{}\n", l.test, l.value, opt(l.unit), l.reference_range ? " (" + *l.reference_range + ")" : "",
-                     l.flag ? " " + *l.flag : "");
+    s += fmt::format("  {}: {}{}{}{}\n", l.test, l.value, opt(l.unit),
+                     l.reference_range ? " (" + *l.reference_range + ")" : "", l.flag ? " " + *l.flag : "");
   if (!e.vitals.empty()) s += "vitals:\n";
   for (const auto& v : e.vitals) s += fmt::format("  {}: {}{}\n", v.name, v.value, opt(v.unit));
   if (e.no_known_allergies && *e.no_known_allergies) s += "allergies: none known\n";
   if (!e.allergies.empty()) s += "allergies:\n";
-  for (const auto& a : e.allergies) s += fmt::format("  {}{}{}\n", a.substance, a.reaction ? " - " + *a.reaction : "", a.severity ? " (" + *a.severity + ")" : "");
+  for (const auto& a : e.allergies)
+    s += fmt::format("  {}{}{}\n", a.substance, a.reaction ? " - " + *a.reaction : "",
+                     a.severity ? " (" + *a.severity + ")" : "");
   if (!e.procedures.empty()) s += "procedures:\n";
   for (const auto& p : e.procedures) s += fmt::format("  {}{}\n", p.name, p.date ? " " + *p.date : "");
   if (!e.immunizations.empty()) s += "immunizations:\n";
@@ -70,7 +75,8 @@ void add_extract_command(CLI::App& app) {
   cmd->add_option("--backend", args->backend, "auto|ocr|vlm (auto: vlm when --model is given, else ocr)")
       ->capture_default_str();
   cmd->add_option("--model", args->model, "Qwen2.5-VL checkpoint directory (vlm backend)");
-  cmd->add_option("--format", args->format, "json|fhir|text, or ocr: the OCR rows (cells split by two spaces)")
+  cmd->add_option("--format", args->format,
+                  "json|fhir|text, or ocr: the OCR rows (cells split by two spaces)")
       ->capture_default_str();
   cmd->add_option("--out", args->out, "write one output file per input into this folder");
   cmd->add_option("--pages", args->pages, "pages to read, e.g. 1-3,5 (default: all)");
@@ -88,7 +94,8 @@ void add_extract_command(CLI::App& app) {
     config.model_dir = args->model;
     config.tessdata_dir = args->tessdata;
     config.threads = args->threads;
-    if (args->backend == "vlm" && args->model.empty()) fail(Errc::kUsage, "extract: --backend vlm needs --model DIR");
+    if (args->backend == "vlm" && args->model.empty())
+      fail(Errc::kUsage, "extract: --backend vlm needs --model DIR");
     std::unique_ptr<extract::Extractor> extractor;
     std::unique_ptr<extract::OcrEngine> ocr;
     if (args->format == "ocr")
@@ -136,7 +143,8 @@ void add_extract_command(CLI::App& app) {
           else
             std::printf("%s\n", body.c_str());
         } else {
-          write_file(std::filesystem::path(args->out) / (std::filesystem::path(file).stem().string() + ext), body);
+          write_file(std::filesystem::path(args->out) / (std::filesystem::path(file).stem().string() + ext),
+                     body);
         }
         ++done;
         pages_done += static_cast<int>(pages.size());
@@ -152,8 +160,8 @@ void add_extract_command(CLI::App& app) {
     progress.finish();
     const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     if (!args->out.empty())
-      std::fprintf(stderr, "extract: %d of %zu file(s), %d page(s) in %.1f s -> %s\n", done, args->files.size(),
-                   pages_done, secs, args->out.c_str());
+      std::fprintf(stderr, "extract: %d of %zu file(s), %d page(s) in %.1f s -> %s\n", done,
+                   args->files.size(), pages_done, secs, args->out.c_str());
     if (!failures.empty()) {
       std::string list;
       for (const auto& f : failures) list += "\n  " + f;

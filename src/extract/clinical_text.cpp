@@ -31,11 +31,13 @@ nlohmann::json load_json(const std::filesystem::path& p) {
   }
 }
 
-std::vector<std::string> strings(const nlohmann::json& j, const std::filesystem::path& file, const char* key) {
+std::vector<std::string> strings(const nlohmann::json& j, const std::filesystem::path& file,
+                                 const char* key) {
   if (!j.is_array()) fail(Errc::kInvalidInput, "{}: \"{}\" must be an array of strings", file.string(), key);
   std::vector<std::string> out;
   for (const auto& x : j) {
-    if (!x.is_string()) fail(Errc::kInvalidInput, "{}: \"{}\" must be an array of strings", file.string(), key);
+    if (!x.is_string())
+      fail(Errc::kInvalidInput, "{}: \"{}\" must be an array of strings", file.string(), key);
     out.push_back(x.get<std::string>());
   }
   return out;
@@ -43,7 +45,8 @@ std::vector<std::string> strings(const nlohmann::json& j, const std::filesystem:
 
 std::map<std::string, std::string> string_map(const nlohmann::json& j, const std::filesystem::path& file,
                                               const char* key) {
-  if (!j.is_object()) fail(Errc::kInvalidInput, "{}: \"{}\" must be an object of strings", file.string(), key);
+  if (!j.is_object())
+    fail(Errc::kInvalidInput, "{}: \"{}\" must be an object of strings", file.string(), key);
   std::map<std::string, std::string> out;
   for (const auto& [k, x] : j.items()) {
     if (!x.is_string()) fail(Errc::kInvalidInput, "{}: \"{}.{}\" must be a string", file.string(), key, k);
@@ -55,7 +58,8 @@ std::map<std::string, std::string> string_map(const nlohmann::json& j, const std
 std::string trim(std::string_view s) {
   std::size_t b = 0, e = s.size();
   while (b < e && (std::isspace(static_cast<unsigned char>(s[b])) || s[b] == ',' || s[b] == ';')) ++b;
-  while (e > b && (std::isspace(static_cast<unsigned char>(s[e - 1])) || s[e - 1] == ',' || s[e - 1] == ';')) --e;
+  while (e > b && (std::isspace(static_cast<unsigned char>(s[e - 1])) || s[e - 1] == ',' || s[e - 1] == ';'))
+    --e;
   return std::string(s.substr(b, e - b));
 }
 
@@ -97,7 +101,8 @@ std::string to_lower(std::string_view s) {
   return out;
 }
 
-std::size_t find_phrase(std::string_view text, std::string_view phrase, std::size_t from, bool case_sensitive) {
+std::size_t find_phrase(std::string_view text, std::string_view phrase, std::size_t from,
+                        bool case_sensitive) {
   if (phrase.empty() || text.size() < phrase.size()) return std::string_view::npos;
   std::string t = case_sensitive ? std::string(text) : to_lower(text);
   std::string p = case_sensitive ? std::string(phrase) : to_lower(phrase);
@@ -110,7 +115,8 @@ std::size_t find_phrase(std::string_view text, std::string_view phrase, std::siz
   return std::string_view::npos;
 }
 
-std::optional<std::pair<std::string, Span>> find_longest(std::string_view text, const std::vector<std::string>& list,
+std::optional<std::pair<std::string, Span>> find_longest(std::string_view text,
+                                                         const std::vector<std::string>& list,
                                                          std::size_t from, bool case_sensitive) {
   std::optional<std::pair<std::string, Span>> best;
   std::string lowered = case_sensitive ? std::string(text) : to_lower(text);
@@ -118,8 +124,7 @@ std::optional<std::pair<std::string, Span>> find_longest(std::string_view text, 
     if (best && item.size() < best->second.second - best->second.first) break;  // list is longest first
     std::size_t pos = find_phrase(lowered, case_sensitive ? item : to_lower(item), from, true);
     if (pos == std::string::npos) continue;
-    if (!best || pos < best->second.first)
-      best = std::make_pair(item, Span{pos, pos + item.size()});
+    if (!best || pos < best->second.first) best = std::make_pair(item, Span{pos, pos + item.size()});
   }
   return best;
 }
@@ -181,14 +186,16 @@ Vocabulary Vocabulary::load(const std::filesystem::path& data_dir) {
   auto sj = load_json(sections_file);
   if (!sj.contains("sections") || !sj["sections"].is_object())
     fail(Errc::kInvalidInput, "{}: \"sections\" must be an object", sections_file.string());
-  for (const auto& [kind, list] : sj["sections"].items()) v.sections[kind] = strings(list, sections_file, "sections");
+  for (const auto& [kind, list] : sj["sections"].items())
+    v.sections[kind] = strings(list, sections_file, "sections");
 
   auto labels_file = dir / "extract" / "labels.json";
   auto lj = load_json(labels_file);
-  for (const char* key : {"labels", "sex_values", "status_words", "diagnosis_status", "diagnosis_roles", "lab_flags",
-                          "no_known_allergies", "severities", "dose_units", "strength_units"})
+  for (const char* key : {"labels", "sex_values", "status_words", "diagnosis_status", "diagnosis_roles",
+                          "lab_flags", "no_known_allergies", "severities", "dose_units", "strength_units"})
     if (!lj.contains(key)) fail(Errc::kInvalidInput, "{}: \"{}\" is missing", labels_file.string(), key);
-  for (const auto& [field, list] : lj["labels"].items()) v.labels[field] = strings(list, labels_file, "labels");
+  for (const auto& [field, list] : lj["labels"].items())
+    v.labels[field] = strings(list, labels_file, "labels");
   v.sex_values = string_map(lj["sex_values"], labels_file, "sex_values");
   v.status_words = string_map(lj["status_words"], labels_file, "status_words");
   v.diagnosis_status = string_map(lj["diagnosis_status"], labels_file, "diagnosis_status");
@@ -214,13 +221,14 @@ Vocabulary Vocabulary::load(const std::filesystem::path& data_dir) {
   for (const auto& [type, list] : tj["document_types"].items())
     v.document_types.emplace_back(type, strings(list, types_file, "document_types"));
   if (tj.contains("cues")) {
-    if (!tj["cues"].is_object()) fail(Errc::kInvalidInput, "{}: \"cues\" must be an object", types_file.string());
+    if (!tj["cues"].is_object())
+      fail(Errc::kInvalidInput, "{}: \"cues\" must be an object", types_file.string());
     for (const auto& [type, list] : tj["cues"].items())
       v.document_cues.emplace_back(type, strings(list, types_file, "cues"));
   }
-  for (auto* list : {&v.drugs, &v.lab_tests, &v.lab_results, &v.vitals, &v.route_abbr, &v.route_long, &v.freq_words,
-                     &v.prn_words, &v.allergens, &v.vaccines, &v.procedures, &v.followups, &v.dose_units,
-                     &v.strength_units, &v.lab_units, &v.vital_units, &v.no_known_allergies})
+  for (auto* list : {&v.drugs, &v.lab_tests, &v.lab_results, &v.vitals, &v.route_abbr, &v.route_long,
+                     &v.freq_words, &v.prn_words, &v.allergens, &v.vaccines, &v.procedures, &v.followups,
+                     &v.dose_units, &v.strength_units, &v.lab_units, &v.vital_units, &v.no_known_allergies})
     sort_longest_first(*list);
   for (auto& [k, list] : v.sections) sort_longest_first(list);
   for (auto& [k, list] : v.labels) sort_longest_first(list);
@@ -235,15 +243,16 @@ struct SigRegexes {
   std::regex strength, dose, duration, quantity, hash_qty, refills, paren;
   explicit SigRegexes(const Vocabulary& v) {
     const std::string num = R"((\d+(?:[.,]\d+)?(?:/\d+(?:\.\d+)?)?))";
-    strength = std::regex(num + R"(\s?()" + alternation(v.strength_units) + R"()(?![A-Za-z]))",
-                          std::regex::icase);
-    dose = std::regex(R"((\d+(?:\.\d+)?(?:-\d+(?:\.\d+)?)?|one|two|three|half)\s?()" + alternation(v.dose_units) +
-                          R"()(?![A-Za-z]))",
+    strength =
+        std::regex(num + R"(\s?()" + alternation(v.strength_units) + R"()(?![A-Za-z]))", std::regex::icase);
+    dose = std::regex(R"((\d+(?:\.\d+)?(?:-\d+(?:\.\d+)?)?|one|two|three|half)\s?()" +
+                          alternation(v.dose_units) + R"()(?![A-Za-z]))",
                       std::regex::icase);
     duration = std::regex(R"((?:\bx|\bfor|×)\s*(\d+(?:-\d+)?\s*(?:days?|weeks?|months?|doses?|hours?))\b)",
                           std::regex::icase);
-    quantity = std::regex(R"(\b(?:Disp(?:ense)?|Qty|Quantity)\s*[:#]?\s*(#?\s?\d+(?:\s(?!Refills)[A-Za-z]+)?))",
-                          std::regex::icase);
+    quantity =
+        std::regex(R"(\b(?:Disp(?:ense)?|Qty|Quantity)\s*[:#]?\s*(#?\s?\d+(?:\s(?!Refills)[A-Za-z]+)?))",
+                   std::regex::icase);
     hash_qty = std::regex(R"((#\s?\d+))");
     refills = std::regex(R"(\bRefills?\s*[:#]?\s*(\d+))", std::regex::icase);
     paren = std::regex(R"(\(([^()]{2,80})\))");
@@ -260,7 +269,8 @@ const SigRegexes& regexes(const Vocabulary& v) {
   return *r;
 }
 
-void set_field(ParsedMedication& m, const char* field, std::optional<std::string>& slot, std::string value, Span span) {
+void set_field(ParsedMedication& m, const char* field, std::optional<std::string>& slot, std::string value,
+               Span span) {
   if (slot || value.empty()) return;
   slot = std::move(value);
   m.spans[field] = span;
@@ -314,15 +324,16 @@ void parse_sig_into(std::string_view text, std::size_t off, const Vocabulary& v,
       m.spans["prn"] = {roff + p, roff + p + w.size()};
       // "PRN pain" / "as needed for nausea": the indication follows.
       std::string after = rest.substr(p + w.size());
-      static const std::regex ind(R"(^\s*(?:for\s+)?([A-Za-z][A-Za-z /-]{1,40}?)(?=\s{2,}|\s*[(;,.]|\s+x\s|\s+for\s\d|$))");
+      static const std::regex ind(
+          R"(^\s*(?:for\s+)?([A-Za-z][A-Za-z /-]{1,40}?)(?=\s{2,}|\s*[(;,.]|\s+x\s|\s+for\s\d|$))");
       std::smatch im;
       if (!m.med.indication && std::regex_search(after, im, ind)) {
         std::string t = trim(im[1].str());
         if (t.size() > 2) {
-            m.med.indication = t;
-            std::size_t b = roff + p + w.size() + im.position(1);
-            m.spans["indication"] = {b, b + im.length(1)};
-          }
+          m.med.indication = t;
+          std::size_t b = roff + p + w.size() + im.position(1);
+          m.spans["indication"] = {b, b + im.length(1)};
+        }
       }
       break;
     }
@@ -332,7 +343,8 @@ void parse_sig_into(std::string_view text, std::size_t off, const Vocabulary& v,
     m.spans["duration"] = {roff + mt.position(1), roff + mt.position(1) + mt.length(1)};
   }
   if (!m.med.indication) {
-    for (auto it = std::sregex_iterator(rest.begin(), rest.end(), rx.paren); it != std::sregex_iterator(); ++it) {
+    for (auto it = std::sregex_iterator(rest.begin(), rest.end(), rx.paren); it != std::sregex_iterator();
+         ++it) {
       std::string t = trim((*it)[1].str());
       std::string lt = to_lower(t);
       if (v.severities.count(lt) || v.status_words.count(lt)) continue;
@@ -436,7 +448,8 @@ std::optional<ParsedLab> parse_lab_row(std::string_view text, const Vocabulary& 
   std::size_t e = ns.second;
   if (e + 1 < s.size() && s[e] == ' ' && s[e + 1] == '(') {
     std::size_t close = s.find(')', e);
-    if (close != std::string::npos && close - e < 20 && s.substr(e, close - e).find("  ") == std::string::npos)
+    if (close != std::string::npos && close - e < 20 &&
+        s.substr(e, close - e).find("  ") == std::string::npos)
       e = close + 1;
   }
   ns.second = e;
@@ -514,8 +527,8 @@ std::optional<ParsedLab> parse_lab_row(std::string_view text, const Vocabulary& 
         ++k;
         continue;
       }
-      if (k + 2 < toks.size() && std::regex_match(t, num_re) && (toks[k + 1].t == "-" || toks[k + 1].t == "to") &&
-          std::regex_match(toks[k + 2].t, num_re)) {
+      if (k + 2 < toks.size() && std::regex_match(t, num_re) &&
+          (toks[k + 1].t == "-" || toks[k + 1].t == "to") && std::regex_match(toks[k + 2].t, num_re)) {
         p.lab.reference_range = s.substr(toks[k].sp.first, toks[k + 2].sp.second - toks[k].sp.first);
         p.spans["reference_range"] = {toks[k].sp.first, toks[k + 2].sp.second};
         k += 2;
@@ -531,7 +544,8 @@ std::optional<ParsedLab> parse_lab_row(std::string_view text, const Vocabulary& 
     }
     // unit: a known unit, or anything with a slash or %
     if (!p.lab.unit) {
-      bool known = std::any_of(v.lab_units.begin(), v.lab_units.end(), [&](const std::string& u) { return u == t; });
+      bool known =
+          std::any_of(v.lab_units.begin(), v.lab_units.end(), [&](const std::string& u) { return u == t; });
       if (known || t.find('/') != std::string::npos || t == "%" || t.find('^') != std::string::npos) {
         if (!std::regex_match(t, num_re)) {
           p.lab.unit = t;
@@ -553,7 +567,8 @@ std::optional<std::string> normalise_date(std::string_view text, bool with_time,
   static const std::regex us(R"((\d{1,2})/(\d{1,2})/(\d{2,4})(?:,?\s+(\d{1,2}):(\d{2}))?)");
   static const std::regex dmy(R"((\d{1,2})[- ]([A-Za-z]{3})[a-z]*[- ,]+(\d{4})(?:,?\s+(\d{1,2}):(\d{2}))?)");
   static const std::regex mdy(R"(([A-Za-z]{3})[a-z]*\.? (\d{1,2}),? (\d{4})(?:,?\s+(\d{1,2}):(\d{2}))?)");
-  static const char* months[] = {"jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"};
+  static const char* months[] = {"jan", "feb", "mar", "apr", "may", "jun",
+                                 "jul", "aug", "sep", "oct", "nov", "dec"};
   std::string s(text);
   std::smatch m;
   int y = 0, mo = 0, d = 0;

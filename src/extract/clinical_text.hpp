@@ -19,19 +19,20 @@ namespace mv::extract {
 using Span = std::pair<std::size_t, std::size_t>;  // [begin, end) byte offsets into the parsed string
 
 struct Vocabulary {
-  std::vector<std::string> drugs;       // names and brands (longest first)
-  std::vector<std::string> lab_tests;   // names and long names (longest first)
-  std::map<std::string, std::string> lab_loinc;  // lower-case test name -> LOINC
-  std::map<std::string, std::string> lab_unit;   // lower-case test name -> usual unit
-  std::vector<std::string> lab_results;           // qualitative results (Negative, Positive, ...)
-  std::vector<std::string> vitals;                // names and abbreviations (longest first)
-  std::map<std::string, std::string> vital_loinc; // lower-case vital name -> LOINC
+  std::vector<std::string> drugs;                  // names and brands (longest first)
+  std::vector<std::string> lab_tests;              // names and long names (longest first)
+  std::map<std::string, std::string> lab_loinc;    // lower-case test name -> LOINC
+  std::map<std::string, std::string> lab_unit;     // lower-case test name -> usual unit
+  std::vector<std::string> lab_results;            // qualitative results (Negative, Positive, ...)
+  std::vector<std::string> vitals;                 // names and abbreviations (longest first)
+  std::map<std::string, std::string> vital_loinc;  // lower-case vital name -> LOINC
   std::vector<std::string> route_abbr, route_long, freq_words, prn_words;
   std::vector<std::string> allergens, vaccines, procedures, followups;
   std::vector<std::string> dose_units, strength_units, lab_units, vital_units;
   std::map<std::string, std::vector<std::string>> sections;  // kind -> headings
   std::map<std::string, std::vector<std::string>> labels;    // field -> labels
-  std::map<std::string, std::string> sex_values, status_words, diagnosis_status, diagnosis_roles, lab_flags, severities;
+  std::map<std::string, std::string> sex_values, status_words, diagnosis_status, diagnosis_roles, lab_flags,
+      severities;
   std::vector<std::string> no_known_allergies;
   std::map<std::string, std::string> ocr_fixes;  // misread word -> word (same length)
   std::vector<std::pair<std::string, std::vector<std::string>>> document_types;  // type -> title phrases
@@ -43,9 +44,11 @@ struct Vocabulary {
 
 std::string to_lower(std::string_view s);
 // Case-insensitive search for `phrase` in `text` at word boundaries, from `from`; npos when absent.
-std::size_t find_phrase(std::string_view text, std::string_view phrase, std::size_t from = 0, bool case_sensitive = false);
+std::size_t find_phrase(std::string_view text, std::string_view phrase, std::size_t from = 0,
+                        bool case_sensitive = false);
 // The longest entry of `list` found in `text` at word boundaries (leftmost among equals), with its span.
-std::optional<std::pair<std::string, Span>> find_longest(std::string_view text, const std::vector<std::string>& list,
+std::optional<std::pair<std::string, Span>> find_longest(std::string_view text,
+                                                         const std::vector<std::string>& list,
                                                          std::size_t from = 0, bool case_sensitive = false);
 
 struct ParsedMedication {

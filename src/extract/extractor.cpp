@@ -65,7 +65,8 @@ PageRange parse_page_range(std::string_view text) {
       std::string_view a = trim(part.substr(0, dash)), b = trim(part.substr(dash + 1));
       int first = a.empty() ? 1 : parse_page_number(a, text);
       int last = b.empty() ? 0 : parse_page_number(b, text);
-      if (last != 0 && last < first) fail(Errc::kUsage, "bad page range '{}': {} ends before it starts", text, part);
+      if (last != 0 && last < first)
+        fail(Errc::kUsage, "bad page range '{}': {} ends before it starts", text, part);
       r.spans.emplace_back(first, last);
     }
     start = comma + 1;
@@ -73,7 +74,8 @@ PageRange parse_page_range(std::string_view text) {
   return r;
 }
 
-std::vector<Page> load_pages(const std::filesystem::path& path, const PageRange& range, const ImageLimits& limits) {
+std::vector<Page> load_pages(const std::filesystem::path& path, const PageRange& range,
+                             const ImageLimits& limits) {
   auto images = load_image_pages(path, limits);
   std::optional<double> dpi;
   {
@@ -91,7 +93,8 @@ std::vector<Page> load_pages(const std::filesystem::path& path, const PageRange&
     pages.push_back(Page{std::move(images[i]), number, dpi});
   }
   if (pages.empty())
-    fail(Errc::kInvalidInput, "{}: the page range selects none of its {} page(s)", path.string(), images.size());
+    fail(Errc::kInvalidInput, "{}: the page range selects none of its {} page(s)", path.string(),
+         images.size());
   return pages;
 }
 

@@ -31,10 +31,11 @@ struct Page {
 
 // How an extractor is built (once; loading a model is expensive).
 struct ExtractorConfig {
-  std::filesystem::path model_dir;     // vlm: the Qwen2.5-VL checkpoint directory (required)
-  std::filesystem::path tessdata_dir;  // ocr: empty = Tesseract's default (TESSDATA_PREFIX or the system path)
-  std::filesystem::path data_dir;      // curated vocabularies (data/); empty = found next to the binary/source
-  int threads = 0;                     // worker threads; 0 = hardware concurrency
+  std::filesystem::path model_dir;  // vlm: the Qwen2.5-VL checkpoint directory (required)
+  std::filesystem::path
+      tessdata_dir;                // ocr: empty = Tesseract's default (TESSDATA_PREFIX or the system path)
+  std::filesystem::path data_dir;  // curated vocabularies (data/); empty = found next to the binary/source
+  int threads = 0;                 // worker threads; 0 = hardware concurrency
 };
 
 // Per-call options.

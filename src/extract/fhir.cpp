@@ -24,7 +24,8 @@ const Vocabulary* default_vocab() {
 
 // Deterministic urn:uuid from the document id and a resource index (version-4 layout, FNV-1a bits).
 std::string urn(const std::string& seed, int index) {
-  std::uint64_t h1 = 1469598103934665603ull, h2 = 1099511628211ull ^ static_cast<std::uint64_t>(index) * 0x9E3779B97F4A7C15ull;
+  std::uint64_t h1 = 1469598103934665603ull,
+                h2 = 1099511628211ull ^ static_cast<std::uint64_t>(index) * 0x9E3779B97F4A7C15ull;
   for (char c : seed) {
     h1 = (h1 ^ static_cast<unsigned char>(c)) * 1099511628211ull;
     h2 = (h2 ^ static_cast<unsigned char>(c)) * 0x100000001B3ull + 7;
@@ -45,14 +46,40 @@ std::optional<double> number(const std::string& s) {
 
 // UCUM code of a printed unit, when it maps one to one.
 std::optional<std::string> ucum(const std::string& u) {
-  static const std::map<std::string, std::string> m = {
-      {"mg/dL", "mg/dL"},   {"g/dL", "g/dL"},   {"mmol/L", "mmol/L"}, {"mEq/L", "meq/L"}, {"U/L", "U/L"},
-      {"%", "%"},           {"ng/mL", "ng/mL"}, {"pg/mL", "pg/mL"},   {"ug/dL", "ug/dL"}, {"fL", "fL"},
-      {"pg", "pg"},         {"mmHg", "mm[Hg]"}, {"bpm", "/min"},      {"/min", "/min"},   {"breaths/min", "/min"},
-      {"°F", "[degF]"},     {"°C", "Cel"},      {"F", "[degF]"},      {"C", "Cel"},       {"kg", "kg"},
-      {"lb", "[lb_av]"},    {"lbs", "[lb_av]"}, {"cm", "cm"},         {"in", "[in_i]"},   {"kg/m2", "kg/m2"},
-      {"x10^3/uL", "10*3/uL"}, {"x10^6/uL", "10*6/uL"}, {"mL/min/1.73m2", "mL/min/{1.73_m2}"}, {"sec", "s"},
-      {"mIU/L", "m[IU]/L"}, {"uIU/mL", "u[IU]/mL"}, {"ng/dL", "ng/dL"}, {"mg/L", "mg/L"}, {"IU/L", "[IU]/L"}};
+  static const std::map<std::string, std::string> m = {{"mg/dL", "mg/dL"},
+                                                       {"g/dL", "g/dL"},
+                                                       {"mmol/L", "mmol/L"},
+                                                       {"mEq/L", "meq/L"},
+                                                       {"U/L", "U/L"},
+                                                       {"%", "%"},
+                                                       {"ng/mL", "ng/mL"},
+                                                       {"pg/mL", "pg/mL"},
+                                                       {"ug/dL", "ug/dL"},
+                                                       {"fL", "fL"},
+                                                       {"pg", "pg"},
+                                                       {"mmHg", "mm[Hg]"},
+                                                       {"bpm", "/min"},
+                                                       {"/min", "/min"},
+                                                       {"breaths/min", "/min"},
+                                                       {"°F", "[degF]"},
+                                                       {"°C", "Cel"},
+                                                       {"F", "[degF]"},
+                                                       {"C", "Cel"},
+                                                       {"kg", "kg"},
+                                                       {"lb", "[lb_av]"},
+                                                       {"lbs", "[lb_av]"},
+                                                       {"cm", "cm"},
+                                                       {"in", "[in_i]"},
+                                                       {"kg/m2", "kg/m2"},
+                                                       {"x10^3/uL", "10*3/uL"},
+                                                       {"x10^6/uL", "10*6/uL"},
+                                                       {"mL/min/1.73m2", "mL/min/{1.73_m2}"},
+                                                       {"sec", "s"},
+                                                       {"mIU/L", "m[IU]/L"},
+                                                       {"uIU/mL", "u[IU]/mL"},
+                                                       {"ng/dL", "ng/dL"},
+                                                       {"mg/L", "mg/L"},
+                                                       {"IU/L", "[IU]/L"}};
   auto it = m.find(u);
   if (it == m.end()) return std::nullopt;
   return it->second;
@@ -95,9 +122,9 @@ nlohmann::json reference_range(const std::string& text) {
 }
 
 nlohmann::json interpretation(const std::string& flag) {
-  static const std::map<std::string, std::string> display = {{"N", "Normal"}, {"H", "High"}, {"L", "Low"},
-                                                             {"HH", "Critical high"}, {"LL", "Critical low"},
-                                                             {"A", "Abnormal"}};
+  static const std::map<std::string, std::string> display = {{"N", "Normal"},        {"H", "High"},
+                                                             {"L", "Low"},           {"HH", "Critical high"},
+                                                             {"LL", "Critical low"}, {"A", "Abnormal"}};
   auto it = display.find(flag);
   return {{"coding",
            {{{"system", "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"},
@@ -151,22 +178,28 @@ nlohmann::json to_fhir_bundle(const Extraction& e, const Vocabulary* vocab) {
 
   for (const auto& d : e.diagnoses) {
     nlohmann::json code = {{"text", d.text}};
-    if (d.icd10) code["coding"] = {{{"system", "http://hl7.org/fhir/sid/icd-10-cm"}, {"code", *d.icd10}, {"display", d.text}}};
+    if (d.icd10)
+      code["coding"] = {
+          {{"system", "http://hl7.org/fhir/sid/icd-10-cm"}, {"code", *d.icd10}, {"display", d.text}}};
     std::string clinical = "active";
     if (d.status == "resolved") clinical = "resolved";
     if (d.status == "history") clinical = "inactive";
-    std::string verification = d.status == "suspected" ? "provisional" : d.status == "ruled_out" ? "refuted" : "confirmed";
+    std::string verification = d.status == "suspected"   ? "provisional"
+                               : d.status == "ruled_out" ? "refuted"
+                                                         : "confirmed";
     nlohmann::json c = {{"resourceType", "Condition"},
                         {"subject", subject},
                         {"code", code},
                         {"verificationStatus",
-                         {{"coding", {{{"system", "http://terminology.hl7.org/CodeSystem/condition-ver-status"},
-                                       {"code", verification}}}}}},
+                         {{"coding",
+                           {{{"system", "http://terminology.hl7.org/CodeSystem/condition-ver-status"},
+                             {"code", verification}}}}}},
                         {"category", category(d.role ? "encounter-diagnosis" : "problem-list-item",
                                               "http://terminology.hl7.org/CodeSystem/condition-category")}};
     if (verification != "refuted")
-      c["clinicalStatus"] = {{"coding", {{{"system", "http://terminology.hl7.org/CodeSystem/condition-clinical"},
-                                          {"code", clinical}}}}};
+      c["clinicalStatus"] = {
+          {"coding",
+           {{{"system", "http://terminology.hl7.org/CodeSystem/condition-clinical"}, {"code", clinical}}}}};
     add(c);
   }
 
@@ -188,11 +221,12 @@ nlohmann::json to_fhir_bundle(const Extraction& e, const Vocabulary* vocab) {
       auto q = quantity(*m.dose, m.unit);
       if (!q.is_null()) dosage["doseAndRate"] = {{{"doseQuantity", q}}};
     }
-    nlohmann::json r = {{"resourceType", "MedicationStatement"},
-                        {"status", status},
-                        {"medicationCodeableConcept", {{"text", m.name + (m.strength ? " " + *m.strength : "")}}},
-                        {"subject", subject},
-                        {"dosage", {dosage}}};
+    nlohmann::json r = {
+        {"resourceType", "MedicationStatement"},
+        {"status", status},
+        {"medicationCodeableConcept", {{"text", m.name + (m.strength ? " " + *m.strength : "")}}},
+        {"subject", subject},
+        {"dosage", {dosage}}};
     if (m.indication) r["reasonCode"] = {{{"text", *m.indication}}};
     add(r);
   }
@@ -206,19 +240,25 @@ nlohmann::json to_fhir_bundle(const Extraction& e, const Vocabulary* vocab) {
   };
   for (const auto& l : e.labs) {
     nlohmann::json code = {{"text", l.test}};
-    if (auto lo = lab_loinc(l)) code["coding"] = {{{"system", "http://loinc.org"}, {"code", *lo}, {"display", l.test}}};
-    nlohmann::json o = {{"resourceType", "Observation"},
-                        {"status", "final"},
-                        {"category", category("laboratory", "http://terminology.hl7.org/CodeSystem/observation-category")},
-                        {"code", code},
-                        {"subject", subject}};
+    if (auto lo = lab_loinc(l))
+      code["coding"] = {{{"system", "http://loinc.org"}, {"code", *lo}, {"display", l.test}}};
+    nlohmann::json o = {
+        {"resourceType", "Observation"},
+        {"status", "final"},
+        {"category", category("laboratory", "http://terminology.hl7.org/CodeSystem/observation-category")},
+        {"code", code},
+        {"subject", subject}};
     auto q = quantity(l.value, l.unit);
-    if (!q.is_null()) o["valueQuantity"] = q;
-    else o["valueString"] = l.value;
+    if (!q.is_null())
+      o["valueQuantity"] = q;
+    else
+      o["valueString"] = l.value;
     if (l.reference_range) o["referenceRange"] = {reference_range(*l.reference_range)};
     if (l.flag) o["interpretation"] = {interpretation(*l.flag)};
-    if (l.time) o["effectiveDateTime"] = fhir_datetime(*l.time);
-    else if (effective) o["effectiveDateTime"] = fhir_datetime(*effective);
+    if (l.time)
+      o["effectiveDateTime"] = fhir_datetime(*l.time);
+    else if (effective)
+      o["effectiveDateTime"] = fhir_datetime(*effective);
     add(o);
   }
 
@@ -230,26 +270,33 @@ nlohmann::json to_fhir_bundle(const Extraction& e, const Vocabulary* vocab) {
     }
     nlohmann::json code = {{"text", v.name}};
     if (loinc) code["coding"] = {{{"system", "http://loinc.org"}, {"code", *loinc}, {"display", v.name}}};
-    nlohmann::json o = {{"resourceType", "Observation"},
-                        {"status", "final"},
-                        {"category", category("vital-signs", "http://terminology.hl7.org/CodeSystem/observation-category")},
-                        {"code", code},
-                        {"subject", subject}};
+    nlohmann::json o = {
+        {"resourceType", "Observation"},
+        {"status", "final"},
+        {"category", category("vital-signs", "http://terminology.hl7.org/CodeSystem/observation-category")},
+        {"code", code},
+        {"subject", subject}};
     static const std::regex bp(R"(^(\d{2,3})/(\d{2,3})$)");
     std::smatch m;
     if (std::regex_match(v.value, m, bp)) {
       auto comp = [&](const char* lc, const char* display, const std::string& val) {
-        return nlohmann::json{{"code", {{"coding", {{{"system", "http://loinc.org"}, {"code", lc}, {"display", display}}}}}},
-                              {"valueQuantity", quantity(val, v.unit.value_or("mmHg"))}};
+        return nlohmann::json{
+            {"code", {{"coding", {{{"system", "http://loinc.org"}, {"code", lc}, {"display", display}}}}}},
+            {"valueQuantity", quantity(val, v.unit.value_or("mmHg"))}};
       };
-      o["component"] = {comp("8480-6", "Systolic blood pressure", m[1]), comp("8462-4", "Diastolic blood pressure", m[2])};
+      o["component"] = {comp("8480-6", "Systolic blood pressure", m[1]),
+                        comp("8462-4", "Diastolic blood pressure", m[2])};
     } else {
       auto q = quantity(v.value, v.unit);
-      if (!q.is_null()) o["valueQuantity"] = q;
-      else o["valueString"] = v.value;
+      if (!q.is_null())
+        o["valueQuantity"] = q;
+      else
+        o["valueString"] = v.value;
     }
-    if (v.time) o["effectiveDateTime"] = fhir_datetime(*v.time);
-    else if (effective) o["effectiveDateTime"] = fhir_datetime(*effective);
+    if (v.time)
+      o["effectiveDateTime"] = fhir_datetime(*v.time);
+    else if (effective)
+      o["effectiveDateTime"] = fhir_datetime(*effective);
     add(o);
   }
 
@@ -257,8 +304,10 @@ nlohmann::json to_fhir_bundle(const Extraction& e, const Vocabulary* vocab) {
     nlohmann::json r = {{"resourceType", "AllergyIntolerance"},
                         {"patient", subject},
                         {"code", {{"text", a.substance}}},
-                        {"clinicalStatus", {{"coding", {{{"system", "http://terminology.hl7.org/CodeSystem/allergyintolerance-clinical"},
-                                                          {"code", "active"}}}}}}};
+                        {"clinicalStatus",
+                         {{"coding",
+                           {{{"system", "http://terminology.hl7.org/CodeSystem/allergyintolerance-clinical"},
+                             {"code", "active"}}}}}}};
     if (a.reaction) {
       nlohmann::json reaction = {{"manifestation", {{{"text", *a.reaction}}}}};
       if (a.severity && *a.severity != "unknown") reaction["severity"] = *a.severity;
@@ -269,13 +318,19 @@ nlohmann::json to_fhir_bundle(const Extraction& e, const Vocabulary* vocab) {
   if (e.no_known_allergies && *e.no_known_allergies && e.allergies.empty()) {
     add({{"resourceType", "AllergyIntolerance"},
          {"patient", subject},
-         {"code", {{"coding", {{{"system", "http://snomed.info/sct"}, {"code", "409137002"},
-                                {"display", "No known drug allergy"}}}},
-                   {"text", "No known allergies"}}}});
+         {"code",
+          {{"coding",
+            {{{"system", "http://snomed.info/sct"},
+              {"code", "409137002"},
+              {"display", "No known drug allergy"}}}},
+           {"text", "No known allergies"}}}});
   }
 
   for (const auto& p : e.procedures) {
-    nlohmann::json r = {{"resourceType", "Procedure"}, {"status", "completed"}, {"subject", subject}, {"code", {{"text", p.name}}}};
+    nlohmann::json r = {{"resourceType", "Procedure"},
+                        {"status", "completed"},
+                        {"subject", subject},
+                        {"code", {{"text", p.name}}}};
     if (p.date) r["performedDateTime"] = fhir_datetime(*p.date);
     nlohmann::json notes = nlohmann::json::array();
     if (p.findings) notes.push_back({{"text", "Findings: " + *p.findings}});

@@ -133,7 +133,8 @@ void OcrEngine::release(std::unique_ptr<Instance> inst) {
 
 OcrPage OcrEngine::recognize(const Page& page) {
   const ImageRGB8& img = page.image;
-  if (img.width <= 0 || img.height <= 0 || img.pixels.size() != static_cast<std::size_t>(img.width) * img.height * 3)
+  if (img.width <= 0 || img.height <= 0 ||
+      img.pixels.size() != static_cast<std::size_t>(img.width) * img.height * 3)
     fail(Errc::kInvalidInput, "OCR: page {} has no pixels", page.number);
   OcrPage out;
   out.number = page.number;
@@ -153,7 +154,8 @@ OcrPage OcrEngine::recognize(const Page& page) {
   if (options_.deskew) {
     PixPtr bin(pixConvertTo1(gray.get(), 160));
     l_float32 a = 0, conf = 0;
-    if (bin && pixFindSkew(bin.get(), &a, &conf) == 0 && conf > 2.5 && std::abs(a) >= 0.2 && std::abs(a) < 10) {
+    if (bin && pixFindSkew(bin.get(), &a, &conf) == 0 && conf > 2.5 && std::abs(a) >= 0.2 &&
+        std::abs(a) < 10) {
       PixPtr rot(pixRotate(gray.get(), static_cast<l_float32>(a * M_PI / 180.0), L_ROTATE_AREA_MAP,
                            L_BRING_IN_WHITE, img.width, img.height));
       if (rot) {
@@ -170,8 +172,10 @@ OcrPage OcrEngine::recognize(const Page& page) {
   if (options_.min_dpi > 0 && page_dpi < options_.min_dpi) scale = std::min(2.0, options_.min_dpi / page_dpi);
   if (scale > 1.01) {
     PixPtr up(pixScaleGrayLI(gray.get(), static_cast<l_float32>(scale), static_cast<l_float32>(scale)));
-    if (up) gray = std::move(up);
-    else scale = 1.0;
+    if (up)
+      gray = std::move(up);
+    else
+      scale = 1.0;
   } else {
     scale = 1.0;
   }
@@ -238,12 +242,13 @@ OcrPage OcrEngine::recognize(const Page& page) {
   }
   std::erase_if(lines, [](const auto& l) { return l.empty(); });
   out.rows = build_rows(out.words, lines);
-  SPDLOG_DEBUG("ocr: page {}: {} words, {} rows, skew {:.2f} deg{}", page.number, out.words.size(), out.rows.size(),
-               angle, out.normalised ? ", background normalised" : "");
+  SPDLOG_DEBUG("ocr: page {}: {} words, {} rows, skew {:.2f} deg{}", page.number, out.words.size(),
+               out.rows.size(), angle, out.normalised ? ", background normalised" : "");
   return out;
 }
 
-std::vector<OcrRow> build_rows(const std::vector<OcrWord>& words, const std::vector<std::vector<int>>& lines) {
+std::vector<OcrRow> build_rows(const std::vector<OcrWord>& words,
+                               const std::vector<std::vector<int>>& lines) {
   struct Line {
     std::vector<int> words;
     BBox box;
@@ -255,7 +260,8 @@ std::vector<OcrRow> build_rows(const std::vector<OcrWord>& words, const std::vec
     for (int i : l) x.box = unite(x.box, words[i].box);
     ls.push_back(std::move(x));
   }
-  std::sort(ls.begin(), ls.end(), [](const Line& a, const Line& b) { return a.box.y0 + a.box.y1 < b.box.y0 + b.box.y1; });
+  std::sort(ls.begin(), ls.end(),
+            [](const Line& a, const Line& b) { return a.box.y0 + a.box.y1 < b.box.y0 + b.box.y1; });
 
   struct RowAcc {
     BBox box;
@@ -294,7 +300,8 @@ std::vector<OcrRow> build_rows(const std::vector<OcrWord>& words, const std::vec
     OcrRow row;
     row.box = r.box;
     for (const Line* l : r.lines) row.words.insert(row.words.end(), l->words.begin(), l->words.end());
-    std::sort(row.words.begin(), row.words.end(), [&](int a, int b) { return words[a].box.x0 < words[b].box.x0; });
+    std::sort(row.words.begin(), row.words.end(),
+              [&](int a, int b) { return words[a].box.x0 < words[b].box.x0; });
     std::vector<double> hs;
     for (int i : row.words) hs.push_back(words[i].box.y1 - words[i].box.y0);
     row.height = median(hs);
@@ -323,7 +330,8 @@ std::vector<OcrRow> build_rows(const std::vector<OcrWord>& words, const std::vec
     }
     out.push_back(std::move(row));
   }
-  std::sort(out.begin(), out.end(), [](const OcrRow& a, const OcrRow& b) { return a.box.y0 + a.box.y1 < b.box.y0 + b.box.y1; });
+  std::sort(out.begin(), out.end(),
+            [](const OcrRow& a, const OcrRow& b) { return a.box.y0 + a.box.y1 < b.box.y0 + b.box.y1; });
   return out;
 }
 

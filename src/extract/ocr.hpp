@@ -40,11 +40,11 @@ struct OcrRow {
 struct OcrPage {
   int number = 1, width = 0, height = 0;
   std::optional<double> dpi;
-  double skew_degrees = 0;     // skew found (and corrected) before recognition
-  bool normalised = false;     // background normalisation applied
+  double skew_degrees = 0;  // skew found (and corrected) before recognition
+  bool normalised = false;  // background normalisation applied
   std::vector<OcrWord> words;
-  std::vector<OcrRow> rows;    // top to bottom
-  std::string text() const;    // rows joined by newlines
+  std::vector<OcrRow> rows;  // top to bottom
+  std::string text() const;  // rows joined by newlines
 };
 
 struct OcrOptions {

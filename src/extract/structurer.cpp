@@ -31,7 +31,8 @@ struct RowView {
         if (k) v.text += ' ';
         const OcrWord& w = p.words[c.words[k]];
         std::string t = w.text;
-        if (auto it = fixes.find(t); it != fixes.end()) t = it->second;
+        if (auto it = fixes.find(t); it != fixes.end())
+          t = it->second;
         else if (t.size() > 2 && t.front() == '(' && t.back() == ')')
           if (auto f = fixes.find(t.substr(1, t.size() - 2)); f != fixes.end()) t = "(" + f->second + ")";
         v.words.push_back({{v.text.size(), v.text.size() + t.size()}, &w});
@@ -49,7 +50,9 @@ struct RowView {
     box = {std::min(box.x0, o.box.x0), std::min(box.y0, o.box.y0), std::max(box.x1, o.box.x1),
            std::max(box.y1, o.box.y1)};
   }
-  std::string cell(std::size_t i) const { return text.substr(cells[i].first, cells[i].second - cells[i].first); }
+  std::string cell(std::size_t i) const {
+    return text.substr(cells[i].first, cells[i].second - cells[i].first);
+  }
   std::optional<BBox> box_of(Span s) const {
     std::optional<BBox> b;
     for (const auto& [sp, w] : words) {
@@ -96,7 +99,9 @@ Provenance make_provenance(const RowView& row, const std::map<std::string, Span>
 
 std::string trim(std::string_view s) {
   std::size_t b = 0, e = s.size();
-  auto junk = [](char c) { return std::isspace(static_cast<unsigned char>(c)) || c == ',' || c == ';' || c == ':'; };
+  auto junk = [](char c) {
+    return std::isspace(static_cast<unsigned char>(c)) || c == ',' || c == ';' || c == ':';
+  };
   while (b < e && junk(s[b])) ++b;
   while (e > b && (junk(s[e - 1]) || s[e - 1] == '.')) --e;
   return std::string(s.substr(b, e - b));
@@ -191,7 +196,7 @@ class Builder {
       for (const auto& [type, phrases] : v_.document_types)
         for (const auto& ph : phrases)
           if (find_phrase(c0, ph) != std::string::npos) is_title = true;
-      if (is_title || c0.size() < 4 || has_digit(c0)) continue;
+      if (is_title || trim(c0).size() < 4 || has_digit(c0)) continue;
       auto& enc = encounter();
       enc.facility = trim(c0);
       auto prov = make_provenance(r, {{"facility", r.cells[0]}});
@@ -207,6 +212,7 @@ class Builder {
             if (find_phrase(t, ph) != std::string::npos) title = true;
         if (title || d.height > 1.25 * body) continue;
         if (has_digit(t) || std::abs(d.box.x0 - r.box.x0) > 40 || t.find(':') != std::string::npos) break;
+        if (trim(t).size() < 3) break;
         enc.department = trim(t);
         add_field_box(enc.provenance, make_provenance(d, {{"department", d.cells[0]}}), "department");
         break;
@@ -272,7 +278,8 @@ class Builder {
         for (const auto& l : labels) {
           if (l.size() <= best_len || lc.compare(0, l.size(), l) != 0) continue;
           std::size_t e = l.size();
-          if (e < lc.size() && lc[e] != ':' && !(lc[e] == ' ' && e + 1 < lc.size() && lc[e + 1] == ':')) continue;
+          if (e < lc.size() && lc[e] != ':' && !(lc[e] == ' ' && e + 1 < lc.size() && lc[e + 1] == ':'))
+            continue;
           best_field = field;
           best_len = l.size();
         }
@@ -443,8 +450,11 @@ class Builder {
       value_cell = 2;
     }
     bool is_vital = false, is_lab = false;
-    if (auto f = find_longest(name, v_.vitals); f && f->second.first == 0 && f->second.second == name.size()) is_vital = true;
-    if (auto f = find_longest(name, v_.lab_tests); f && f->second.first == 0 && f->second.second == name.size()) is_lab = true;
+    if (auto f = find_longest(name, v_.vitals); f && f->second.first == 0 && f->second.second == name.size())
+      is_vital = true;
+    if (auto f = find_longest(name, v_.lab_tests);
+        f && f->second.first == 0 && f->second.second == name.size())
+      is_lab = true;
     if (!is_vital && !is_lab) return false;
     std::string date = e_.encounter && e_.encounter->date ? e_.encounter->date->substr(0, 10) : "";
     std::optional<std::string> range;
@@ -466,7 +476,8 @@ class Builder {
       std::string time;
       for (const auto& [x, tm] : grid_->columns)
         if (std::abs(x - cx) < best) best = std::abs(x - cx), time = tm;
-      double pitch = grid_->columns.size() > 1 ? std::abs(grid_->columns[1].first - grid_->columns[0].first) : 100;
+      double pitch =
+          grid_->columns.size() > 1 ? std::abs(grid_->columns[1].first - grid_->columns[0].first) : 100;
       if (best > 0.45 * pitch) {
         if (std::regex_match(t, range_re)) {
           range = t;
@@ -498,7 +509,8 @@ class Builder {
         spans["test"] = name_span;
         if (!unit.empty()) l.unit = unit, spans["unit"] = unit_span;
         if (range) l.reference_range = range, spans["reference_range"] = range_span;
-        if (v.flag) l.flag = v.flag, spans["flag"] = v.fs;
+        if (v.flag)
+          l.flag = v.flag, spans["flag"] = v.fs;
         else if (o_.derive_flags && range)
           if (auto f = derive_flag(v.value, *range)) l.flag = *f;
         if (!when.empty()) l.time = when;
@@ -565,7 +577,8 @@ class Builder {
     if (dash != std::string::npos) {
       std::string reac = body.substr(dash + 2);
       std::string rt = trim(reac);
-      while (!rt.empty() && (rt.front() == '(' || rt.front() == '-' || rt.front() == ' ')) rt.erase(rt.begin());
+      while (!rt.empty() && (rt.front() == '(' || rt.front() == '-' || rt.front() == ' '))
+        rt.erase(rt.begin());
       while (!rt.empty() && (rt.back() == ')' || rt.back() == ' ')) rt.pop_back();
       if (!rt.empty()) {
         a.reaction = rt;
@@ -611,7 +624,8 @@ class Builder {
     for (const auto& [label, rl] : v_.diagnosis_roles) {
       if (lower.compare(start, label.size(), label) != 0) continue;
       std::size_t e = start + label.size();
-      if (e < lower.size() && lower[e] != ':' && !(section_ == "diagnoses" || section_ == "impression")) continue;
+      if (e < lower.size() && lower[e] != ':' && !(section_ == "diagnoses" || section_ == "impression"))
+        continue;
       if (e < lower.size() && lower[e] == ':') {
         role = rl;
         start = e + 1;
@@ -656,7 +670,8 @@ class Builder {
       }
     }
     std::string txt = trim(t.substr(start, text_end - start));
-    while (!txt.empty() && (txt.back() == '(' || txt.back() == '-')) txt = trim(txt.substr(0, txt.size() - 1));
+    while (!txt.empty() && (txt.back() == '(' || txt.back() == '-'))
+      txt = trim(txt.substr(0, txt.size() - 1));
     if (txt.size() < 3) return false;
     d.text = txt;
     std::size_t tb = t.find(txt, start);
@@ -700,8 +715,11 @@ class Builder {
       auto b = r.box_of({0, r.text.size()});
       if (b) {
         auto& f = p.provenance->fields[section_];
-        if (f.x1 == 0) f = round_box(*b);
-        else f = round_box({std::min(f.x0, b->x0), std::min(f.y0, b->y0), std::max(f.x1, b->x1), std::max(f.y1, b->y1)});
+        if (f.x1 == 0)
+          f = round_box(*b);
+        else
+          f = round_box(
+              {std::min(f.x0, b->x0), std::min(f.y0, b->y0), std::max(f.x1, b->x1), std::max(f.y1, b->y1)});
       }
     }
   }
@@ -769,7 +787,8 @@ class Builder {
   // ---------------------------------------------------------------------------------------------- labs
   // Labs quoted in prose: "... notable for Glucose 281 mg/dL (H *) and Sodium 162 mmol/L (CRIT HIGH)".
   bool prose_labs(const RowView& r) {
-    static const std::regex after(R"(^:?\s+([<>]?\d+(?:\.\d+)?)\s*([A-Za-z%/^0-9.]*/[A-Za-z0-9.^]+|%)?(?:\s*\(([^()]{1,12})\))?)");
+    static const std::regex after(
+        R"(^:?\s+([<>]?\d+(?:\.\d+)?)\s*([A-Za-z%/^0-9.]*/[A-Za-z0-9.^]+|%)?(?:\s*\(([^()]{1,12})\))?)");
     bool any = false;
     std::size_t from = 0;
     while (from < r.text.size()) {
@@ -783,8 +802,8 @@ class Builder {
       std::size_t base = f->second.second;
       l.test = r.text.substr(f->second.first, f->second.second - f->second.first);
       l.value = m[1].str();
-      std::map<std::string, Span> spans{{"test", f->second},
-                                        {"value", {base + m.position(1), base + m.position(1) + m.length(1)}}};
+      std::map<std::string, Span> spans{
+          {"test", f->second}, {"value", {base + m.position(1), base + m.position(1) + m.length(1)}}};
       if (m[2].matched && m.length(2) > 0) {
         l.unit = m[2].str();
         spans["unit"] = {base + m.position(2), base + m.position(2) + m.length(2)};
@@ -820,7 +839,8 @@ class Builder {
   // -------------------------------------------------------------------------------------------- vitals
   bool vitals(const RowView& r) {
     bool any = false;
-    static const std::regex val(R"(^\s*:?\s*(\d{2,3}/\d{2,3}|\d+(?:\.\d+)?)(/10\b)?\s*(°F|°C|F\b|C\b|mmHg|bpm|breaths/min|/min|%|kg/m2|kg/m²|kg|lbs?|cm|in)?)");
+    static const std::regex val(
+        R"(^\s*:?\s*(\d{2,3}/\d{2,3}|\d+(?:\.\d+)?)(/10\b)?\s*(°F|°C|F\b|C\b|mmHg|bpm|breaths/min|/min|%|kg/m2|kg/m²|kg|lbs?|cm|in)?)");
     for (std::size_t c = 0; c < r.cells.size(); ++c) {
       std::string t = r.cell(c);
       auto f = find_longest(t, v_.vitals);
@@ -832,8 +852,9 @@ class Builder {
       std::size_t base = r.cells[c].first + f->second.second;
       vt.name = t.substr(0, f->second.second);
       vt.value = m[1].str();
-      std::map<std::string, Span> spans{{"name", {r.cells[c].first, base}},
-                                        {"value", {base + m.position(1), base + m.position(1) + m.length(1)}}};
+      std::map<std::string, Span> spans{
+          {"name", {r.cells[c].first, base}},
+          {"value", {base + m.position(1), base + m.position(1) + m.length(1)}}};
       if (m[3].matched) {
         vt.unit = m[3].str();
         spans["unit"] = {base + m.position(3), base + m.position(3) + m.length(3)};
@@ -847,11 +868,12 @@ class Builder {
 
   // ------------------------------------------------------------------------------------------ medications
   bool is_sig_continuation(const RowView& r) const {
-    static const std::vector<std::string> starts = {"sig", "disp", "dispense", "qty", "quantity", "refills",
-                                                    "take", "directions", "instructions"};
+    static const std::vector<std::string> starts = {
+        "sig", "disp", "dispense", "qty", "quantity", "refills", "take", "directions", "instructions"};
     std::string l = to_lower(r.text);
     for (const auto& s : starts)
-      if (l.compare(0, s.size(), s) == 0 && (l.size() == s.size() || !std::isalpha(static_cast<unsigned char>(l[s.size()]))))
+      if (l.compare(0, s.size(), s) == 0 &&
+          (l.size() == s.size() || !std::isalpha(static_cast<unsigned char>(l[s.size()]))))
         return true;
     return false;
   }

@@ -21,7 +21,9 @@ nlohmann::json repair_model_json(std::string_view text) {
   if (auto f = s.find("```"); f != std::string::npos) {
     auto nl = s.find('\n', f);
     auto close = nl == std::string::npos ? std::string::npos : s.find("```", nl);
-    s = nl == std::string::npos ? "" : s.substr(nl + 1, close == std::string::npos ? std::string::npos : close - nl - 1);
+    s = nl == std::string::npos
+            ? ""
+            : s.substr(nl + 1, close == std::string::npos ? std::string::npos : close - nl - 1);
   }
   auto start = s.find('{');
   if (start == std::string::npos) fail(Errc::kInvalidInput, "model output is not JSON: no object found");
@@ -35,13 +37,18 @@ nlohmann::json repair_model_json(std::string_view text) {
   for (std::size_t i = 0; i < s.size(); ++i) {
     char c = s[i];
     if (in_str) {
-      if (esc) esc = false;
-      else if (c == '\\') esc = true;
-      else if (c == '"') in_str = false;
+      if (esc)
+        esc = false;
+      else if (c == '\\')
+        esc = true;
+      else if (c == '"')
+        in_str = false;
       continue;
     }
-    if (c == '"') in_str = true;
-    else if (c == '{' || c == '[') stack.push_back(c);
+    if (c == '"')
+      in_str = true;
+    else if (c == '{' || c == '[')
+      stack.push_back(c);
     else if (c == '}' || c == ']') {
       if (stack.empty()) break;
       stack.pop_back();
@@ -60,19 +67,26 @@ nlohmann::json repair_model_json(std::string_view text) {
   } else {
     // Truncated: cut back to the last complete element, then close the containers still open there.
     std::string cut = s.substr(0, last_complete);
-    while (!cut.empty() && (std::isspace(static_cast<unsigned char>(cut.back())) || cut.back() == ',')) cut.pop_back();
+    while (!cut.empty() && (std::isspace(static_cast<unsigned char>(cut.back())) || cut.back() == ','))
+      cut.pop_back();
     std::vector<char> st;
     bool q = false, e2 = false;
     for (char c : cut) {
       if (q) {
-        if (e2) e2 = false;
-        else if (c == '\\') e2 = true;
-        else if (c == '"') q = false;
+        if (e2)
+          e2 = false;
+        else if (c == '\\')
+          e2 = true;
+        else if (c == '"')
+          q = false;
         continue;
       }
-      if (c == '"') q = true;
-      else if (c == '{' || c == '[') st.push_back(c);
-      else if ((c == '}' || c == ']') && !st.empty()) st.pop_back();
+      if (c == '"')
+        q = true;
+      else if (c == '{' || c == '[')
+        st.push_back(c);
+      else if ((c == '}' || c == ']') && !st.empty())
+        st.pop_back();
     }
     // A dangling key ("key": with no value, or "key") is dropped.
     while (!cut.empty() && (cut.back() == ':' || cut.back() == ',')) cut.pop_back();
@@ -91,7 +105,8 @@ namespace {
 std::string squash(std::string_view s) {
   std::string out;
   for (char c : s)
-    if (!std::isspace(static_cast<unsigned char>(c))) out += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    if (!std::isspace(static_cast<unsigned char>(c)))
+      out += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
   return out;
 }
 
@@ -138,19 +153,23 @@ int verify_against_ocr(Extraction& e, const std::vector<OcrPage>& pages) {
     opt(v, l.unit), opt(v, l.reference_range);
     return v;
   });
-  verify_items<Vital>(e.vitals, text, n, [&](const Vital& x) { return std::vector<std::string>{x.name, x.value}; });
+  verify_items<Vital>(e.vitals, text, n, [&](const Vital& x) {
+    return std::vector<std::string>{x.name, x.value};
+  });
   verify_items<Allergy>(e.allergies, text, n, [&](const Allergy& a) {
     std::vector<std::string> v{a.substance};
     opt(v, a.reaction);
     return v;
   });
-  verify_items<Procedure>(e.procedures, text, n, [&](const Procedure& p) { return std::vector<std::string>{p.name}; });
+  verify_items<Procedure>(e.procedures, text, n,
+                          [&](const Procedure& p) { return std::vector<std::string>{p.name}; });
   verify_items<Immunization>(e.immunizations, text, n, [&](const Immunization& i) {
     std::vector<std::string> v{i.vaccine};
     opt(v, i.lot);
     return v;
   });
-  verify_items<Followup>(e.followups, text, n, [&](const Followup& f) { return std::vector<std::string>{f.text}; });
+  verify_items<Followup>(e.followups, text, n,
+                         [&](const Followup& f) { return std::vector<std::string>{f.text}; });
   return n;
 }
 
@@ -165,8 +184,8 @@ void complete_model_json(nlohmann::json& j, const std::optional<std::string>& id
   if (std::find(types.begin(), types.end(), j["document_type"].get<std::string>()) == types.end())
     j["document_type"] = "other";
   if (id) j["document_id"] = *id;
-  for (const char* list : {"diagnoses", "medications", "labs", "vitals", "allergies", "procedures", "immunizations",
-                           "followups"}) {
+  for (const char* list : {"diagnoses", "medications", "labs", "vitals", "allergies", "procedures",
+                           "immunizations", "followups"}) {
     if (!j.contains(list)) continue;
     if (!j[list].is_array()) fail(Errc::kInvalidInput, "model output: \"{}\" is not a list", list);
     for (auto& item : j[list])

@@ -36,10 +36,10 @@ const std::array<float, 16> kNf4Code = {
 };
 
 const std::array<float, 15> kNf4Thresholds = {
-    -0.8480964004993439f,  -0.6106329262256622f, -0.4599952697753906f, -0.33967943489551544f,
+    -0.8480964004993439f,  -0.6106329262256622f,  -0.4599952697753906f,   -0.33967943489551544f,
     -0.23460740596055984f, -0.13791173323988914f, -0.045525018125772476f, 0.03979014977812767f,
-    0.1202552504837513f,   0.2035212516784668f,  0.2920137718319893f,  0.3893125355243683f,
-    0.5016634166240692f,   0.6427869200706482f,  0.8614784181118011f,
+    0.1202552504837513f,   0.2035212516784668f,   0.2920137718319893f,    0.3893125355243683f,
+    0.5016634166240692f,   0.6427869200706482f,   0.8614784181118011f,
 };
 
 namespace {
@@ -131,7 +131,8 @@ float quantize_block(const float* v, std::int64_t n, std::uint8_t* bytes) {
   {
     const __m128 sign = _mm_set1_ps(-0.0f);
     __m128 acc = _mm_set1_ps(amax);
-    for (; i + 4 <= n; i += 4) acc = _mm_max_ps(_mm_andnot_ps(sign, _mm_loadu_ps(v + i)), acc);  // NaN: keeps acc
+    for (; i + 4 <= n; i += 4)
+      acc = _mm_max_ps(_mm_andnot_ps(sign, _mm_loadu_ps(v + i)), acc);  // NaN: keeps acc
     alignas(16) float lanes[4];
     _mm_store_ps(lanes, acc);
     for (float l : lanes) amax = std::fmax(amax, l);
@@ -154,7 +155,8 @@ float quantize_block(const float* v, std::int64_t n, std::uint8_t* bytes) {
       alignas(16) std::int32_t c[8];
       _mm_store_si128(reinterpret_cast<__m128i*>(c), c0);
       _mm_store_si128(reinterpret_cast<__m128i*>(c + 4), c1);
-      for (int k = 0; k < 4; ++k) bytes[(i >> 1) + k] = static_cast<std::uint8_t>(c[2 * k] << 4 | c[2 * k + 1]);
+      for (int k = 0; k < 4; ++k)
+        bytes[(i >> 1) + k] = static_cast<std::uint8_t>(c[2 * k] << 4 | c[2 * k + 1]);
     }
   }
 #endif
@@ -244,8 +246,8 @@ Nf4View Nf4Tensor::view() const {
 }
 
 std::string Nf4Tensor::quant_state_json() const {
-  std::string s = fmt::format(R"({{"quant_type": "nf4", "blocksize": {}, "dtype": "{}", "shape": [)", blocksize,
-                              torch_dtype_name(dtype));
+  std::string s = fmt::format(R"({{"quant_type": "nf4", "blocksize": {}, "dtype": "{}", "shape": [)",
+                              blocksize, torch_dtype_name(dtype));
   for (std::size_t i = 0; i < shape.size(); ++i) s += fmt::format("{}{}", i ? ", " : "", shape[i]);
   s += "]";
   if (nested)

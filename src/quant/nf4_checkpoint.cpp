@@ -103,7 +103,8 @@ std::unique_ptr<Nf4Weight> load_nf4_weight(const TensorStore& store, const std::
     if (!store.contains(name)) bad(fmt::format("tensor '{}' is missing", name));
     TensorView v = store.view(name);
     if (v.dtype() != dtype)
-      bad(fmt::format("tensor '{}' has dtype {}, expected {}", name, dtype_name(v.dtype()), dtype_name(dtype)));
+      bad(fmt::format("tensor '{}' has dtype {}, expected {}", name, dtype_name(v.dtype()),
+                      dtype_name(dtype)));
     return v;
   };
 
@@ -189,7 +190,9 @@ void add_nf4_float_tensors(SafetensorsWriter& w, const std::string& key, std::sh
         [t](std::span<std::uint8_t> out) { put_bytes(out, t->code.data(), 16); });
   if (t->nested) {
     w.add(key + ".nested_absmax", DType::kF32, {static_cast<std::int64_t>(t->nested_absmax.size())},
-          [t](std::span<std::uint8_t> out) { put_bytes(out, t->nested_absmax.data(), t->nested_absmax.size()); });
+          [t](std::span<std::uint8_t> out) {
+            put_bytes(out, t->nested_absmax.data(), t->nested_absmax.size());
+          });
     w.add(key + ".nested_quant_map", DType::kF32, {256},
           [t](std::span<std::uint8_t> out) { put_bytes(out, t->nested_code.data(), 256); });
   } else {
@@ -266,7 +269,8 @@ QuantizeCheckpointInfo quantize_checkpoint(const fs::path& model_dir, const fs::
   if (fs::exists(out_dir, ec)) {
     if (fs::equivalent(out_dir, model_dir, ec))
       fail(Errc::kUsage, "--out must differ from --model ({})", out_dir.string());
-    if (!fs::is_directory(out_dir)) fail(Errc::kUsage, "--out {} exists and is not a folder", out_dir.string());
+    if (!fs::is_directory(out_dir))
+      fail(Errc::kUsage, "--out {} exists and is not a folder", out_dir.string());
     if (!options.overwrite && !fs::is_empty(out_dir))
       fail(Errc::kUsage, "--out {} is not empty (pass --overwrite to replace its files)", out_dir.string());
   }
@@ -323,9 +327,8 @@ QuantizeCheckpointInfo quantize_checkpoint(const fs::path& model_dir, const fs::
       for (const TensorInfo* t : kept) {
         if (dtype_size(t->dtype) != esize) continue;
         const TensorView v = in.view(*t);
-        w.add(t->name, t->dtype, t->shape, [v](std::span<std::uint8_t> out) {
-          put_bytes(out, v.bytes.data(), v.bytes.size());
-        });
+        w.add(t->name, t->dtype, t->shape,
+              [v](std::span<std::uint8_t> out) { put_bytes(out, v.bytes.data(), v.bytes.size()); });
       }
     };
     add_kept(8);
@@ -373,11 +376,12 @@ QuantizeCheckpointInfo quantize_checkpoint(const fs::path& model_dir, const fs::
     if (name == "config.json" || name == "model.safetensors.index.json" || name.ends_with(".safetensors"))
       continue;
     fs::copy_file(entry.path(), out_dir / name, fs::copy_options::overwrite_existing, ec);
-    if (ec) fail(Errc::kIo, "cannot copy {} to {}: {}", entry.path().string(), out_dir.string(), ec.message());
+    if (ec)
+      fail(Errc::kIo, "cannot copy {} to {}: {}", entry.path().string(), out_dir.string(), ec.message());
   }
   info.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  spdlog::info("quantize: {} weights to NF4, {} tensors kept, {} -> {} in {:.1f} s", info.quantized, info.kept,
-               format_bytes(static_cast<double>(info.input_bytes)),
+  spdlog::info("quantize: {} weights to NF4, {} tensors kept, {} -> {} in {:.1f} s", info.quantized,
+               info.kept, format_bytes(static_cast<double>(info.input_bytes)),
                format_bytes(static_cast<double>(info.output_bytes)), info.seconds);
   return info;
 }

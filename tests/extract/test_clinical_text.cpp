@@ -32,7 +32,8 @@ TEST(MedicationParse, InlineSigWithDurationAndIndication) {
 }
 
 TEST(MedicationParse, TableRowWithStatusAndUnitDose) {
-  auto m = parse_medication("Insulin lispro 100 units/mL  10 units  SC  AC&HS  9/24/24 20:15  Discontinue", vocab());
+  auto m = parse_medication("Insulin lispro 100 units/mL  10 units  SC  AC&HS  9/24/24 20:15  Discontinue",
+                            vocab());
   ASSERT_TRUE(m);
   EXPECT_EQ(m->med.name, "Insulin lispro");
   EXPECT_EQ(m->med.strength, "100 units/mL");
@@ -45,7 +46,8 @@ TEST(MedicationParse, TableRowWithStatusAndUnitDose) {
 
 TEST(MedicationParse, PrescriptionSigLongFormsQuantityRefills) {
   auto m = parse_medication(
-      "Finasteride 5 mg tablet  Sig: Take 1 tablet by mouth once daily  Disp: 30 tablets      Refills: 2", vocab());
+      "Finasteride 5 mg tablet  Sig: Take 1 tablet by mouth once daily  Disp: 30 tablets      Refills: 2",
+      vocab());
   ASSERT_TRUE(m);
   EXPECT_EQ(m->med.strength, "5 mg");
   EXPECT_EQ(m->med.dose, "1");

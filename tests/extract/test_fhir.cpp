@@ -123,13 +123,16 @@ TEST(Fhir, CensoredValueHasComparatorAndQualitativeIsString) {
 }
 
 TEST(VlmJson, RepairsFencesAndTruncation) {
-  auto j = repair_model_json("Here you go:\n```json\n{\"document_type\": \"prescription\", \"medications\": []}\n```");
+  auto j = repair_model_json(
+      "Here you go:\n```json\n{\"document_type\": \"prescription\", \"medications\": []}\n```");
   EXPECT_EQ(j["document_type"], "prescription");
   // Cut in the middle of the second item: the complete first item survives.
-  auto t = repair_model_json(R"({"document_type": "lab_results", "labs": [{"test": "Sodium", "value": "140"}, {"test": "Pot)");
+  auto t = repair_model_json(
+      R"({"document_type": "lab_results", "labs": [{"test": "Sodium", "value": "140"}, {"test": "Pot)");
   ASSERT_EQ(t["labs"].size(), 1u);
   EXPECT_EQ(t["labs"][0]["value"], "140");
-  auto u = repair_model_json(R"({"document_type": "lab_results", "labs": [{"test": "Sodium", "value": "140"}], "vitals": [)");
+  auto u = repair_model_json(
+      R"({"document_type": "lab_results", "labs": [{"test": "Sodium", "value": "140"}], "vitals": [)");
   EXPECT_EQ(u["labs"].size(), 1u);
   EXPECT_THROW(repair_model_json("I cannot read this document."), Error);
 }

@@ -2,10 +2,10 @@
 // exact codes on hand-made blocks (ties, zeros, all-equal blocks, odd sizes), the dynamic 8-bit map and
 // its binary search, round-trip error bounds, the quant_state JSON, and the NF4 linear kernels.
 #include <gtest/gtest.h>
-#include <nlohmann/json.hpp>
 
 #include <cmath>
 #include <limits>
+#include <nlohmann/json.hpp>
 #include <random>
 #include <vector>
 
@@ -205,7 +205,8 @@ TEST(DynamicMap, ShapeAndLandmarks) {
 TEST(DynamicMap, BitIdenticalToTorch) {
   // The map as PyTorch builds it on x86-64 (tests/fixtures/nf4/torch_dynamic_map.json, recorded with torch
   // on an AVX-512 Xeon, AVX2 and baseline kernels).
-  const auto j = nlohmann::json::parse(read_file(std::string(MV_FIXTURES_DIR) + "/nf4/torch_dynamic_map.json"));
+  const auto j =
+      nlohmann::json::parse(read_file(std::string(MV_FIXTURES_DIR) + "/nf4/torch_dynamic_map.json"));
   const auto fused = j["avx2_avx512"].get<std::vector<float>>();
   const auto plain = j["default"].get<std::vector<float>>();
   ASSERT_EQ(fused.size(), 256u);
@@ -254,7 +255,8 @@ TEST(DoubleQuant, NestedBlocksNotMultipleOf256) {
     const Nf4View v = t.view();
     for (std::int64_t j = 0; j < (nb + 255) / 256; ++j) {
       float s = 0;
-      for (std::int64_t i = j * 256; i < std::min(nb, (j + 1) * 256); ++i) s = std::max(s, std::fabs(a[i] - t.offset));
+      for (std::int64_t i = j * 256; i < std::min(nb, (j + 1) * 256); ++i)
+        s = std::max(s, std::fabs(a[i] - t.offset));
       EXPECT_EQ(t.nested_absmax[j], s);
       for (std::int64_t i = j * 256; i < std::min(nb, (j + 1) * 256); ++i) {
         const float x = (a[i] - t.offset) * (1.0f / s);
@@ -287,7 +289,8 @@ TEST(Nf4Quantize, DoubleQuantRoundTripAndThreadIndependence) {
     const std::size_t blk = e / 64;
     const float s = a.view().scale(static_cast<std::int64_t>(blk));
     EXPECT_EQ(back[e], a.code[a.view().code_at(static_cast<std::int64_t>(e))] * s);
-    EXPECT_LE(std::fabs(back[e] - v[e]), 0.15191f * plain.absmax[blk] + std::fabs(s - plain.absmax[blk]) + 1e-7f);
+    EXPECT_LE(std::fabs(back[e] - v[e]),
+              0.15191f * plain.absmax[blk] + std::fabs(s - plain.absmax[blk]) + 1e-7f);
     err2 += double(back[e] - v[e]) * (back[e] - v[e]);
     ref2 += double(v[e]) * v[e];
   }
@@ -306,7 +309,8 @@ TEST(Nf4Format, QuantStateJsonAsPythonWritesIt) {
             R"({"quant_type": "nf4", "blocksize": 64, "dtype": "bfloat16", "shape": [3, 21], )"
             R"("nested_blocksize": 256, "nested_dtype": "float32", "nested_offset": 0.012345679104328156})");
   Nf4Tensor p = quantize_f32(v, {63}, false);
-  EXPECT_EQ(p.quant_state_json(), R"({"quant_type": "nf4", "blocksize": 64, "dtype": "float32", "shape": [63]})");
+  EXPECT_EQ(p.quant_state_json(),
+            R"({"quant_type": "nf4", "blocksize": 64, "dtype": "float32", "shape": [63]})");
 }
 
 TEST(Nf4Format, PythonFloatRepr) {
@@ -330,8 +334,8 @@ TEST(Nf4Format, PythonFloatRepr) {
 namespace {
 
 void check_linear(std::int64_t rows, std::int64_t cols, std::int64_t m, bool scalar, bool pooled, bool dq) {
-  const auto w = random_normal(static_cast<std::size_t>(rows * cols), static_cast<std::uint32_t>(rows * 131 + cols),
-                               0.05f);
+  const auto w = random_normal(static_cast<std::size_t>(rows * cols),
+                               static_cast<std::uint32_t>(rows * 131 + cols), 0.05f);
   QuantizeOptions o;
   o.double_quant = dq;
   const Nf4Tensor t = quantize_nf4(w.data(), DType::kF32, {rows, cols}, o);

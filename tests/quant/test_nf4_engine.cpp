@@ -7,10 +7,9 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <cstring>
-
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <memory>
 #include <string>
@@ -92,7 +91,7 @@ struct Logits {
 };
 
 Logits run(const fs::path& dir, const LoadOptions& options, const std::vector<std::int32_t>& ids,
-        const std::vector<PixelValues>& images, const std::vector<std::int32_t>& next) {
+           const std::vector<PixelValues>& images, const std::vector<std::int32_t>& next) {
   auto model = Model::load(dir, options);
   const auto V = static_cast<std::size_t>(model->config().text.vocab_size);
   auto session = model->new_session(static_cast<std::int64_t>(ids.size() + next.size() + 4));
@@ -133,7 +132,8 @@ TEST_P(Nf4Engine, LogitsAgreeAcrossPathsAndStayCloseToFloat) {
   qo.threads = 2;
   const auto info = quant::quantize_checkpoint(ref, nf4, qo);
   // 7 per text layer, 5 per vision block, the merger's 2.
-  EXPECT_EQ(info.quantized, static_cast<std::size_t>(7 * config.text.num_hidden_layers + 5 * config.vision.depth + 2));
+  EXPECT_EQ(info.quantized,
+            static_cast<std::size_t>(7 * config.text.num_hidden_layers + 5 * config.vision.depth + 2));
   write_dequantized(nf4, deq);
 
   // Prompt: text, then the images (vision_start, pads, vision_end), then text.
@@ -174,8 +174,8 @@ TEST_P(Nf4Engine, LogitsAgreeAcrossPathsAndStayCloseToFloat) {
     top1 += argmax(r_nf4.logits[s]) == argmax(r_ref.logits[s]);
   }
   const auto steps = static_cast<double>(r_ref.logits.size());
-  std::printf("[ NF4 vs %s, init_std %.2f ] %s: relative L2 mean %.4f max %.4f, top-1 agreement %d/%zu\n", dt.c_str(), opt.init_std, c.fixture,
-              sum / steps, worst, top1, r_ref.logits.size());
+  std::printf("[ NF4 vs %s, init_std %.2f ] %s: relative L2 mean %.4f max %.4f, top-1 agreement %d/%zu\n",
+              dt.c_str(), opt.init_std, c.fixture, sum / steps, worst, top1, r_ref.logits.size());
   RecordProperty("rel_l2_max", std::to_string(worst));
   RecordProperty("top1", std::to_string(top1));
   // Random tiny models with large weights (init_std 0.3) amplify weight error from layer to layer, far
@@ -191,7 +191,8 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, Nf4Engine,
                                            Case{"text_only_f32", 0}, Case{"tied_bf16_image", 1, 0.02},
                                            Case{"untied_f16_two_images", 2, 0.02}),
                          [](const auto& info) {
-                           return std::string(info.param.fixture) + (info.param.init_std > 0 ? "_std002" : "");
+                           return std::string(info.param.fixture) +
+                                  (info.param.init_std > 0 ? "_std002" : "");
                          });
 
 }  // namespace

@@ -63,8 +63,8 @@ std::string python_with_numpy() {
 TEST(QuantizeCli, WritesBitsandbytesLayout) {
   const auto& f = fixture();
   const fs::path out = f.root / "nf4";
-  const auto r = mv::testing::run_cli(fmt::format("-q quantize --model {} --out {} --threads 2", f.model.string(),
-                                              out.string()));
+  const auto r = mv::testing::run_cli(
+      fmt::format("-q quantize --model {} --out {} --threads 2", f.model.string(), out.string()));
   ASSERT_EQ(r.exit_code, 0) << r.err;
   const auto info = nlohmann::json::parse(r.out);
   const auto config = ModelConfig::load(f.model);
@@ -145,7 +145,7 @@ TEST(QuantizeCli, SkipVisualAndErrors) {
   const auto& f = fixture();
   const fs::path out = f.root / "nf4-novis";
   auto r = mv::testing::run_cli(fmt::format("-q quantize --model {} --out {} --skip visual --threads 1",
-                                        f.model.string(), out.string()));
+                                            f.model.string(), out.string()));
   ASSERT_EQ(r.exit_code, 0) << r.err;
   const auto config = ModelConfig::load(f.model);
   EXPECT_EQ(nlohmann::json::parse(r.out)["quantized_weights"].get<int>(), 7 * config.text.num_hidden_layers);
@@ -160,17 +160,18 @@ TEST(QuantizeCli, SkipVisualAndErrors) {
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_NE(r.err.find("not empty"), std::string::npos) << r.err;
   // Already quantized input.
-  r = mv::testing::run_cli(fmt::format("-q quantize --model {} --out {}", out.string(), (f.root / "x").string()));
+  r = mv::testing::run_cli(
+      fmt::format("-q quantize --model {} --out {}", out.string(), (f.root / "x").string()));
   EXPECT_EQ(r.exit_code, 3);
   EXPECT_NE(r.err.find("already quantized"), std::string::npos) << r.err;
   // CUDA is rejected clearly.
   r = mv::testing::run_cli(fmt::format("-q quantize --model {} --out {} --device cuda", f.model.string(),
-                                   (f.root / "y").string()));
+                                       (f.root / "y").string()));
   EXPECT_EQ(r.exit_code, 3);
   EXPECT_NE(r.err.find("--device cuda"), std::string::npos) << r.err;
   // Missing model folder.
-  r = mv::testing::run_cli(fmt::format("-q quantize --model {} --out {}", (f.root / "none").string(),
-                                   (f.root / "z").string()));
+  r = mv::testing::run_cli(
+      fmt::format("-q quantize --model {} --out {}", (f.root / "none").string(), (f.root / "z").string()));
   EXPECT_EQ(r.exit_code, 3);
   EXPECT_NE(r.err.find("config.json"), std::string::npos) << r.err;
 }

@@ -160,7 +160,7 @@ TEST(LoadTest, ConcurrentExtractRequests) {
       {"machine", {{"cpu", cpu.model}, {"logical_cores", cpu.logical_cores}}},
       {"document", std::filesystem::path(document).filename().string()},
       {"document_bytes", body.size()},
-      {"server_command", cmd.substr(cmd.find("serve"))},
+      {"server_command", "medvision" + cmd.substr(cmd.rfind(" serve "))},
       {"clients", clients},
       {"requests", requests},
       {"ok", ok.load()},
