@@ -1,11 +1,12 @@
 // GPU discovery for `medvision doctor`: properties, memory, versions, and a tiny kernel that proves
 // the device runs code built by this binary.
-#include <cublas_v2.h>
 #include <cuda_runtime.h>
 
 #include <string>
 
+#include "core/error.hpp"
 #include "core/system_info.hpp"
+#include "ops/cuda/cublaslt_api.hpp"
 
 namespace mv {
 
@@ -71,12 +72,12 @@ GpuReport query_gpus() {
       }
       g.kernel_ok = run_test_kernel();
       if (i == 0) {
-        cublasHandle_t h = nullptr;
-        int v = 0;
-        if (cublasCreate(&h) == CUBLAS_STATUS_SUCCESS) {
-          if (cublasGetVersion(h, &v) == CUBLAS_STATUS_SUCCESS)
-            r.cublas_version = std::to_string(v / 10000) + "." + std::to_string((v / 100) % 100) + "." + std::to_string(v % 100);
-          cublasDestroy(h);
+        try {
+          const std::size_t v = cuda::cublaslt().get_version();
+          r.cublas_version = std::to_string(v / 10000) + "." + std::to_string((v / 100) % 100) + "." +
+                             std::to_string(v % 100);
+        } catch (const Error&) {
+          r.cublas_version = "not found";
         }
       }
     }

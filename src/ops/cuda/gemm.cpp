@@ -9,6 +9,7 @@
 #include <tuple>
 
 #include "core/error.hpp"
+#include "ops/cuda/cublaslt_api.hpp"
 #include "ops/cuda/cuda_ops.hpp"
 
 namespace mv::cuda {
@@ -31,6 +32,7 @@ struct Plan {
 }  // namespace
 
 struct Gemm::Impl {
+  const CublasLtApi& lt = cublaslt();  // first: opens the library (or throws) before anything else
   cublasLtHandle_t handle = nullptr;
   Buffer workspace;
   std::mutex mutex;
@@ -41,38 +43,34 @@ struct Gemm::Impl {
     auto it = plans.find(key);
     if (it != plans.end()) return it->second;
     Plan p;
-    check_lt(cublasLtMatmulDescCreate(&p.op, CUBLAS_COMPUTE_32F, CUDA_R_32F), "descriptor");
+    check_lt(lt.desc_create(&p.op, CUBLAS_COMPUTE_32F, CUDA_R_32F), "descriptor");
     const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
-    check_lt(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta), "transa");
-    check_lt(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb), "transb");
+    check_lt(lt.desc_set_attribute(p.op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta), "transa");
+    check_lt(lt.desc_set_attribute(p.op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb), "transb");
     if (bias) {
       const cublasLtEpilogue_t ep = CUBLASLT_EPILOGUE_BIAS;
       const cudaDataType_t bt = CUDA_R_32F;
-      check_lt(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_EPILOGUE, &ep, sizeof ep),
-               "epilogue");
-      check_lt(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bt, sizeof bt),
-               "bias type");
+      check_lt(lt.desc_set_attribute(p.op, CUBLASLT_MATMUL_DESC_EPILOGUE, &ep, sizeof ep), "epilogue");
+      check_lt(lt.desc_set_attribute(p.op, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bt, sizeof bt), "bias type");
     }
-    check_lt(cublasLtMatrixLayoutCreate(&p.a, CUDA_R_16BF, static_cast<std::uint64_t>(k),
-                                        static_cast<std::uint64_t>(n), k),
-             "layout A");
-    check_lt(cublasLtMatrixLayoutCreate(&p.b, CUDA_R_16BF, static_cast<std::uint64_t>(k),
-                                        static_cast<std::uint64_t>(m), k),
-             "layout B");
-    check_lt(cublasLtMatrixLayoutCreate(&p.c, CUDA_R_32F, static_cast<std::uint64_t>(n),
-                                        static_cast<std::uint64_t>(m), n),
-             "layout C");
-    cublasLtMatmulPreference_t pref = nullptr;
-    check_lt(cublasLtMatmulPreferenceCreate(&pref), "preference");
-    const std::uint64_t ws = kWorkspace;
     check_lt(
-        cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws),
-        "workspace");
+        lt.layout_create(&p.a, CUDA_R_16BF, static_cast<std::uint64_t>(k), static_cast<std::uint64_t>(n), k),
+        "layout A");
+    check_lt(
+        lt.layout_create(&p.b, CUDA_R_16BF, static_cast<std::uint64_t>(k), static_cast<std::uint64_t>(m), k),
+        "layout B");
+    check_lt(
+        lt.layout_create(&p.c, CUDA_R_32F, static_cast<std::uint64_t>(n), static_cast<std::uint64_t>(m), n),
+        "layout C");
+    cublasLtMatmulPreference_t pref = nullptr;
+    check_lt(lt.preference_create(&pref), "preference");
+    const std::uint64_t ws = kWorkspace;
+    check_lt(lt.preference_set_attribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws),
+             "workspace");
     cublasLtMatmulHeuristicResult_t res{};
     int found = 0;
-    const cublasStatus_t st =
-        cublasLtMatmulAlgoGetHeuristic(handle, p.op, p.a, p.b, p.c, p.c, pref, 1, &res, &found);
-    cublasLtMatmulPreferenceDestroy(pref);
+    const cublasStatus_t st = lt.algo_get_heuristic(handle, p.op, p.a, p.b, p.c, p.c, pref, 1, &res, &found);
+    lt.preference_destroy(pref);
     if (st != CUBLAS_STATUS_SUCCESS || found == 0)
       fail(Errc::kInternal, "cuBLASLt: no algorithm for a {}x{}x{} bf16 GEMM (status {})", m, n, k,
            static_cast<int>(st));
@@ -82,18 +80,20 @@ struct Gemm::Impl {
 };
 
 Gemm::Gemm() : impl_(new Impl) {
-  check_lt(cublasLtCreate(&impl_->handle), "create");
+  const CublasLtApi& lt = impl_->lt;
+  check_lt(lt.create(&impl_->handle), "create");
   impl_->workspace.resize(kWorkspace);
 }
 
 Gemm::~Gemm() {
+  const CublasLtApi& lt = impl_->lt;
   for (auto& [key, p] : impl_->plans) {
-    cublasLtMatrixLayoutDestroy(p.a);
-    cublasLtMatrixLayoutDestroy(p.b);
-    cublasLtMatrixLayoutDestroy(p.c);
-    cublasLtMatmulDescDestroy(p.op);
+    lt.layout_destroy(p.a);
+    lt.layout_destroy(p.b);
+    lt.layout_destroy(p.c);
+    lt.desc_destroy(p.op);
   }
-  cublasLtDestroy(impl_->handle);
+  lt.destroy(impl_->handle);
   delete impl_;
 }
 
@@ -101,13 +101,14 @@ void Gemm::run(cudaStream_t s, const bf16* x, std::int64_t m, const bf16* w, std
                const float* bias, float* y, bool accumulate) {
   if (m <= 0) return;
   std::lock_guard lock(impl_->mutex);
+  const CublasLtApi& lt = impl_->lt;
   Plan& p = impl_->plan(m, n, k, bias != nullptr);
   if (bias)
-    check_lt(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias),
+    check_lt(lt.desc_set_attribute(p.op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias),
              "bias pointer");
   const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
-  check_lt(cublasLtMatmul(impl_->handle, p.op, &alpha, w, p.a, x, p.b, &beta, y, p.c, y, p.c, &p.algo,
-                          impl_->workspace.data(), kWorkspace, s),
+  check_lt(lt.matmul(impl_->handle, p.op, &alpha, w, p.a, x, p.b, &beta, y, p.c, y, p.c, &p.algo,
+                     impl_->workspace.data(), kWorkspace, s),
            "matmul");
 }
 
