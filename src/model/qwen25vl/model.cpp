@@ -157,25 +157,9 @@ class ModelImpl final : public Model {
   std::vector<float> encode_locked(std::span<const PixelValues> images) {
     if (images.empty()) return {};
     const VisionConfig& v = config_.vision;
-    const std::int64_t cols =
-        std::int64_t{v.in_channels} * v.temporal_patch_size * v.patch_size * v.patch_size;
     std::vector<Grid> grids;
-    std::int64_t rows = 0;
-    for (std::size_t i = 0; i < images.size(); ++i) {
-      const PixelValues& p = images[i];
-      if (p.cols != cols)
-        fail(Errc::kInvalidInput, "image {}: pixel rows have {} values, the vision config needs {}", i,
-             p.cols, cols);
-      grids.push_back(p.grid_thw);
-      const std::int64_t expect = check_grids(v, std::span<const Grid>(&grids.back(), 1));
-      if (p.rows != expect)
-        fail(Errc::kInvalidInput, "image {}: {} pixel rows but grid_thw [{}, {}, {}] has {} patches", i,
-             p.rows, p.grid_thw[0], p.grid_thw[1], p.grid_thw[2], expect);
-      if (static_cast<std::int64_t>(p.data.size()) != p.rows * p.cols)
-        fail(Errc::kInvalidInput, "image {}: pixel buffer holds {} floats, expected {}", i, p.data.size(),
-             p.rows * p.cols);
-      rows += p.rows;
-    }
+    const std::int64_t rows = check_pixel_values(v, images, grids);
+    const std::int64_t cols = images.front().cols;  // equal for every image (checked)
     const auto t0 = std::chrono::steady_clock::now();
     std::vector<float> out;
     if (images.size() == 1) {
@@ -320,9 +304,10 @@ std::unique_ptr<Model> Model::load(const std::filesystem::path& model_dir, const
   const double gib = static_cast<double>(weights->mapped_bytes) / (1 << 30);
   if (gpu >= 0) {
     auto model = load_cuda_model(config, *weights, gpu);
-    spdlog::info("model loaded on cuda:{}: {} text layers, {} vision blocks, {} weights ({:.2f} GiB) in {:.2f} s",
-                 gpu, model->config().text.num_hidden_layers, model->config().vision.depth, dtypes, gib,
-                 std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    spdlog::info(
+        "model loaded on cuda:{}: {} text layers, {} vision blocks, {} weights ({:.2f} GiB) in {:.2f} s", gpu,
+        model->config().text.num_hidden_layers, model->config().vision.depth, dtypes, gib,
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
     return model;
   }
   auto model = std::make_unique<ModelImpl>(std::move(config), std::move(weights), options);

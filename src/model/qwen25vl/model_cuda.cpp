@@ -370,25 +370,9 @@ class CudaModel final : public Model {
   std::int64_t encode_locked(std::span<const PixelValues> images) {
     if (images.empty()) return 0;
     const VisionConfig& c = config_.vision;
-    const std::int64_t cols =
-        std::int64_t{c.in_channels} * c.temporal_patch_size * c.patch_size * c.patch_size;
     std::vector<Grid> grids;
-    std::int64_t N = 0;
-    for (std::size_t i = 0; i < images.size(); ++i) {
-      const PixelValues& p = images[i];
-      if (p.cols != cols)
-        fail(Errc::kInvalidInput, "image {}: pixel rows have {} values, the vision config needs {}", i,
-             p.cols, cols);
-      grids.push_back(p.grid_thw);
-      const std::int64_t expect = check_grids(c, std::span<const Grid>(&grids.back(), 1));
-      if (p.rows != expect)
-        fail(Errc::kInvalidInput, "image {}: {} pixel rows but grid_thw [{}, {}, {}] has {} patches", i,
-             p.rows, p.grid_thw[0], p.grid_thw[1], p.grid_thw[2], expect);
-      if (static_cast<std::int64_t>(p.data.size()) != p.rows * p.cols)
-        fail(Errc::kInvalidInput, "image {}: pixel buffer holds {} floats, expected {}", i, p.data.size(),
-             p.rows * p.cols);
-      N += p.rows;
-    }
+    const std::int64_t N = check_pixel_values(c, images, grids);
+    const std::int64_t cols = images.front().cols;  // equal for every image (checked)
     const std::int64_t D = c.hidden_size, Iv = c.intermediate_size, heads = c.num_heads, hd = c.head_dim();
     const std::int64_t unit = std::int64_t{c.spatial_merge_size} * c.spatial_merge_size, half = hd / 2;
     const std::int64_t tokens = N / unit, O = c.out_hidden_size;

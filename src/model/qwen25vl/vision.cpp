@@ -34,6 +34,28 @@ std::int64_t check_grids(const VisionConfig& c, std::span<const Grid> grids) {
   return total;
 }
 
+std::int64_t check_pixel_values(const VisionConfig& c, std::span<const PixelValues> images,
+                                std::vector<Grid>& grids) {
+  const std::int64_t cols = std::int64_t{c.in_channels} * c.temporal_patch_size * c.patch_size * c.patch_size;
+  std::int64_t rows = 0;
+  for (std::size_t i = 0; i < images.size(); ++i) {
+    const PixelValues& p = images[i];
+    if (p.cols != cols)
+      fail(Errc::kInvalidInput, "image {}: pixel rows have {} values, the vision config needs {}", i, p.cols,
+           cols);
+    grids.push_back(p.grid_thw);
+    const std::int64_t expect = check_grids(c, std::span<const Grid>(&grids.back(), 1));
+    if (p.rows != expect)
+      fail(Errc::kInvalidInput, "image {}: {} pixel rows but grid_thw [{}, {}, {}] has {} patches", i, p.rows,
+           p.grid_thw[0], p.grid_thw[1], p.grid_thw[2], expect);
+    if (static_cast<std::int64_t>(p.data.size()) != p.rows * p.cols)
+      fail(Errc::kInvalidInput, "image {}: pixel buffer holds {} floats, expected {}", i, p.data.size(),
+           p.rows * p.cols);
+    rows += p.rows;
+  }
+  return rows;
+}
+
 VisionLayout vision_layout(const VisionConfig& c, std::span<const Grid> grids) {
   check_grids(c, grids);
   const std::int64_t m = c.spatial_merge_size, unit = m * m;

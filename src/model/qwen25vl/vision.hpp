@@ -9,6 +9,7 @@
 #include "core/thread_pool.hpp"
 #include "io/model_config.hpp"
 #include "model/qwen25vl/weights.hpp"
+#include "vision/preprocess.hpp"
 
 namespace mv::qwen25vl {
 
@@ -17,6 +18,12 @@ using Grid = std::array<std::int64_t, 3>;  // (t, h, w) in patches
 // Checks grids against the config (positive, h and w multiples of the merge size, sizes in bounds);
 // throws kInvalidInput naming the image. Returns the total number of patches.
 std::int64_t check_grids(const VisionConfig& config, std::span<const Grid> grids);
+
+// Checks each image's pixel rows against its grid and the config (row width, row count, buffer size),
+// appends the grids to `grids`, and returns the total number of pixel rows (patches). Throws
+// kInvalidInput naming the image.
+std::int64_t check_pixel_values(const VisionConfig& config, std::span<const PixelValues> images,
+                                std::vector<Grid>& grids);
 
 // Index bookkeeping of one ViT call over several images (spec §4.3).
 struct VisionLayout {
