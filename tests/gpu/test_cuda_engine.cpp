@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "common/numeric.hpp"
 #include "core/file.hpp"
 #include "model/qwen25vl/model.hpp"
 #include "model/qwen25vl/random_checkpoint.hpp"
@@ -33,15 +34,7 @@ namespace {
 
 constexpr double kModelRelL2 = 2e-2;
 
-double rel_l2(std::span<const float> got, std::span<const float> want) {
-  double num = 0, den = 0;
-  for (std::size_t i = 0; i < want.size(); ++i) {
-    const double d = double(got[i]) - double(want[i]);
-    num += d * d;
-    den += double(want[i]) * want[i];
-  }
-  return std::sqrt(num / std::max(den, 1e-300));
-}
+using mv::test::rel_l2;
 
 #define SKIP_WITHOUT_GPU() \
   if (!cuda_available()) GTEST_SKIP() << "no usable GPU (or built without CUDA)"

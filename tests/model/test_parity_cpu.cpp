@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "common/numeric.hpp"
 #include "core/error.hpp"
 #include "core/file.hpp"
 #include "io/image.hpp"
@@ -34,15 +35,7 @@ namespace {
 const fs::path kFixtures = fs::path(MV_FIXTURES_DIR) / "model";
 constexpr double kLogitsRelL2 = 1e-4;
 
-double rel_l2(std::span<const float> got, std::span<const float> want) {
-  double num = 0, den = 0;
-  for (std::size_t i = 0; i < want.size(); ++i) {
-    const double d = double(got[i]) - double(want[i]);
-    num += d * d;
-    den += double(want[i]) * want[i];
-  }
-  return std::sqrt(num / std::max(den, 1e-300));
-}
+using mv::test::rel_l2;
 
 DType parse_dtype_name(const std::string& s) {
   if (s == "bf16") return DType::kBF16;

@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "common/numeric.hpp"
 #include "core/file.hpp"
 #include "io/image.hpp"
 #include "model/qwen25vl/model.hpp"
@@ -30,15 +31,7 @@ namespace {
 
 const fs::path kFixtures = fs::path(MV_FIXTURES_DIR) / "model";
 
-double rel_l2(const std::vector<float>& got, const std::vector<float>& want) {
-  double num = 0, den = 0;
-  for (std::size_t i = 0; i < want.size(); ++i) {
-    const double d = double(got[i]) - want[i];
-    num += d * d;
-    den += double(want[i]) * want[i];
-  }
-  return std::sqrt(num / std::max(den, 1e-300));
-}
+using mv::test::rel_l2;
 
 std::size_t argmax(const std::vector<float>& v) {
   return static_cast<std::size_t>(std::max_element(v.begin(), v.end()) - v.begin());

@@ -10,6 +10,7 @@
 
 #include "core/error.hpp"
 #include "core/log.hpp"
+#include "model/qwen25vl/engine_checks.hpp"
 #include "model/qwen25vl/vision.hpp"
 #include "model/qwen25vl/weights.hpp"
 #include "ops/ops.hpp"
@@ -126,8 +127,8 @@ class ModelImpl final : public Model {
   void decode(Session& session, std::int32_t token, std::span<float> logits) override {
     std::lock_guard lock(mutex_);
     SessionImpl& s = own(session);
-    check_logits(logits);
-    check_ids(std::span<const std::int32_t>(&token, 1));
+    check_logits_size(logits, V_);
+    check_token_ids(std::span<const std::int32_t>(&token, 1), V_);
     if (s.length_ + 1 > s.capacity_)
       fail(Errc::kTooLarge, "decode: the session is full ({} tokens)", s.capacity_);
     const std::int64_t p = s.length_ + s.rope_delta_;
@@ -140,18 +141,6 @@ class ModelImpl final : public Model {
     auto* s = dynamic_cast<SessionImpl*>(&session);
     if (!s || s->owner_ != this) fail(Errc::kInvalidInput, "session was not created by this model");
     return *s;
-  }
-
-  void check_logits(std::span<float> logits) const {
-    if (static_cast<std::int64_t>(logits.size()) < V_)
-      fail(Errc::kInvalidInput, "logits buffer holds {} floats, the vocabulary has {}", logits.size(), V_);
-  }
-
-  void check_ids(std::span<const std::int32_t> ids) const {
-    for (std::size_t i = 0; i < ids.size(); ++i) {
-      if (ids[i] < 0 || ids[i] >= V_)
-        fail(Errc::kInvalidInput, "token id {} at index {} is outside the vocabulary [0, {})", ids[i], i, V_);
-    }
   }
 
   std::vector<float> encode_locked(std::span<const PixelValues> images) {
@@ -179,10 +168,10 @@ class ModelImpl final : public Model {
                       std::span<const std::array<std::int64_t, 3>> grids, std::span<const float> features,
                       std::span<float> logits) {
     SessionImpl& s = own(session);
-    check_logits(logits);
+    check_logits_size(logits, V_);
     const auto n = static_cast<std::int64_t>(ids.size());
     if (n == 0) fail(Errc::kInvalidInput, "prefill: the prompt is empty");
-    check_ids(ids);
+    check_token_ids(ids, V_);
     if (s.length_ + n > s.capacity_)
       fail(Errc::kTooLarge, "prefill: {} prompt tokens do not fit the session ({} of {} used)", n, s.length_,
            s.capacity_);

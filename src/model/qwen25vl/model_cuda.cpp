@@ -12,6 +12,7 @@
 
 #include "core/error.hpp"
 #include "core/log.hpp"
+#include "model/qwen25vl/engine_checks.hpp"
 #include "model/qwen25vl/model.hpp"
 #include "model/qwen25vl/vision.hpp"
 #include "model/qwen25vl/weights.hpp"
@@ -330,8 +331,8 @@ class CudaModel final : public Model {
     std::lock_guard lock(mutex_);
     cuda::check(cudaSetDevice(device_), "select device");
     CudaSession& s = own(session);
-    check_logits(logits);
-    check_ids(std::span<const std::int32_t>(&token, 1));
+    check_logits_size(logits, V_);
+    check_token_ids(std::span<const std::int32_t>(&token, 1), V_);
     if (s.length_ + 1 > s.capacity_)
       fail(Errc::kTooLarge, "decode: the session is full ({} tokens)", s.capacity_);
     const std::int64_t p = s.length_ + s.rope_delta_;
@@ -351,18 +352,6 @@ class CudaModel final : public Model {
     auto* s = dynamic_cast<CudaSession*>(&session);
     if (!s || s->owner_ != this) fail(Errc::kInvalidInput, "session was not created by this model");
     return *s;
-  }
-
-  void check_logits(std::span<float> logits) const {
-    if (static_cast<std::int64_t>(logits.size()) < V_)
-      fail(Errc::kInvalidInput, "logits buffer holds {} floats, the vocabulary has {}", logits.size(), V_);
-  }
-
-  void check_ids(std::span<const std::int32_t> ids) const {
-    for (std::size_t i = 0; i < ids.size(); ++i) {
-      if (ids[i] < 0 || ids[i] >= V_)
-        fail(Errc::kInvalidInput, "token id {} at index {} is outside the vocabulary [0, {})", ids[i], i, V_);
-    }
   }
 
   // Runs the vision tower over `images` into features_ (merged tokens in raster order); returns the
@@ -509,10 +498,10 @@ class CudaModel final : public Model {
                       std::span<const std::array<std::int64_t, 3>> grids, const float* features,
                       std::int64_t feature_rows, std::span<float> logits) {
     CudaSession& s = own(session);
-    check_logits(logits);
+    check_logits_size(logits, V_);
     const auto n = static_cast<std::int64_t>(ids.size());
     if (n == 0) fail(Errc::kInvalidInput, "prefill: the prompt is empty");
-    check_ids(ids);
+    check_token_ids(ids, V_);
     if (s.length_ + n > s.capacity_)
       fail(Errc::kTooLarge, "prefill: {} prompt tokens do not fit the session ({} of {} used)", n, s.length_,
            s.capacity_);
