@@ -12,6 +12,7 @@
 
 #include "core/error.hpp"
 #include "core/log.hpp"
+#include "model/qwen25vl/cuda_linear.hpp"
 #include "model/qwen25vl/engine_checks.hpp"
 #include "model/qwen25vl/model.hpp"
 #include "model/qwen25vl/vision.hpp"
@@ -24,15 +25,14 @@ namespace {
 
 using cuda::bf16;
 using cuda::Buffer;
+using cudaeng::DLinear;
+using cudaeng::fuse;
+using cudaeng::matrix_bf16;
+using cudaeng::single;
+using cudaeng::upload_vec;
+using cudaeng::Uploader;
 
 constexpr std::int64_t kPrefillChunk = 2048;  // prompt rows per forward pass on the GPU
-
-struct DLinear {
-  Buffer w, b;
-  std::int64_t out = 0, in = 0;
-  const bf16* W() const { return w.as<bf16>(); }
-  const float* B() const { return b.size() ? b.as<float>() : nullptr; }
-};
 
 struct DTextLayer {
   Buffer in_norm, post_norm;
@@ -43,109 +43,6 @@ struct DVisionBlock {
   Buffer norm1, norm2;
   DLinear qkv, proj, gate_up, down;
 };
-
-// Host → device copies of mapped tensors through two pinned staging buffers (copy of one chunk
-// overlaps the host memcpy of the next); F32/F16 are converted to bf16 on the device.
-class Uploader {
- public:
-  explicit Uploader(cudaStream_t s) : s_(s) {
-    for (int i = 0; i < 2; ++i) {
-      cuda::check(cudaMallocHost(&pinned_[i], kStage), "pinned staging buffer");
-      cuda::check(cudaEventCreateWithFlags(&ev_[i], cudaEventDisableTiming), "event");
-      scratch_[i].resize(kStage);
-    }
-  }
-  ~Uploader() {
-    cudaStreamSynchronize(s_);
-    for (int i = 0; i < 2; ++i) {
-      cudaFreeHost(pinned_[i]);
-      cudaEventDestroy(ev_[i]);
-    }
-  }
-  void put(const ops::Matrix& m, bf16* dst) {
-    const std::int64_t n = m.rows * m.cols;
-    const std::size_t esz = dtype_size(m.dtype);
-    const std::int64_t per = static_cast<std::int64_t>(kStage / esz);
-    for (std::int64_t off = 0; off < n; off += per) {
-      const std::int64_t cnt = std::min(per, n - off);
-      cuda::check(cudaEventSynchronize(ev_[cur_]), "staging wait");
-      std::memcpy(pinned_[cur_], static_cast<const char*>(m.data) + off * esz,
-                  static_cast<std::size_t>(cnt) * esz);
-      if (m.dtype == DType::kBF16) {
-        cuda::check(cudaMemcpyAsync(dst + off, pinned_[cur_], static_cast<std::size_t>(cnt) * 2,
-                                    cudaMemcpyHostToDevice, s_),
-                    "weight upload");
-      } else {
-        cuda::check(cudaMemcpyAsync(scratch_[cur_].data(), pinned_[cur_], static_cast<std::size_t>(cnt) * esz,
-                                    cudaMemcpyHostToDevice, s_),
-                    "weight upload");
-        if (m.dtype == DType::kF32)
-          cuda::f32_to_bf16(s_, scratch_[cur_].as<float>(), cnt, dst + off);
-        else
-          cuda::f16_to_bf16(s_, scratch_[cur_].as<std::uint16_t>(), cnt, dst + off);
-      }
-      cuda::check(cudaEventRecord(ev_[cur_], s_), "staging record");
-      cur_ ^= 1;
-      bytes_ += static_cast<std::uint64_t>(cnt) * esz;
-    }
-  }
-  std::uint64_t bytes() const { return bytes_; }
-
- private:
-  static constexpr std::size_t kStage = std::size_t{64} << 20;
-  cudaStream_t s_;
-  void* pinned_[2] = {nullptr, nullptr};
-  cudaEvent_t ev_[2] = {nullptr, nullptr};
-  Buffer scratch_[2];
-  int cur_ = 0;
-  std::uint64_t bytes_ = 0;
-};
-
-Buffer upload_vec(const std::vector<float>& v) {
-  Buffer b(v.size() * sizeof(float));
-  cuda::check(cudaMemcpy(b.data(), v.data(), v.size() * sizeof(float), cudaMemcpyHostToDevice),
-              "vector upload");
-  return b;
-}
-
-// Several linear layers over the same input as one weight [Σ out, in] (rows concatenated) and one bias.
-DLinear fuse(Uploader& up, std::initializer_list<const Linear*> parts) {
-  DLinear d;
-  d.in = (*parts.begin())->w.cols;
-  for (const Linear* p : parts) d.out += p->w.rows;
-  d.w.resize(static_cast<std::size_t>(d.out * d.in) * sizeof(bf16));
-  std::int64_t row = 0;
-  bool bias = false;
-  for (const Linear* p : parts) {
-    MV_CHECK(p->w.cols == d.in, "fused linear: in features {} vs {}", p->w.cols, d.in);
-    up.put(p->w, d.w.as<bf16>() + row * d.in);
-    row += p->w.rows;
-    bias = bias || !p->bias.empty();
-  }
-  if (bias) {
-    std::vector<float> b;
-    b.reserve(static_cast<std::size_t>(d.out));
-    for (const Linear* p : parts) {
-      if (p->bias.empty())
-        b.insert(b.end(), static_cast<std::size_t>(p->w.rows), 0.0f);
-      else
-        b.insert(b.end(), p->bias.begin(), p->bias.end());
-    }
-    d.b = upload_vec(b);
-  }
-  return d;
-}
-
-DLinear single(Uploader& up, const Linear& l) { return fuse(up, {&l}); }
-
-DLinear matrix_only(Uploader& up, const ops::Matrix& m) {
-  DLinear d;
-  d.out = m.rows;
-  d.in = m.cols;
-  d.w.resize(static_cast<std::size_t>(m.rows * m.cols) * sizeof(bf16));
-  up.put(m, d.w.as<bf16>());
-  return d;
-}
 
 class CudaSession final : public Session {
  public:
@@ -204,6 +101,7 @@ class CudaModel final : public Model {
     cuda::check(cudaSetDevice(device_), "select device");
     cuda::check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "stream");
     gemm_ = std::make_unique<cuda::Gemm>();
+    lc_ = cudaeng::LinearContext{stream_, gemm_.get(), &lin_scratch_};
     const TextConfig& t = config_.text;
     H_ = t.hidden_size;
     hd_ = t.head_dim();
@@ -215,8 +113,8 @@ class CudaModel final : public Model {
     const auto before = cuda::memory_stats().allocated;
     {
       Uploader up(stream_);
-      embed_ = matrix_only(up, w.text.embed);
-      if (!w.text.tied) lm_head_ = matrix_only(up, w.text.lm_head);
+      embed_ = matrix_bf16(up, w.text.embed);
+      if (!w.text.tied) lm_head_ = matrix_bf16(up, w.text.lm_head);
       norm_ = upload_vec(w.text.norm);
       layers_.resize(w.text.layers.size());
       for (std::size_t l = 0; l < layers_.size(); ++l) {
@@ -230,7 +128,7 @@ class CudaModel final : public Model {
         D.down = single(up, L.down);
       }
       const VisionWeights& vw = w.vision;
-      patch_ = matrix_only(up, vw.patch_embed);
+      patch_ = matrix_bf16(up, vw.patch_embed);
       vblocks_.resize(vw.blocks.size());
       for (std::size_t j = 0; j < vblocks_.size(); ++j) {
         const VisionBlockWeights& B = vw.blocks[j];
@@ -426,14 +324,14 @@ class CudaModel final : public Model {
     const float eps = 1e-6f;
 
     cuda::f32_to_bf16(stream_, pix, N * cols, a);
-    gemm_->run(stream_, a, N, patch_.W(), D, cols, nullptr, y, false);
+    patch_.gemm(lc_, a, N, y, false);
     cuda::gather_rows(stream_, y, widx, tokens, unit * D, x);
     for (std::size_t j = 0; j < vblocks_.size(); ++j) {
       const DVisionBlock& B = vblocks_[j];
       const bool full = std::find(c.fullatt_block_indexes.begin(), c.fullatt_block_indexes.end(),
                                   static_cast<int>(j)) != c.fullatt_block_indexes.end();
       cuda::rms_norm(stream_, x, N, D, D, B.norm1.as<float>(), eps, a);
-      gemm_->run(stream_, a, N, B.qkv.W(), 3 * D, D, B.qkv.B(), y, false);
+      B.qkv.gemm(lc_, a, N, y, false);
       cuda::QkvSplit sp{y,
                         3 * D,
                         N,
@@ -463,19 +361,19 @@ class CudaModel final : public Model {
                         full ? fitems : witems,
                         static_cast<int>(full ? full_items.size() : win_items.size())};
       cuda::attention(stream_, at);
-      gemm_->run(stream_, a, N, B.proj.W(), D, D, B.proj.B(), x, true);
+      B.proj.gemm(lc_, a, N, x, true);
       cuda::rms_norm(stream_, x, N, D, D, B.norm2.as<float>(), eps, a);
-      gemm_->run(stream_, a, N, B.gate_up.W(), 2 * Iv, D, B.gate_up.B(), y, false);
+      B.gate_up.gemm(lc_, a, N, y, false);
       cuda::silu_mul(stream_, y, N, Iv, a);
-      gemm_->run(stream_, a, N, B.down.W(), D, Iv, B.down.B(), x, true);
+      B.down.gemm(lc_, a, N, x, true);
     }
     // Patch merger: RMSNorm per patch; `unit` consecutive rows form one row of unit·D.
     cuda::rms_norm(stream_, x, N, D, D, ln_q_.as<float>(), eps, a);
-    gemm_->run(stream_, a, tokens, mlp0_.W(), unit * D, unit * D, mlp0_.B(), y, false);
+    mlp0_.gemm(lc_, a, tokens, y, false);
     cuda::gelu(stream_, y, tokens * unit * D, a);
     MV_CHECK(O <= unit * D, "vision merger output {} wider than {}", O, unit * D);
     float* merged = x;  // the residual stream is free now
-    gemm_->run(stream_, a, tokens, mlp2_.W(), O, unit * D, mlp2_.B(), merged, false);
+    mlp2_.gemm(lc_, a, tokens, merged, false);
     cuda::scatter_rows(stream_, merged, widx, tokens, O, features_.as<float>());
     cuda::check(cudaStreamSynchronize(stream_), "vision tower");
     return tokens;
@@ -599,7 +497,7 @@ class CudaModel final : public Model {
     float* cos = tcs_.as<float>();
     float* sin = cos + n * half;
 
-    cuda::embed_rows(stream_, embed_.W(), H_, d_ids, d_frow, features, n, x);
+    cuda::embed_rows(stream_, embed_.bf16_rows(), H_, d_ids, d_frow, features, n, x);
     cuda::mrope_tables(stream_, d_pos, pos_rows, inv_freq_.as<float>(), pair_stream_.as<std::int8_t>(),
                        static_cast<int>(half), cos, sin);
     float* h32 = th32_.as<float>();
@@ -624,7 +522,7 @@ class CudaModel final : public Model {
       if (decode) {
         // One row: GEMV over fp32 activations (the weights are the traffic; activations stay unrounded).
         cuda::rms_norm_f32(stream_, x, 1, H_, H_, L.in_norm.as<float>(), eps, h32);
-        cuda::gemv(stream_, h32, 1, L.qkv.W(), nq + 2 * nkv, H_, L.qkv.B(), y, false);
+        L.qkv.gemv(lc_, h32, 1, y, false);
         cuda::rope_split_qkv(stream_, sp);
         const cuda::DecodeAttnArgs da{q,
                                       nq,
@@ -641,15 +539,15 @@ class CudaModel final : public Model {
                                       static_cast<int>(hd_),
                                       1};
         cuda::decode_attention(stream_, da);
-        cuda::gemv(stream_, h32, 1, L.o.W(), H_, nq, nullptr, x, true);
+        L.o.gemv(lc_, h32, 1, x, true);
         cuda::rms_norm_f32(stream_, x, 1, H_, H_, L.post_norm.as<float>(), eps, h32);
-        cuda::gemv(stream_, h32, 1, L.gate_up.W(), 2 * I_, H_, nullptr, y, false);
+        L.gate_up.gemv(lc_, h32, 1, y, false);
         cuda::silu_mul_f32(stream_, y, 1, I_, h32);
-        cuda::gemv(stream_, h32, 1, L.down.W(), H_, I_, nullptr, x, true);
+        L.down.gemv(lc_, h32, 1, x, true);
         continue;
       }
       cuda::rms_norm(stream_, x, n, H_, H_, L.in_norm.as<float>(), eps, a);
-      gemm_->run(stream_, a, n, L.qkv.W(), nq + 2 * nkv, H_, L.qkv.B(), y, false);
+      L.qkv.gemm(lc_, a, n, y, false);
       cuda::rope_split_qkv(stream_, sp);
       const cuda::AttnArgs at{q,
                               nq,
@@ -665,17 +563,17 @@ class CudaModel final : public Model {
                               d_items,
                               static_cast<int>(items.size())};
       cuda::attention(stream_, at);
-      gemm_->run(stream_, a, n, L.o.W(), H_, nq, nullptr, x, true);
+      L.o.gemm(lc_, a, n, x, true);
       cuda::rms_norm(stream_, x, n, H_, H_, L.post_norm.as<float>(), eps, a);
-      gemm_->run(stream_, a, n, L.gate_up.W(), 2 * I_, H_, nullptr, y, false);
+      L.gate_up.gemm(lc_, a, n, y, false);
       cuda::silu_mul(stream_, y, n, I_, a);
-      gemm_->run(stream_, a, n, L.down.W(), H_, I_, nullptr, x, true);
+      L.down.gemm(lc_, a, n, x, true);
     }
     s.length_ = past + n;
     if (logits) {
       cuda::rms_norm_f32(stream_, x + (n - 1) * H_, 1, H_, H_, norm_.as<float>(), eps, h32);
-      const bf16* head = config_.text.tie_word_embeddings ? embed_.W() : lm_head_.W();
-      cuda::gemv(stream_, h32, 1, head, V_, H_, nullptr, logits_dev_.as<float>(), false);
+      const DLinear& head = config_.text.tie_word_embeddings ? embed_ : lm_head_;
+      head.gemv(lc_, h32, 1, logits_dev_.as<float>(), false);
       cuda::check(
           cudaMemcpyAsync(logits_host_, logits_dev_.data(), static_cast<std::size_t>(V_) * sizeof(float),
                           cudaMemcpyDeviceToHost, stream_),
@@ -691,6 +589,8 @@ class CudaModel final : public Model {
   int device_;
   cudaStream_t stream_ = nullptr;
   std::unique_ptr<cuda::Gemm> gemm_;
+  Buffer lin_scratch_;
+  cudaeng::LinearContext lc_;
   std::int64_t H_ = 0, hd_ = 0, nh_ = 0, nkv_ = 0, I_ = 0, V_ = 0;
   std::uint64_t weight_bytes_ = 0;
   std::mutex mutex_;
