@@ -275,6 +275,23 @@ class ModelImpl final : public Model {
 
 }  // namespace
 
+void Model::decode_batch(std::span<Session* const> sessions, std::span<const std::int32_t> tokens,
+                         std::span<float> logits) {
+  const auto vocab = static_cast<std::size_t>(config().text.vocab_size);
+  if (sessions.size() != tokens.size())
+    fail(Errc::kInvalidInput, "decode_batch: {} sessions but {} tokens", sessions.size(), tokens.size());
+  if (logits.size() < sessions.size() * vocab)
+    fail(Errc::kInvalidInput, "decode_batch: the logits buffer holds {} floats, {} sequences need {}",
+         logits.size(), sessions.size(), sessions.size() * vocab);
+  for (std::size_t i = 0; i < sessions.size(); ++i) {
+    if (sessions[i] == nullptr) fail(Errc::kInvalidInput, "decode_batch: session {} is null", i);
+    for (std::size_t j = 0; j < i; ++j)
+      if (sessions[j] == sessions[i]) fail(Errc::kInvalidInput, "decode_batch: session {} appears twice", i);
+  }
+  for (std::size_t i = 0; i < sessions.size(); ++i)
+    decode(*sessions[i], tokens[i], logits.subspan(i * vocab, vocab));
+}
+
 std::unique_ptr<Model> Model::load(const std::filesystem::path& model_dir, const LoadOptions& options) {
   const auto t0 = std::chrono::steady_clock::now();
   ModelConfig config = ModelConfig::load(model_dir);

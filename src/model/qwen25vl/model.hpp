@@ -8,7 +8,6 @@
 #include <optional>
 #include <span>
 #include <string>
-#include <string>
 #include <vector>
 
 #include "io/model_config.hpp"
@@ -17,9 +16,9 @@
 namespace mv::qwen25vl {
 
 struct LoadOptions {
-  int threads = 0;                   // 0 = all hardware threads
-  std::int64_t prefill_chunk = 256;  // prompt rows per forward pass (bounds activation memory)
-  std::string quantize;              // "nf4": quantize 16-bit Linear weights at load ("" = as stored)
+  int threads = 0;                         // 0 = all hardware threads
+  std::int64_t prefill_chunk = 256;        // prompt rows per forward pass (bounds activation memory)
+  std::string quantize;                    // "nf4": quantize 16-bit Linear weights at load ("" = as stored)
   std::vector<std::string> quantize_skip;  // modules kept unquantized besides lm_head (e.g. "visual")
   // "cpu", "cuda" (= cuda:0), "cuda:N", or "auto" (cuda:0 when a GPU is usable, else cpu).
   std::string device = "cpu";
@@ -67,6 +66,12 @@ class Model {
                                      std::span<const float> image_features, std::span<float> logits) = 0;
   // One token: appends it to the cache and writes the next-token logits.
   virtual void decode(Session& session, std::int32_t token, std::span<float> logits) = 0;
+  // One decode step for several sequences: tokens[i] is appended to sessions[i] (all distinct, all made
+  // by this model) and the next-token logits of sequence i go to logits[i·vocab, (i+1)·vocab). Engines
+  // that can batch override it (one pass over the weights for every sequence); the default decodes the
+  // sequences one after the other.
+  virtual void decode_batch(std::span<Session* const> sessions, std::span<const std::int32_t> tokens,
+                            std::span<float> logits);
 };
 
 // True when this build has the CUDA engine and a usable GPU is present.
