@@ -1,9 +1,13 @@
 // medvision bench --model DIR --image FILE ...: times one page end to end (load, vision, prefill, TTFT,
 // decode) over several runs on the CPU or CUDA engine and writes the figures as JSON (median, min, max).
+// An NF4 model (an NF4 checkpoint, or --quantize nf4) writes benchmarks/quantized_int4.json unless --json
+// names another file.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <filesystem>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
@@ -26,6 +30,7 @@ struct BenchArgs {
   std::string model_dir, image, json_out;
   std::string prompt = "Extract every medication with its dose, route and frequency from this document.";
   std::string device = "auto";
+  std::string quantize;  // "nf4": quantize at load
   int max_new_tokens = 256;
   bool ignore_eos = false;
   int runs = 3;
@@ -54,6 +59,15 @@ void run_bench(const BenchArgs& a) {
   qwen25vl::LoadOptions lo;
   lo.threads = a.threads;
   lo.device = a.device;
+  lo.quantize = a.quantize;
+  // NF4 when asked to quantize, or when config.json carries bitsandbytes' 4-bit quantization_config.
+  bool nf4 = a.quantize == "nf4";
+  {
+    const auto cfg = nlohmann::json::parse(read_file(std::filesystem::path(a.model_dir) / "config.json"));
+    if (cfg.contains("quantization_config") && cfg["quantization_config"].is_object())
+      nf4 = nf4 || cfg["quantization_config"].value("load_in_4bit", false);
+  }
+  const std::string json_out = !a.json_out.empty() ? a.json_out : nf4 ? "benchmarks/quantized_int4.json" : "";
   const int gpu = qwen25vl::parse_device(a.device);
   const auto t0 = std::chrono::steady_clock::now();
   auto model = qwen25vl::Model::load(a.model_dir, lo);
@@ -100,6 +114,10 @@ void run_bench(const BenchArgs& a) {
     j["gpu_name"] = gr.gpus[static_cast<std::size_t>(gpu)].name;
   j["model_dir"] = a.model_dir;
   j["dtype"] = gpu >= 0 ? "bfloat16" : "float32 compute";
+  if (nf4) {
+    j["quantization"] = "nf4";  // bitsandbytes layout: block 64, double quantization
+    j["quantized_at_load"] = a.quantize == "nf4";
+  }
   j["max_new_tokens"] = a.max_new_tokens;
   j["ignore_eos"] = a.ignore_eos;
   j["runs"] = a.runs;
@@ -123,7 +141,11 @@ void run_bench(const BenchArgs& a) {
     j["vram_total_gb"] = static_cast<double>(m->device_total) / gib;
   }
   j["peak_rss_mb"] = static_cast<double>(qwen25vl::peak_rss_bytes()) / (1024.0 * 1024.0);
-  if (!a.json_out.empty()) write_file(a.json_out, j.dump(2) + "\n");
+  if (!json_out.empty()) {
+    const auto parent = std::filesystem::path(json_out).parent_path();
+    if (!parent.empty()) std::filesystem::create_directories(parent);
+    write_file(json_out, j.dump(2) + "\n");
+  }
   print_json(j);
 }
 
@@ -145,7 +167,9 @@ void add_bench_command(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--device", args->device, "cpu, cuda, cuda:N, or auto")->capture_default_str();
   cmd->add_option("--threads", args->threads, "CPU threads (0 = all)")->capture_default_str();
-  cmd->add_option("--json", args->json_out, "also write the JSON to this file");
+  cmd->add_option("--quantize", args->quantize, "nf4: quantize the 16-bit Linear weights at load");
+  cmd->add_option("--json", args->json_out,
+                  "also write the JSON to this file (default for an NF4 model: benchmarks/quantized_int4.json)");
   cmd->callback([args] { run_bench(*args); });
 }
 

@@ -4,6 +4,8 @@
 #include <tesseract/baseapi.h>
 #include <tesseract/resultiterator.h>
 
+#include <dlfcn.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
@@ -96,9 +98,32 @@ std::string OcrPage::text() const {
   return out;
 }
 
+namespace {
+
+// Tesseract (Debian's build) runs parts of its LSTM in OpenMP regions of up to 10 threads. On a small
+// machine those threads oversubscribe the cores and spin in the runtime between regions: on a 2-core
+// machine about half of a page's CPU time went to OpenMP spinning and the kernel's futex/scheduler work,
+// and page-level threads of our own compete with them. OMP_THREAD_LIMIT would stop it, but the OpenMP
+// runtime reads its environment when it is loaded, before any code of ours runs, so setting it here is
+// too late. The maximum number of active parallel levels can still be changed at run time: 0 makes every
+// OpenMP region run on the calling thread alone. A limit the user set in the environment is kept.
+// The runtime is reached through the dynamic linker because it comes with libtesseract, not with us.
+void serialise_openmp_once() {
+  static const bool done = [] {
+    if (std::getenv("OMP_THREAD_LIMIT") || std::getenv("OMP_NUM_THREADS")) return false;
+    using SetLevels = void (*)(int);
+    auto* set_levels = reinterpret_cast<SetLevels>(dlsym(RTLD_DEFAULT, "omp_set_max_active_levels"));
+    if (!set_levels) return false;
+    set_levels(0);
+    return true;
+  }();
+  (void)done;
+}
+
+}  // namespace
+
 OcrEngine::OcrEngine(OcrOptions options) : options_(std::move(options)) {
-  // Tesseract's OpenMP threads spin and compete with our own page-level threads: one each (unless set).
-  ::setenv("OMP_THREAD_LIMIT", "1", 0);
+  serialise_openmp_once();
   release(acquire());  // fails early when the model cannot be loaded
 }
 

@@ -200,14 +200,26 @@ void complete_model_json(nlohmann::json& j, const std::optional<std::string>& id
 
 class VlmExtractor final : public Extractor {
  public:
-  explicit VlmExtractor(const ExtractorConfig& c)
-      : config_(c),
-        pre_(PreprocessConfig::load(c.model_dir)),
-        tokenizer_(Tokenizer::from_model_dir(c.model_dir)),
-        ocr_(OcrOptions{c.tessdata_dir}) {
+  // Loads its own model.
+  explicit VlmExtractor(const ExtractorConfig& c) : config_(c), ocr_(OcrOptions{c.tessdata_dir}) {
+    auto pre = std::make_shared<PreprocessConfig>(PreprocessConfig::load(c.model_dir));
+    auto tokenizer = std::make_shared<Tokenizer>(Tokenizer::from_model_dir(c.model_dir));
     qwen25vl::LoadOptions lo;
     lo.threads = c.threads;
-    model_ = qwen25vl::Model::load(c.model_dir, lo);
+    std::shared_ptr<qwen25vl::Model> model = qwen25vl::Model::load(c.model_dir, lo);
+    auto mutex = std::make_shared<std::mutex>();
+    generate_ = [pre, tokenizer, model, mutex](std::vector<ChatMessage> messages,
+                                               std::vector<ImageRGB8> images, int max_new_tokens) {
+      qwen25vl::GenerateOptions go;
+      go.max_new_tokens = max_new_tokens;
+      std::lock_guard lock(*mutex);  // one sequence at a time on this engine
+      return qwen25vl::generate(*model, *tokenizer, messages, images, *pre, go).text;
+    };
+  }
+  // Over a model run elsewhere.
+  VlmExtractor(const ExtractorConfig& c, VlmGenerate generate)
+      : config_(c), ocr_(OcrOptions{c.tessdata_dir}), generate_(std::move(generate)) {
+    if (!generate_) fail(Errc::kUsage, "the VLM extractor needs a model to generate with");
   }
   std::string_view backend() const override { return "vlm"; }
 
@@ -221,13 +233,7 @@ class VlmExtractor final : public Extractor {
       user.parts.push_back({ChatPart::Kind::kImage, {}});
     }
     user.parts.push_back({ChatPart::Kind::kText, synth::training_prompt()});
-    qwen25vl::GenerateOptions go;
-    go.max_new_tokens = options.max_new_tokens;
-    std::string answer;
-    {
-      std::lock_guard lock(model_mutex_);  // one sequence at a time on the CPU engine
-      answer = qwen25vl::generate(*model_, tokenizer_, {user}, images, pre_, go).text;
-    }
+    const std::string answer = generate_({std::move(user)}, std::move(images), options.max_new_tokens);
     nlohmann::json j = repair_model_json(answer);
     complete_model_json(j, options.document_id);
     Extraction e = extraction_from_json(j, "model output");
@@ -242,17 +248,18 @@ class VlmExtractor final : public Extractor {
 
  private:
   ExtractorConfig config_;
-  PreprocessConfig pre_;
-  Tokenizer tokenizer_;
   OcrEngine ocr_;
-  std::unique_ptr<qwen25vl::Model> model_;
-  std::mutex model_mutex_;
+  VlmGenerate generate_;
 };
 
 }  // namespace
 
 std::unique_ptr<Extractor> make_vlm_extractor(const ExtractorConfig& config) {
   return std::make_unique<VlmExtractor>(config);
+}
+
+std::unique_ptr<Extractor> make_vlm_extractor(const ExtractorConfig& config, VlmGenerate generate) {
+  return std::make_unique<VlmExtractor>(config, std::move(generate));
 }
 
 }  // namespace mv::extract

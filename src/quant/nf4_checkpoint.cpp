@@ -304,7 +304,9 @@ QuantizeCheckpointInfo quantize_checkpoint(const fs::path& model_dir, const fs::
       const std::string module = t.name.substr(0, t.name.size() - (candidate ? 7 : 0));
       if (candidate && should_quantize(module, skip)) {
         const TensorView v = in.view(t);
-        auto q = std::make_shared<Nf4Tensor>(quantize_nf4(v.bytes.data(), t.dtype, t.shape, {}, &pool));
+        auto q = std::make_shared<Nf4Tensor>(options.quantizer
+                                                 ? options.quantizer(v.bytes.data(), t.dtype, t.shape)
+                                                 : quantize_nf4(v.bytes.data(), t.dtype, t.shape, {}, &pool));
         if (!compute_set) {
           compute = t.dtype;
           compute_set = true;

@@ -9,6 +9,7 @@
 #pragma once
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <span>
@@ -70,6 +71,9 @@ struct QuantizeCheckpointOptions {
   std::vector<std::string> skip;  // user's entries (lm_head is always kept in 16 bits)
   int threads = 0;                // 0: all hardware threads
   bool overwrite = false;         // allow writing into a non-empty output folder
+  // Quantizes one tensor (data, dtype, shape) when set, e.g. on the GPU (CudaQuantizer); must give the
+  // same result as quantize_nf4 with the default options. Unset: quantize_nf4 on the CPU threads.
+  std::function<Nf4Tensor(const void*, DType, const std::vector<std::int64_t>&)> quantizer;
 };
 
 struct QuantizeCheckpointInfo {

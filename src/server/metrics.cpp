@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
+
 namespace mv::server {
 
 void Metrics::observe_request(const std::string& route, int status, double seconds) {
@@ -25,10 +27,20 @@ void Metrics::observe_generation(std::int64_t prompt_tokens, std::int64_t comple
     last_tokens_per_second_ = static_cast<double>(completion_tokens - 1) / decode_seconds;
 }
 
-void Metrics::observe_batch(int sequences) {
+void Metrics::observe_batch(int sequences, double seconds) {
   std::lock_guard lock(mutex_);
   last_batch_ = sequences;
   ++decode_batches_;
+  batch_sequences_ += static_cast<std::uint64_t>(sequences);
+  for (std::size_t i = 0; i < kBatchBuckets.size(); ++i)
+    if (sequences <= kBatchBuckets[i]) ++batch_buckets_[i];
+  steps_[step_next_ % kRateWindow] = {sequences, seconds};
+  ++step_next_;
+}
+
+void Metrics::observe_sequence_end(const std::string& finish_reason) {
+  std::lock_guard lock(mutex_);
+  ++sequence_ends_[finish_reason];
 }
 
 void Metrics::observe_rejection(const std::string& queue, int status) {
@@ -102,9 +114,35 @@ std::string Metrics::render() const {
     out += "# HELP medvision_batch_size Sequences that shared the last decode step.\n";
     out += "# TYPE medvision_batch_size gauge\n";
     out += fmt::format("medvision_batch_size {}\n", last_batch_);
-    out += "# HELP medvision_decode_batches_total Decode steps (or serial generations) scheduled.\n";
+    out += "# HELP medvision_decode_batch_size Sequences per decode step of the engine.\n";
+    out += "# TYPE medvision_decode_batch_size histogram\n";
+    for (std::size_t i = 0; i < kBatchBuckets.size(); ++i)
+      out += fmt::format("medvision_decode_batch_size_bucket{{le=\"{}\"}} {}\n", num(kBatchBuckets[i]),
+                         batch_buckets_[i]);
+    out += fmt::format("medvision_decode_batch_size_bucket{{le=\"+Inf\"}} {}\n", decode_batches_);
+    out += fmt::format("medvision_decode_batch_size_sum {}\n", batch_sequences_);
+    out += fmt::format("medvision_decode_batch_size_count {}\n", decode_batches_);
+    out += "# HELP medvision_decode_batches_total Decode steps of the engine.\n";
     out += "# TYPE medvision_decode_batches_total counter\n";
     out += fmt::format("medvision_decode_batches_total {}\n", decode_batches_);
+    {
+      const std::size_t n = std::min(step_next_, kRateWindow);
+      double tokens = 0, seconds = 0;
+      for (std::size_t i = 0; i < n; ++i) {
+        tokens += steps_[i].first;
+        seconds += steps_[i].second;
+      }
+      out +=
+          "# HELP medvision_engine_tokens_per_second Tokens per second of the engine's decode steps, all "
+          "sequences together, over the last 64 steps.\n";
+      out += "# TYPE medvision_engine_tokens_per_second gauge\n";
+      out +=
+          fmt::format("medvision_engine_tokens_per_second {}\n", num(seconds > 0 ? tokens / seconds : 0.0));
+    }
+    out += "# HELP medvision_sequences_total Sequences that left the batch, by finish reason.\n";
+    out += "# TYPE medvision_sequences_total counter\n";
+    for (const auto& [reason, n] : sequence_ends_)
+      out += fmt::format("medvision_sequences_total{{finish_reason=\"{}\"}} {}\n", reason, n);
   }
   if (gauges) {
     std::string last_name;

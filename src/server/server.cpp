@@ -23,6 +23,7 @@
 #include "extract/extractor.hpp"
 #include "extract/fhir.hpp"
 #include "extract/schema.hpp"
+#include "extract/vlm_extractor.hpp"
 #include "model/qwen25vl/model.hpp"
 #include "server/auth.hpp"
 #include "server/generation.hpp"
@@ -34,6 +35,9 @@
 namespace mv::server {
 
 namespace {
+
+// Sequences per decode step when --max-batch is 0.
+constexpr int kDefaultEngineBatch = 8;
 
 using json = nlohmann::json;
 using Clock = std::chrono::steady_clock;
@@ -126,6 +130,12 @@ void send_rejected(httplib::Response& res, const Rejected& r) {
   send_error(res, r.status, r.what());
 }
 
+// The model answered, but not in the form the route needs (502 invalid_model_output). Its message names no
+// content.
+struct ModelOutputError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
 }  // namespace
 
 // Client-caused errors (4xx) carry their message: those messages name fields and limits, never document
@@ -144,6 +154,8 @@ ErrorReply error_reply(std::exception_ptr ep, const std::string& request_id, con
     ErrorReply e = reply(r.status, r.what());
     e.retry_after = r.retry_after;
     return e;
+  } catch (const ModelOutputError& e) {
+    return reply(502, e.what());
   } catch (const Error& e) {
     const int status = e.code() == Errc::kNotFound ? 400 : http_status(e.code());
     if (status >= 500) {
@@ -200,11 +212,12 @@ struct Server::Impl {
   bool is_tls = false;
   ApiKeys keys;
   Metrics metrics;
-  std::unique_ptr<extract::Extractor> extractor;
+  // Declared in the order they depend on each other (destroyed in reverse): the extraction workers use the
+  // extractor, which (vlm) uses the scheduler, which runs the model.
   std::unique_ptr<ChatModel> chat;
-  std::unique_ptr<WorkQueue> engine_queue;  // the single model engine (chat, analyze, vlm extraction)
-  std::unique_ptr<WorkQueue> ocr_queue;     // OCR extraction workers
-  std::unique_ptr<GenerationScheduler> scheduler;
+  std::unique_ptr<BatchScheduler> scheduler;  // the one engine: chat, analyze, vlm extraction
+  std::unique_ptr<extract::Extractor> extractor;
+  std::unique_ptr<WorkQueue> extract_queue;  // /extract workers (OCR; vlm: preparation, OCR verification)
   std::atomic<bool> draining{false};
   std::atomic<bool> cancel_streams{false};
   std::atomic<int> active_streams{0};
@@ -219,7 +232,6 @@ struct Server::Impl {
 
   explicit Impl(ServerOptions o);
   void setup_routes();
-  WorkQueue& extraction_queue() { return backend == "vlm" ? *engine_queue : *ocr_queue; }
   GpuReport gpu_report();
   json model_info() const;
   std::uint64_t max_upload_bytes() const { return static_cast<std::uint64_t>(options.max_upload_mb) << 20; }
@@ -259,23 +271,42 @@ Server::Impl::Impl(ServerOptions o) : options(std::move(o)) {
   if (backend == "vlm" && options.model_dir.empty()) fail(Errc::kUsage, "--backend vlm needs --model DIR");
 
   const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  extract::ExtractorConfig config;
-  config.model_dir = backend == "vlm" ? options.model_dir : std::filesystem::path{};
-  config.threads = options.threads;
-  spdlog::info("server: starting the {} extraction backend", backend);
-  extractor = extract::make_extractor(backend, config);
+  const int engine_batch = options.max_batch > 0 ? options.max_batch : kDefaultEngineBatch;
   if (!options.model_dir.empty()) {
     spdlog::info("server: loading the model from {}", options.model_dir.string());
     chat = ChatModel::load(options.model_dir, options.threads, options.device);
     model_name = chat->id;
     device = chat->device;
+    BatchOptions bo;
+    bo.max_batch = engine_batch;
+    bo.max_queue = options.max_queue;
+    scheduler = std::make_unique<BatchScheduler>(*chat, bo, &metrics);
   } else {
     model_name = "tesseract-eng";
   }
-  engine_queue = std::make_unique<WorkQueue>("engine", 1, options.max_queue);
-  ocr_queue = std::make_unique<WorkQueue>("ocr", options.max_batch > 0 ? options.max_batch : cores,
-                                          options.max_queue);
-  if (chat) scheduler = std::make_unique<SerialGenerationScheduler>(*chat, *engine_queue, &metrics);
+  extract::ExtractorConfig config;
+  config.threads = options.threads;
+  spdlog::info("server: starting the {} extraction backend", backend);
+  if (backend == "vlm") {
+    // Extraction runs on the shared engine: its sequences batch with the chat routes' and the model is
+    // loaded once.
+    config.model_dir = options.model_dir;
+    extractor = extract::make_vlm_extractor(
+        config, [this](std::vector<ChatMessage> messages, std::vector<ImageRGB8> images, int max_new_tokens) {
+          GenerationRequest g;
+          g.messages = std::move(messages);
+          g.images = std::move(images);
+          g.max_tokens = max_new_tokens;
+          return scheduler->submit(std::move(g), nullptr).get().text;
+        });
+  } else {
+    extractor = extract::make_extractor(backend, config);
+  }
+  // vlm: the workers mostly wait for the engine, so there are as many as the batch has places.
+  const int extract_workers = backend == "vlm"        ? engine_batch
+                              : options.max_batch > 0 ? options.max_batch
+                                                      : cores;
+  extract_queue = std::make_unique<WorkQueue>("extract", extract_workers, options.max_queue);
 
   chat_limits.max_tokens_limit = options.max_tokens_limit;
   chat_limits.default_max_tokens = std::min(options.default_max_tokens, options.max_tokens_limit);
@@ -298,7 +329,8 @@ Server::Impl::Impl(ServerOptions o) : options(std::move(o)) {
   }
   const int http_threads = options.http_threads > 0
                                ? options.http_threads
-                               : std::max(32, options.max_queue + ocr_queue->workers() + 8);
+                               : std::max(32, 2 * options.max_queue + extract_queue->workers() +
+                                                  (scheduler ? scheduler->max_batch() : 0) + 8);
   http->new_task_queue = [http_threads] {
     return new httplib::ThreadPool(static_cast<std::size_t>(http_threads));
   };
@@ -334,15 +366,23 @@ json Server::Impl::model_info() const {
 
 std::vector<Metrics::Gauge> Server::Impl::gauges() {
   std::vector<Metrics::Gauge> g;
-  for (const WorkQueue* q : {engine_queue.get(), ocr_queue.get()})
-    g.push_back({"medvision_queue_depth", "Requests waiting for a worker.",
-                 fmt::format("{{queue=\"{}\"}}", q->name()), static_cast<double>(q->waiting())});
-  for (const WorkQueue* q : {engine_queue.get(), ocr_queue.get()})
-    g.push_back({"medvision_queue_running", "Requests being worked on.",
-                 fmt::format("{{queue=\"{}\"}}", q->name()), static_cast<double>(q->running())});
-  for (const WorkQueue* q : {engine_queue.get(), ocr_queue.get()})
-    g.push_back({"medvision_queue_capacity", "Waiting places of the queue.",
-                 fmt::format("{{queue=\"{}\"}}", q->name()), static_cast<double>(q->capacity())});
+  // The engine's queue: requests admitted but not yet in the batch; running = sequences in the batch.
+  const double engine_waiting = scheduler ? scheduler->waiting() : 0;
+  const double engine_active = scheduler ? scheduler->active() : 0;
+  const double engine_capacity = scheduler ? scheduler->capacity() : 0;
+  g.push_back({"medvision_queue_depth", "Requests waiting for a worker (engine: for a place in the batch).",
+               "{queue=\"engine\"}", engine_waiting});
+  g.push_back({"medvision_queue_depth", "", fmt::format("{{queue=\"{}\"}}", extract_queue->name()),
+               static_cast<double>(extract_queue->waiting())});
+  g.push_back({"medvision_queue_running", "Requests being worked on (engine: sequences in the batch).",
+               "{queue=\"engine\"}", engine_active});
+  g.push_back({"medvision_queue_running", "", fmt::format("{{queue=\"{}\"}}", extract_queue->name()),
+               static_cast<double>(extract_queue->running())});
+  g.push_back(
+      {"medvision_queue_capacity", "Waiting places of the queue.", "{queue=\"engine\"}", engine_capacity});
+  g.push_back({"medvision_queue_capacity", "", fmt::format("{{queue=\"{}\"}}", extract_queue->name()),
+               static_cast<double>(extract_queue->capacity())});
+  g.push_back({"medvision_active_sequences", "Sequences in the engine's batch.", "", engine_active});
   g.push_back({"medvision_max_batch", "Sequences that may share one decode step.", "",
                static_cast<double>(scheduler ? scheduler->max_batch() : 0)});
   g.push_back({"medvision_active_streams", "Streamed chat completions in progress.", "",
@@ -498,9 +538,18 @@ void Server::Impl::handle_extract(const httplib::Request& req, httplib::Response
   }
   const auto t0 = Clock::now();
   const bool want_fhir = format == "fhir";
-  json result = run_on<json>(extraction_queue(), [this, bytes = std::move(bytes), pages_spec, eo, want_fhir] {
+  json result = run_on<json>(*extract_queue, [this, bytes = std::move(bytes), pages_spec, eo, want_fhir] {
     auto pages = decode_upload(bytes, pages_spec);
-    const extract::Extraction e = extractor->extract(pages, eo);
+    extract::Extraction e;
+    try {
+      e = extractor->extract(pages, eo);
+    } catch (const Error& error) {
+      // The pages were decoded above, so what the VLM extractor still rejects as invalid is the model's
+      // answer (not JSON, not the schema): a bad gateway, not a bad request.
+      if (backend == "vlm" && error.code() == Errc::kInvalidInput)
+        throw ModelOutputError("the model's answer is not a valid extraction; retry or use the OCR backend");
+      throw;
+    }
     json r = {{"extraction", extract::to_json(e)}};
     if (want_fhir) r["fhir"] = extract::to_fhir_bundle(e);
     return r;
@@ -654,6 +703,9 @@ void Server::Impl::handle_chat(const httplib::Request& req, httplib::Response& r
     state->cv.notify_one();
     return true;
   };
+  // The engine polls this before every step, so a client that went away frees its place in the batch even
+  // while no text is coming (held back by a stop string or an incomplete UTF-8 character) or while it waits.
+  chat_req.generation.cancelled = [state, this] { return state->cancelled.load() || cancel_streams.load(); };
   auto future = std::make_shared<std::future<GenerationOutput>>(
       scheduler->submit(std::move(chat_req.generation), sink));
   const bool include_usage = chat_req.include_usage, json_object = chat_req.json_object;
@@ -836,8 +888,8 @@ Server::Server(ServerOptions options) : impl_(std::make_unique<Impl>(std::move(o
 
 Server::~Server() {
   stop();
-  impl_->engine_queue->close();
-  impl_->ocr_queue->close();
+  impl_->extract_queue->close();  // its jobs may still wait for the engine
+  if (impl_->scheduler) impl_->scheduler->close();
 }
 
 int Server::bind() {
@@ -875,8 +927,8 @@ void Server::stop() {
   spdlog::info("server: shutting down; finishing admitted work");
   const auto deadline = Clock::now() + std::chrono::duration<double>(d.options.shutdown_timeout_s);
   auto busy = [&] {
-    return d.engine_queue->waiting() + d.engine_queue->running() + d.ocr_queue->waiting() +
-           d.ocr_queue->running() + d.active_streams.load();
+    return (d.scheduler ? d.scheduler->waiting() + d.scheduler->active() : 0) + d.extract_queue->waiting() +
+           d.extract_queue->running() + d.active_streams.load();
   };
   while (busy() > 0 && Clock::now() < deadline) std::this_thread::sleep_for(std::chrono::milliseconds(20));
   if (busy() > 0) {

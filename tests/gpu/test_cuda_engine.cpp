@@ -180,30 +180,41 @@ TEST(CudaOps, AttentionMatchesCpu) {
     if (c.m >= 1) {
       const std::int64_t last = c.m - 1;
       std::vector<float> want1(want.begin() + last * nq, want.begin() + (last + 1) * nq);
-      const cuda::bf16* kb = dk.as<cuda::bf16>();
-      const cuda::bf16* vb = dv.as<cuda::bf16>();
+      // As one sequence of a batch of two: the other sequence (a shorter view of the same cache) must not
+      // disturb it, and its own result is the causal attention of an earlier row.
       const std::int32_t len = static_cast<std::int32_t>(keys);
-      auto dkb = upload(std::vector<const cuda::bf16*>{kb}), dvb = upload(std::vector<const cuda::bf16*>{vb});
-      auto dlen = upload(std::vector<std::int32_t>{len});
-      cuda::Buffer dout1(static_cast<std::size_t>(nq) * sizeof(float));
-      cuda::DecodeAttnArgs d{dq.as<cuda::bf16>() + last * nq,
+      const std::int32_t len2 = static_cast<std::int32_t>(std::max<std::int64_t>(1, keys - 5));
+      std::vector<cuda::DecodeSeq> seqs{
+          {dk.as<cuda::bf16>(), dv.as<cuda::bf16>(), keys * c.hd, len, 0},
+          {dk.as<cuda::bf16>(), dv.as<cuda::bf16>(), keys * c.hd, len2, 0}};
+      auto dseq = upload(seqs);
+      // Both sequences ask with the last query row.
+      std::vector<float> q2(q.begin() + last * nq, q.begin() + (last + 1) * nq);
+      q2.insert(q2.end(), q.begin() + last * nq, q.begin() + (last + 1) * nq);
+      auto dq2 = upload(to_bf16(q2));
+      cuda::Buffer dout1(static_cast<std::size_t>(2 * nq) * sizeof(float));
+      cuda::DecodeAttnArgs d{dq2.as<cuda::bf16>(),
                              nq,
-                             dkb.as<const cuda::bf16*>(),
-                             dvb.as<const cuda::bf16*>(),
+                             dseq.as<cuda::DecodeSeq>(),
                              0,
-                             keys * c.hd,
                              c.hd,
-                             dlen.as<std::int32_t>(),
                              dout1.as<float>(),
                              nq,
                              c.heads,
                              c.kv,
                              c.hd,
-                             1};
+                             2};
       cuda::decode_attention(nullptr, d);
       cuda::check(cudaDeviceSynchronize(), "decode attention");
-      const double e1 = rel_l2(download<float>(dout1, static_cast<std::size_t>(nq)), want1);
+      const auto got1 = download<float>(dout1, static_cast<std::size_t>(2 * nq));
+      const double e1 = rel_l2(std::vector<float>(got1.begin(), got1.begin() + nq), want1);
       EXPECT_LE(e1, 1e-2) << "decode hd " << c.hd;
+      // The second sequence: the same query against the first len2 keys only (CPU reference).
+      std::vector<float> want2(static_cast<std::size_t>(nq));
+      ops::attention_causal(q.data() + last * nq, 1, nq, c.heads, c.kv, c.hd, k.data(), v.data(), keys * c.hd,
+                            len2 - 1, want2.data(), nq, nullptr);
+      const double e2 = rel_l2(std::vector<float>(got1.begin() + nq, got1.end()), want2);
+      EXPECT_LE(e2, 1e-2) << "decode (second sequence, " << len2 << " keys) hd " << c.hd;
     }
   }
   // Varlen (vision): segments of 64 (windows, some partial) and one long segment.
@@ -472,10 +483,13 @@ TEST(CudaTimings, KernelsAt7BShapes) {
                      hd,
                      di.as<cuda::AttnItem>(),
                      static_cast<int>(items.size())};
-    const float ms = time_ms([&] { cuda::attention(nullptr, a); }, 5);
     const double flops = 4.0 * N * static_cast<double>(std::min(seg, N)) * D;
-    std::printf("[ timing   ] vision attention, segments of %lld: %.3f ms (%.1f TFLOP/s)\n",
-                static_cast<long long>(seg), ms, flops / ms / 1e9);
+    for (const auto [kernel, name] :
+         {std::pair{cuda::AttnKernel::kMma, "mma"}, std::pair{cuda::AttnKernel::kWmma, "wmma"}}) {
+      const float ms = time_ms([&] { cuda::attention(nullptr, a, kernel); }, seg == N ? 10 : 20);
+      std::printf("[ timing   ] vision attention (%s), segments of %lld: %.3f ms (%.1f TFLOP/s)\n", name,
+                  static_cast<long long>(seg), ms, flops / ms / 1e9);
+    }
   }
   // Causal prefill attention: 1727 tokens, 28 heads / 4 kv heads of 128.
   {
@@ -501,8 +515,15 @@ TEST(CudaTimings, KernelsAt7BShapes) {
                      128,
                      di.as<cuda::AttnItem>(),
                      static_cast<int>(items.size())};
-    std::printf("[ timing   ] causal prefill attention 1727 tokens: %.3f ms\n",
-                time_ms([&] { cuda::attention(nullptr, a); }, 5));
+    const double flops = 4.0 * 128 * 28 * (static_cast<double>(n) * (n + 1) / 2);  // visible (q, k) pairs
+    for (const auto [kernel, name] :
+         {std::pair{cuda::AttnKernel::kMma, "mma"}, std::pair{cuda::AttnKernel::kWmma, "wmma"}}) {
+      const float ms = time_ms([&] { cuda::attention(nullptr, a, kernel); }, 20);
+      std::printf(
+          "[ timing   ] causal prefill attention (%s) 1727 tokens, 28/4 heads x 128: %.3f ms (%.1f "
+          "TFLOP/s)\n",
+          name, ms, flops / ms / 1e9);
+    }
   }
   // Decode GEMV at the MLP shapes: bytes of weights over time.
   for (auto [n, k] :

@@ -8,10 +8,54 @@
 
 namespace mv::qwen25vl::cudaeng {
 
+namespace {
+
+cuda::ElemType dense_type(WeightFormat f) {
+  switch (f) {
+    case WeightFormat::kF32:
+      return cuda::ElemType::kF32;
+    case WeightFormat::kF16:
+      return cuda::ElemType::kF16;
+    case WeightFormat::kBF16:
+      return cuda::ElemType::kBF16;
+    case WeightFormat::kNF4:
+      break;
+  }
+  fail(Errc::kInternal, "linear: {} is not a dense weight format", format_name(f));
+}
+
+WeightFormat format_of(DType dt) {
+  switch (dt) {
+    case DType::kF32:
+      return WeightFormat::kF32;
+    case DType::kF16:
+      return WeightFormat::kF16;
+    case DType::kBF16:
+      return WeightFormat::kBF16;
+    default:
+      fail(Errc::kUnsupported, "CUDA engine: weight dtype {} is not supported (F32, F16, BF16 or NF4)",
+           dtype_name(dt));
+  }
+}
+
+void* scratch(const LinearContext& c, std::size_t bytes) {
+  MV_CHECK(c.scratch != nullptr, "linear: no scratch buffer");
+  c.scratch->ensure(bytes);
+  return c.scratch->data();
+}
+
+}  // namespace
+
 const char* format_name(WeightFormat f) {
   switch (f) {
     case WeightFormat::kBF16:
       return "bf16";
+    case WeightFormat::kF16:
+      return "f16";
+    case WeightFormat::kF32:
+      return "f32";
+    case WeightFormat::kNF4:
+      return "nf4";
   }
   return "?";
 }
@@ -22,12 +66,48 @@ const bf16* DLinear::bf16_rows() const {
   return w.as<bf16>();
 }
 
-void DLinear::gemm(const LinearContext& c, const bf16* a, std::int64_t rows, float* y,
-                   bool accumulate) const {
+std::uint64_t DLinear::weight_bytes() const {
+  std::uint64_t n = w.size();
+  for (const Nf4Part& p : parts) n += p.q.bytes() + p.dense.size();
+  return n;
+}
+
+void DLinear::gemm(const LinearContext& c, const bf16* a, std::int64_t rows, float* y, bool accumulate) const {
+  if (rows <= 0) return;
+  const auto n_act = static_cast<std::size_t>(rows * in);
   switch (format) {
     case WeightFormat::kBF16:
       c.gemm->run(c.stream, a, rows, w.as<bf16>(), out, in, bias(), y, accumulate);
       return;
+    case WeightFormat::kF16: {
+      auto* a16 = static_cast<std::uint16_t*>(scratch(c, n_act * 2));
+      cuda::bf16_to_f16(c.stream, a, rows * in, a16);
+      c.gemm->run_typed(c.stream, cuda::Gemm::Operands::kF16, a16, rows, w.data(), out, in, bias(), y,
+                        accumulate);
+      return;
+    }
+    case WeightFormat::kF32: {
+      auto* a32 = static_cast<float*>(scratch(c, n_act * 4));
+      cuda::bf16_to_f32(c.stream, a, rows * in, a32);
+      c.gemm->run_typed(c.stream, cuda::Gemm::Operands::kF32, a32, rows, w.data(), out, in, bias(), y,
+                        accumulate);
+      return;
+    }
+    case WeightFormat::kNF4: {
+      // Dequantize the whole weight (every part at its rows) to bf16, then one bf16 GEMM.
+      auto* wb = static_cast<bf16*>(scratch(c, static_cast<std::size_t>(out * in) * sizeof(bf16)));
+      for (const Nf4Part& p : parts) {
+        bf16* dst = wb + p.row0 * in;
+        if (p.dense.size())
+          cuda::check(cudaMemcpyAsync(dst, p.dense.data(), static_cast<std::size_t>(p.rows * in) * sizeof(bf16),
+                                      cudaMemcpyDeviceToDevice, c.stream),
+                      "linear: copy unquantized part");
+        else
+          cuda::nf4_dequantize(c.stream, p.ref, dst);
+      }
+      c.gemm->run(c.stream, a, rows, wb, out, in, bias(), y, accumulate);
+      return;
+    }
   }
   fail(Errc::kInternal, "linear: unknown weight format");
 }
@@ -37,8 +117,33 @@ void DLinear::gemv(const LinearContext& c, const float* x, int rows, float* y, b
     case WeightFormat::kBF16:
       cuda::gemv(c.stream, x, rows, w.as<bf16>(), out, in, bias(), y, accumulate);
       return;
+    case WeightFormat::kF16:
+    case WeightFormat::kF32:
+      cuda::gemv_typed(c.stream, x, rows, w.data(), dense_type(format), out, in, bias(), y, out, accumulate);
+      return;
+    case WeightFormat::kNF4: {
+      const float* bs = bias();
+      for (const Nf4Part& p : parts) {
+        const float* pb = bs ? bs + p.row0 : nullptr;
+        if (p.dense.size())
+          cuda::gemv_typed(c.stream, x, rows, p.dense.data(), cuda::ElemType::kBF16, p.rows, in, pb, y + p.row0,
+                           out, accumulate);
+        else
+          cuda::nf4_gemv(c.stream, x, rows, p.ref, p.rows, in, pb, y + p.row0, out, accumulate);
+      }
+      return;
+    }
   }
   fail(Errc::kInternal, "linear: unknown weight format");
+}
+
+void DLinear::embed_rows(cudaStream_t s, const std::int32_t* ids, const std::int32_t* feature_row,
+                         const float* features, std::int64_t rows, float* x) const {
+  if (format == WeightFormat::kBF16) {
+    cuda::embed_rows(s, w.as<bf16>(), in, ids, feature_row, features, rows, x);
+    return;
+  }
+  cuda::embed_rows_typed(s, w.data(), dense_type(format), in, ids, feature_row, features, rows, x);
 }
 
 Uploader::Uploader(cudaStream_t s) : s_(s) {
@@ -57,35 +162,47 @@ Uploader::~Uploader() {
   }
 }
 
-void Uploader::put_bf16(const ops::Matrix& m, bf16* dst) {
-  MV_CHECK(m.nf4 == nullptr, "an NF4 weight cannot be uploaded as bf16");
+void Uploader::put_bf16(const ops::Matrix& m, bf16* dst) { put(m, dst, true); }
+void Uploader::put_raw(const ops::Matrix& m, void* dst) { put(m, dst, false); }
+
+void Uploader::put(const ops::Matrix& m, void* dst, bool to_bf16) {
+  MV_CHECK(m.nf4 == nullptr, "an NF4 weight cannot be uploaded as a dense matrix");
   MV_CHECK(m.dtype == DType::kBF16 || m.dtype == DType::kF16 || m.dtype == DType::kF32,
            "weight upload: unsupported dtype {}", dtype_name(m.dtype));
   const std::int64_t n = m.rows * m.cols;
   const std::size_t esz = dtype_size(m.dtype);
   const std::int64_t per = static_cast<std::int64_t>(kStage / esz);
+  const bool raw = !to_bf16 || m.dtype == DType::kBF16;
   for (std::int64_t off = 0; off < n; off += per) {
     const std::int64_t cnt = std::min(per, n - off);
     cuda::check(cudaEventSynchronize(ev_[cur_]), "staging wait");
-    std::memcpy(pinned_[cur_], static_cast<const char*>(m.data) + off * esz,
-                static_cast<std::size_t>(cnt) * esz);
-    if (m.dtype == DType::kBF16) {
-      cuda::check(cudaMemcpyAsync(dst + off, pinned_[cur_], static_cast<std::size_t>(cnt) * 2,
-                                  cudaMemcpyHostToDevice, s_),
+    std::memcpy(pinned_[cur_], static_cast<const char*>(m.data) + off * esz, static_cast<std::size_t>(cnt) * esz);
+    if (raw) {
+      cuda::check(cudaMemcpyAsync(static_cast<char*>(dst) + off * esz, pinned_[cur_],
+                                  static_cast<std::size_t>(cnt) * esz, cudaMemcpyHostToDevice, s_),
                   "weight upload");
     } else {
+      bf16* out = static_cast<bf16*>(dst) + off;
       cuda::check(cudaMemcpyAsync(scratch_[cur_].data(), pinned_[cur_], static_cast<std::size_t>(cnt) * esz,
                                   cudaMemcpyHostToDevice, s_),
                   "weight upload");
       if (m.dtype == DType::kF32)
-        cuda::f32_to_bf16(s_, scratch_[cur_].as<float>(), cnt, dst + off);
+        cuda::f32_to_bf16(s_, scratch_[cur_].as<float>(), cnt, out);
       else
-        cuda::f16_to_bf16(s_, scratch_[cur_].as<std::uint16_t>(), cnt, dst + off);
+        cuda::f16_to_bf16(s_, scratch_[cur_].as<std::uint16_t>(), cnt, out);
     }
     cuda::check(cudaEventRecord(ev_[cur_], s_), "staging record");
     cur_ ^= 1;
     bytes_ += static_cast<std::uint64_t>(cnt) * esz;
   }
+}
+
+quant::Nf4Device Uploader::quantize_nf4(const ops::Matrix& m) {
+  const std::int64_t n = m.rows * m.cols;
+  raw_.ensure(std::max<std::size_t>(static_cast<std::size_t>(n) * dtype_size(m.dtype), 1));
+  put_raw(m, raw_.data());
+  // quantize_nf4_device synchronizes the stream before returning, so raw_ can be reused at once.
+  return quant::quantize_nf4_device(s_, raw_.data(), m.dtype, n);
 }
 
 Buffer upload_vec(const std::vector<float>& v) {
@@ -98,16 +215,50 @@ Buffer upload_vec(const std::vector<float>& v) {
 DLinear fuse(Uploader& up, std::initializer_list<const Linear*> parts) {
   DLinear d;
   d.in = (*parts.begin())->w.cols;
-  for (const Linear* p : parts) d.out += p->w.rows;
-  d.w.resize(static_cast<std::size_t>(d.out * d.in) * sizeof(bf16));
-  std::int64_t row = 0;
-  bool bias = false;
+  bool nf4 = false, same = true;
+  const DType first = (*parts.begin())->w.dtype;
   for (const Linear* p : parts) {
     MV_CHECK(p->w.cols == d.in, "fused linear: in features {} vs {}", p->w.cols, d.in);
-    up.put_bf16(p->w, d.w.as<bf16>() + row * d.in);
-    row += p->w.rows;
-    bias = bias || !p->bias.empty();
+    d.out += p->w.rows;
+    nf4 = nf4 || p->w.nf4 != nullptr || p->nf4_at_load;
+    same = same && p->w.dtype == first;
   }
+  if (nf4) {
+    d.format = WeightFormat::kNF4;
+    std::int64_t row = 0;
+    for (const Linear* p : parts) {
+      Nf4Part& part = d.parts.emplace_back();
+      part.row0 = row;
+      part.rows = p->w.rows;
+      if (p->w.nf4) {
+        MV_CHECK(p->w.nf4->numel == p->w.rows * p->w.cols, "NF4 weight of {} elements for [{}, {}]",
+                 p->w.nf4->numel, p->w.rows, p->w.cols);
+        part.q = quant::upload_nf4(up.stream(), *p->w.nf4);
+      } else if (p->nf4_at_load) {
+        part.q = up.quantize_nf4(p->w);
+      } else {
+        part.dense.resize(static_cast<std::size_t>(p->w.rows * d.in) * sizeof(bf16));
+        up.put_bf16(p->w, part.dense.as<bf16>());
+      }
+      if (!part.dense.size()) part.ref = part.q.ref();
+      row += p->w.rows;
+    }
+  } else {
+    d.format = same ? format_of(first) : WeightFormat::kBF16;
+    const std::size_t esz = cuda::elem_size(dense_type(d.format));
+    d.w.resize(static_cast<std::size_t>(d.out * d.in) * esz);
+    std::int64_t row = 0;
+    for (const Linear* p : parts) {
+      char* dst = d.w.as<char>() + static_cast<std::size_t>(row * d.in) * esz;
+      if (d.format == WeightFormat::kBF16)
+        up.put_bf16(p->w, reinterpret_cast<bf16*>(dst));
+      else
+        up.put_raw(p->w, dst);
+      row += p->w.rows;
+    }
+  }
+  bool bias = false;
+  for (const Linear* p : parts) bias = bias || !p->bias.empty();
   if (bias) {
     std::vector<float> b;
     b.reserve(static_cast<std::size_t>(d.out));
@@ -119,6 +270,21 @@ DLinear fuse(Uploader& up, std::initializer_list<const Linear*> parts) {
     }
     d.b = upload_vec(b);
   }
+  return d;
+}
+
+DLinear matrix(Uploader& up, const ops::Matrix& m) {
+  if (m.nf4) {  // an NF4 lm_head (bitsandbytes keeps it 16-bit by default, but a file may hold it so)
+    Linear l;
+    l.w = m;
+    return single(up, l);
+  }
+  DLinear d;
+  d.out = m.rows;
+  d.in = m.cols;
+  d.format = format_of(m.dtype);
+  d.w.resize(static_cast<std::size_t>(m.rows * m.cols) * dtype_size(m.dtype));
+  up.put_raw(m, d.w.data());
   return d;
 }
 

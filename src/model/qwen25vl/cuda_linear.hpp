@@ -1,7 +1,8 @@
 // Linear layers of the CUDA engine: how a checkpoint's weight matrices are uploaded and multiplied.
-// Every weight keeps a storage format (bf16 today; the format decides which kernels run), and the
-// model calls only gemm() for many rows (prefill, vision) and gemv() for a few rows (decode), so the
-// forward passes do not depend on how a weight is stored. See docs/design/cuda-engine.md.
+// Every weight keeps a storage format (bf16, f16 or f32 as the checkpoint holds it, or NF4), the format
+// decides which kernels run, and the model calls only gemm() for many rows (prefill, vision) and gemv()
+// for a few rows (decode), so the forward passes do not depend on how a weight is stored.
+// See docs/design/cuda-engine.md (weight formats) and docs/design/nf4.md (CUDA part).
 #pragma once
 #if MEDVISION_HAS_CUDA
 #include <cstdint>
@@ -10,6 +11,8 @@
 
 #include "model/qwen25vl/weights.hpp"
 #include "ops/cuda/cuda_ops.hpp"
+#include "ops/cuda/weight_formats.hpp"
+#include "quant/nf4_cuda.hpp"
 
 namespace mv::qwen25vl::cudaeng {
 
@@ -18,7 +21,10 @@ using cuda::Buffer;
 
 // How a weight matrix is held on the device.
 enum class WeightFormat {
-  kBF16,  // bf16 [out, in]
+  kBF16,  // bf16 [out, in]: cuBLASLt bf16 GEMM, bf16 GEMV
+  kF16,   // f16 [out, in]: activations converted to f16 for a cuBLASLt f16 GEMM; f16 GEMV
+  kF32,   // f32 [out, in]: activations converted to fp32 for a cuBLASLt fp32 GEMM (no TF32); f32 GEMV
+  kNF4,   // NF4 parts (see Nf4Part): fused NF4 GEMV; GEMM on a bf16 dequantization in the scratch buffer
 };
 const char* format_name(WeightFormat f);
 
@@ -30,24 +36,40 @@ struct LinearContext {
   Buffer* scratch = nullptr;
 };
 
+// Output rows [row0, row0 + rows) of an NF4 linear layer. Fused layers (q/k/v, gate/up) keep each
+// part's own quantization (its blocks, scales and offset, as the checkpoint holds them), so a part is
+// either an NF4 tensor or, when the part was left unquantized (--skip), bf16 rows.
+struct Nf4Part {
+  std::int64_t row0 = 0, rows = 0;
+  quant::Nf4Device q;  // empty when `dense` holds the part
+  cuda::Nf4Ref ref;
+  Buffer dense;  // bf16 [rows, in] for an unquantized part
+};
+
 struct DLinear {
   WeightFormat format = WeightFormat::kBF16;
-  Buffer w;  // the weight in `format`
-  Buffer b;  // fp32 bias [out] (empty when none)
+  Buffer w;                     // dense formats: the weight [out, in] in `format`
+  std::vector<Nf4Part> parts;  // kNF4
+  Buffer b;                     // fp32 bias [out] (empty when none)
   std::int64_t out = 0, in = 0;
 
   const float* bias() const { return b.size() ? b.as<float>() : nullptr; }
-  // bf16 weight rows (formats that are bf16 on the device only; embeddings use this).
+  // bf16 weight rows (kBF16 only).
   const bf16* bf16_rows() const;
+  // Weight bytes on the device (packed codes and scales for NF4).
+  std::uint64_t weight_bytes() const;
 
   // y[rows, out] = a[rows, in]·Wᵀ + bias (+ y when accumulate); a is bf16, y fp32.
   void gemm(const LinearContext& c, const bf16* a, std::int64_t rows, float* y, bool accumulate) const;
   // The same for a few rows (rows <= cuda::kGemvMaxRows) with fp32 activations (no rounding).
   void gemv(const LinearContext& c, const float* x, int rows, float* y, bool accumulate) const;
+  // Embedding lookup (cuda::embed_rows) from this matrix as a table [vocab, hidden] (dense formats).
+  void embed_rows(cudaStream_t s, const std::int32_t* ids, const std::int32_t* feature_row,
+                  const float* features, std::int64_t rows, float* x) const;
 };
 
 // Host → device copies of mapped tensors through two pinned staging buffers (the copy of one chunk
-// overlaps the host memcpy of the next); F32/F16 sources are converted to bf16 on the device.
+// overlaps the host memcpy of the next); sources are copied as they are or converted to bf16 on the device.
 class Uploader {
  public:
   explicit Uploader(cudaStream_t s);
@@ -56,25 +78,37 @@ class Uploader {
   Uploader& operator=(const Uploader&) = delete;
   // Writes m (F32/F16/BF16) as bf16 at dst.
   void put_bf16(const ops::Matrix& m, bf16* dst);
+  // Writes m's elements unchanged (its own dtype) at dst.
+  void put_raw(const ops::Matrix& m, void* dst);
+  // Quantizes the 16/32-bit matrix m to NF4 on the device (block 64, double quantization; the same codes
+  // and scales as quant::quantize_nf4).
+  quant::Nf4Device quantize_nf4(const ops::Matrix& m);
   std::uint64_t bytes() const { return bytes_; }
   cudaStream_t stream() const { return s_; }
 
  private:
+  void put(const ops::Matrix& m, void* dst, bool to_bf16);
   static constexpr std::size_t kStage = std::size_t{64} << 20;
   cudaStream_t s_;
   void* pinned_[2] = {nullptr, nullptr};
   cudaEvent_t ev_[2] = {nullptr, nullptr};
   Buffer scratch_[2];
+  Buffer raw_;  // a whole weight in its own dtype, before quantizing it
   int cur_ = 0;
   std::uint64_t bytes_ = 0;
 };
 
 Buffer upload_vec(const std::vector<float>& v);
 
-// Several linear layers over the same input as one weight [Σ out, in] (rows concatenated) and one bias.
+// Several linear layers over the same input as one layer with the rows concatenated and one bias.
+// Format: NF4 when any part is NF4 in the checkpoint or marked for quantization at load
+// (Linear::nf4_at_load, quantized here on the device); otherwise the parts' common dtype (bf16, f16 or
+// f32), or bf16 when they differ.
 DLinear fuse(Uploader& up, std::initializer_list<const Linear*> parts);
 inline DLinear single(Uploader& up, const Linear& l) { return fuse(up, {&l}); }
-// A bare matrix (embeddings, lm_head, patch embedding) in bf16.
+// A bare matrix (embeddings, lm_head, patch embedding) in its checkpoint dtype.
+DLinear matrix(Uploader& up, const ops::Matrix& m);
+// The same, always bf16.
 DLinear matrix_bf16(Uploader& up, const ops::Matrix& m);
 
 }  // namespace mv::qwen25vl::cudaeng

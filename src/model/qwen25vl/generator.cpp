@@ -177,8 +177,20 @@ GenerateResult run(Model& model, const Tokenizer& tokenizer, std::vector<std::in
   Utf8Stream utf8;
   result.finish_reason = "length";
   Clock::time_point decode_start;
+  // Greedy without a repetition penalty needs no logits on the host when the engine picks on the device:
+  // each step then returns the next token (the first one still comes from the prefill logits).
+  const bool device_greedy = !options.sampling.do_sample && options.sampling.repetition_penalty == 1.0f &&
+                             model.greedy_on_device();
+  Session* const seq[1] = {session.get()};
+  std::int32_t next = 0;
   for (int step = 0;; ++step) {
-    const std::int32_t token = sampler.sample(logits);
+    std::int32_t token;
+    if (device_greedy && step > 0) {
+      token = next;
+      sampler.add_history(token);
+    } else {
+      token = sampler.sample(logits);
+    }
     result.generated_ids.push_back(token);
     if (step == 0) {
       result.timings.ttft_ms = ms_since(t0);
@@ -199,7 +211,10 @@ GenerateResult run(Model& model, const Tokenizer& tokenizer, std::vector<std::in
       break;
     }
     if (static_cast<int>(result.generated_ids.size()) >= options.max_new_tokens) break;
-    model.decode(*session, token, logits);
+    if (device_greedy)
+      model.decode_batch_greedy(seq, std::span<const std::int32_t>(&token, 1), std::span<std::int32_t>(&next, 1));
+    else
+      model.decode(*session, token, logits);
     ++result.timings.decode_steps;
   }
   result.timings.decode_ms = ms_since(decode_start);

@@ -4,7 +4,9 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstring>
+#include <limits>
 #include <mutex>
 #include <new>
 
@@ -292,6 +294,30 @@ void Model::decode_batch(std::span<Session* const> sessions, std::span<const std
     decode(*sessions[i], tokens[i], logits.subspan(i * vocab, vocab));
 }
 
+void Model::decode_batch_greedy(std::span<Session* const> sessions, std::span<const std::int32_t> tokens,
+                                std::span<std::int32_t> next) {
+  if (next.size() != sessions.size())
+    fail(Errc::kInvalidInput, "decode_batch_greedy: {} sessions but room for {} tokens", sessions.size(),
+         next.size());
+  const auto vocab = static_cast<std::size_t>(config().text.vocab_size);
+  std::vector<float> logits(sessions.size() * vocab);
+  decode_batch(sessions, tokens, logits);
+  for (std::size_t i = 0; i < sessions.size(); ++i) {
+    const float* row = logits.data() + i * vocab;
+    std::size_t best = vocab;
+    float best_v = -std::numeric_limits<float>::infinity();
+    for (std::size_t j = 0; j < vocab; ++j) {
+      if (std::isnan(row[j])) fail(Errc::kInternal, "decode: the logits of sequence {} are NaN", i);
+      if (row[j] > best_v) {  // strict: the first index of the maximum wins
+        best_v = row[j];
+        best = j;
+      }
+    }
+    if (best == vocab) fail(Errc::kInternal, "decode: the logits of sequence {} are all -inf", i);
+    next[i] = static_cast<std::int32_t>(best);
+  }
+}
+
 std::unique_ptr<Model> Model::load(const std::filesystem::path& model_dir, const LoadOptions& options) {
   const auto t0 = std::chrono::steady_clock::now();
   ModelConfig config = ModelConfig::load(model_dir);
@@ -303,9 +329,21 @@ std::unique_ptr<Model> Model::load(const std::filesystem::path& model_dir, const
   if (!options.quantize.empty() && options.quantize != "nf4")
     fail(Errc::kUsage, "quantize '{}' is not supported (only nf4)", options.quantize);
   const int gpu = parse_device(options.device);  // before the weights: a bad --device fails fast
-  if (gpu >= 0 && !options.quantize.empty())
-    fail(Errc::kUnsupported, "--quantize {} is not supported on the CUDA engine", options.quantize);
+  weight_options.quantize_on_device = gpu >= 0;  // the CUDA engine quantizes while uploading
+  if (!options.adapter.empty()) weight_options.adapter = LoraAdapter::load(options.adapter, config);
   std::unique_ptr<Weights> weights = Weights::load(model_dir, config, weight_options);
+  if (weight_options.adapter) {
+    const auto& a = *weight_options.adapter;
+    spdlog::info(
+        "adapter {}: {} LoRA modules merged ({} parameters, {} key layout), {} tensors replaced "
+        "(modules_to_save)",
+        options.adapter.string(), weights->lora_merged, a.lora_parameters(), key_layout_name(a.layout()),
+        weights->lora_saved);
+    if (weights->lora_merged_nf4 > 0)
+      spdlog::warn(
+          "adapter merged into 4-bit weights: dequantized, merged and quantized again, which adds "
+          "rounding error (generations may differ from the unmerged adapter)");
+  }
   const std::string dtypes = weights->dtype_summary;
   const double gib = static_cast<double>(weights->mapped_bytes) / (1 << 30);
   if (gpu >= 0) {

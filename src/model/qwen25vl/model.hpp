@@ -22,6 +22,9 @@ struct LoadOptions {
   std::vector<std::string> quantize_skip;  // modules kept unquantized besides lm_head (e.g. "visual")
   // "cpu", "cuda" (= cuda:0), "cuda:N", or "auto" (cuda:0 when a GPU is usable, else cpu).
   std::string device = "cpu";
+  // A PEFT LoRA adapter folder (adapter_config.json + adapter_model.safetensors), merged into the weights
+  // at load (see lora.hpp). Empty: none.
+  std::filesystem::path adapter;
 };
 
 // Key/value cache and position bookkeeping of one sequence. Sized at creation; no allocation while
@@ -72,6 +75,15 @@ class Model {
   // sequences one after the other.
   virtual void decode_batch(std::span<Session* const> sessions, std::span<const std::int32_t> tokens,
                             std::span<float> logits);
+  // The same step for greedy decoding: writes the argmax of sequence i's next-token logits to next[i]
+  // (first index on ties, as torch.argmax; throws kInternal when a row is NaN or all -inf, as the
+  // sampler does). Engines that pick on the device override it so that only the token ids leave it; the
+  // default runs decode_batch and picks on the host.
+  virtual void decode_batch_greedy(std::span<Session* const> sessions, std::span<const std::int32_t> tokens,
+                                   std::span<std::int32_t> next);
+  // True when decode_batch_greedy picks on the device: the generator then uses it for greedy decoding
+  // without a repetition penalty instead of downloading the logits.
+  virtual bool greedy_on_device() const { return false; }
 };
 
 // True when this build has the CUDA engine and a usable GPU is present.

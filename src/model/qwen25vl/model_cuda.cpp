@@ -6,9 +6,12 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
+#include <map>
 #include <mutex>
 #include <optional>
+#include <set>
 
 #include "core/error.hpp"
 #include "core/log.hpp"
@@ -27,7 +30,7 @@ using cuda::bf16;
 using cuda::Buffer;
 using cudaeng::DLinear;
 using cudaeng::fuse;
-using cudaeng::matrix_bf16;
+using cudaeng::matrix;
 using cudaeng::single;
 using cudaeng::upload_vec;
 using cudaeng::Uploader;
@@ -113,8 +116,8 @@ class CudaModel final : public Model {
     const auto before = cuda::memory_stats().allocated;
     {
       Uploader up(stream_);
-      embed_ = matrix_bf16(up, w.text.embed);
-      if (!w.text.tied) lm_head_ = matrix_bf16(up, w.text.lm_head);
+      embed_ = matrix(up, w.text.embed);  // in the checkpoint's dtype (the tied lm_head too)
+      if (!w.text.tied) lm_head_ = matrix(up, w.text.lm_head);
       norm_ = upload_vec(w.text.norm);
       layers_.resize(w.text.layers.size());
       for (std::size_t l = 0; l < layers_.size(); ++l) {
@@ -128,7 +131,7 @@ class CudaModel final : public Model {
         D.down = single(up, L.down);
       }
       const VisionWeights& vw = w.vision;
-      patch_ = matrix_bf16(up, vw.patch_embed);
+      patch_ = matrix(up, vw.patch_embed);
       vblocks_.resize(vw.blocks.size());
       for (std::size_t j = 0; j < vblocks_.size(); ++j) {
         const VisionBlockWeights& B = vw.blocks[j];
@@ -163,13 +166,14 @@ class CudaModel final : public Model {
     cuda::check(cudaMemcpy(pair_stream_.data(), stream.data(), stream.size(), cudaMemcpyHostToDevice),
                 "upload");
     logits_dev_.resize(static_cast<std::size_t>(V_) * sizeof(float));
-    cuda::check(cudaMallocHost(&logits_host_, static_cast<std::size_t>(V_) * sizeof(float)), "pinned logits");
+    const char* graphs = std::getenv("MV_CUDA_GRAPHS");
+    use_graphs_ = !(graphs && std::string(graphs) == "0");
   }
 
   ~CudaModel() override {
     cudaSetDevice(device_);
     cudaStreamSynchronize(stream_);
-    if (logits_host_) cudaFreeHost(logits_host_);
+    drop_graphs();
     gemm_.reset();
     cudaStreamDestroy(stream_);
   }
@@ -228,16 +232,33 @@ class CudaModel final : public Model {
   void decode(Session& session, std::int32_t token, std::span<float> logits) override {
     std::lock_guard lock(mutex_);
     cuda::check(cudaSetDevice(device_), "select device");
-    CudaSession& s = own(session);
     check_logits_size(logits, V_);
-    check_token_ids(std::span<const std::int32_t>(&token, 1), V_);
-    if (s.length_ + 1 > s.capacity_)
-      fail(Errc::kTooLarge, "decode: the session is full ({} tokens)", s.capacity_);
-    const std::int64_t p = s.length_ + s.rope_delta_;
-    const std::int64_t pos[3] = {p, p, p};
-    const std::int32_t frow = -1;
-    forward_rows(s, 1, &token, &frow, nullptr, pos, 1, logits.data());
+    Session* one = &session;
+    decode_step(std::span<Session* const>(&one, 1), std::span<const std::int32_t>(&token, 1), logits.data(),
+                nullptr);
   }
+
+  void decode_batch(std::span<Session* const> sessions, std::span<const std::int32_t> tokens,
+                    std::span<float> logits) override {
+    std::lock_guard lock(mutex_);
+    cuda::check(cudaSetDevice(device_), "select device");
+    if (logits.size() < sessions.size() * static_cast<std::size_t>(V_))
+      fail(Errc::kInvalidInput, "decode_batch: the logits buffer holds {} floats, {} sequences need {}",
+           logits.size(), sessions.size(), sessions.size() * static_cast<std::size_t>(V_));
+    decode_step(sessions, tokens, logits.data(), nullptr);
+  }
+
+  void decode_batch_greedy(std::span<Session* const> sessions, std::span<const std::int32_t> tokens,
+                           std::span<std::int32_t> next) override {
+    std::lock_guard lock(mutex_);
+    cuda::check(cudaSetDevice(device_), "select device");
+    if (next.size() != sessions.size())
+      fail(Errc::kInvalidInput, "decode_batch_greedy: {} sessions but room for {} tokens", sessions.size(),
+           next.size());
+    decode_step(sessions, tokens, nullptr, next.data());
+  }
+
+  bool greedy_on_device() const override { return true; }
 
   cuda::MemoryStats memory() const {
     cuda::MemoryStats m = cuda::memory_stats();
@@ -434,44 +455,31 @@ class CudaModel final : public Model {
     s.rope_delta_ = new_delta;
   }
 
-  // Runs `n` rows (token ids, or image features where frow >= 0) through the decoder at cache slots
-  // [length, length + n); pos is [3][n]. Writes the last row's logits when `logits` is set.
+  // Runs `n` prompt rows (token ids, or image features where frow >= 0) through the decoder at cache slots
+  // [length, length + n); pos is [3][n]. Writes the last row's logits when `logits` is set. Decoding goes
+  // through decode_step instead.
   void forward_rows(CudaSession& s, std::int64_t n, const std::int32_t* ids, const std::int32_t* frow,
                     const float* features, const std::int64_t* pos, std::int64_t pos_rows, float* logits) {
     const TextConfig& t = config_.text;
     const float eps = static_cast<float>(t.rms_norm_eps);
     const std::int64_t past = s.length_;
     const std::int64_t nq = nh_ * hd_, nkv = nkv_ * hd_, half = hd_ / 2;
-    const bool decode = n == 1;
 
     // Per-call inputs in one pinned block → one copy.
     std::vector<cuda::AttnItem> items;
-    if (!decode) {
-      for (std::int64_t q0 = 0; q0 < n; q0 += cuda::kAttnBlockQ)
-        items.push_back({static_cast<std::int32_t>(q0),
-                         static_cast<std::int32_t>(std::min<std::int64_t>(cuda::kAttnBlockQ, n - q0)), 0,
-                         static_cast<std::int32_t>(past + n), static_cast<std::int32_t>(past + q0)});
-    }
+    for (std::int64_t q0 = 0; q0 < n; q0 += cuda::kAttnBlockQ)
+      items.push_back({static_cast<std::int32_t>(q0),
+                       static_cast<std::int32_t>(std::min<std::int64_t>(cuda::kAttnBlockQ, n - q0)), 0,
+                       static_cast<std::int32_t>(past + n), static_cast<std::int32_t>(past + q0)});
     const std::size_t ids_b = align_up(sizeof(std::int32_t) * n), frow_b = ids_b,
                       pos_b = align_up(sizeof(std::int64_t) * 3 * n),
-                      items_b = align_up(sizeof(cuda::AttnItem) * std::max<std::size_t>(items.size(), 1)),
-                      dec_b = align_up(2 * sizeof(void*) + sizeof(std::int32_t));
-    const std::size_t total = ids_b + frow_b + pos_b + items_b + dec_b;
+                      items_b = align_up(sizeof(cuda::AttnItem) * std::max<std::size_t>(items.size(), 1));
+    const std::size_t total = ids_b + frow_b + pos_b + items_b;
     auto* h = static_cast<char*>(tstage_.get(total));
     std::memcpy(h, ids, sizeof(std::int32_t) * n);
     std::memcpy(h + ids_b, frow, sizeof(std::int32_t) * n);
     std::memcpy(h + ids_b + frow_b, pos, sizeof(std::int64_t) * 3 * n);
-    if (!items.empty())
-      std::memcpy(h + ids_b + frow_b + pos_b, items.data(), sizeof(cuda::AttnItem) * items.size());
-    {
-      char* dp = h + ids_b + frow_b + pos_b + items_b;
-      const bf16* kb = s.k_layer(0);
-      const bf16* vb = s.v_layer(0);
-      const std::int32_t len = static_cast<std::int32_t>(past + 1);
-      std::memcpy(dp, &kb, sizeof(void*));
-      std::memcpy(dp + sizeof(void*), &vb, sizeof(void*));
-      std::memcpy(dp + 2 * sizeof(void*), &len, sizeof len);
-    }
+    std::memcpy(h + ids_b + frow_b + pos_b, items.data(), sizeof(cuda::AttnItem) * items.size());
     tin_.ensure(total);
     char* d = tin_.as<char>();
     cuda::check(cudaMemcpyAsync(d, h, total, cudaMemcpyHostToDevice, stream_), "prompt upload");
@@ -479,10 +487,6 @@ class CudaModel final : public Model {
     const auto* d_frow = reinterpret_cast<const std::int32_t*>(d + ids_b);
     const auto* d_pos = reinterpret_cast<const std::int64_t*>(d + ids_b + frow_b);
     const auto* d_items = reinterpret_cast<const cuda::AttnItem*>(d + ids_b + frow_b + pos_b);
-    const char* d_dec = d + ids_b + frow_b + pos_b + items_b;
-    const auto* d_kbase = reinterpret_cast<const bf16* const*>(d_dec);
-    const auto* d_vbase = reinterpret_cast<const bf16* const*>(d_dec + sizeof(void*));
-    const auto* d_len = reinterpret_cast<const std::int32_t*>(d_dec + 2 * sizeof(void*));
 
     tx_.ensure(static_cast<std::size_t>(n * H_) * sizeof(float));
     ta_.ensure(static_cast<std::size_t>(n * std::max(H_, std::max(I_, nq))) * sizeof(bf16));
@@ -490,6 +494,7 @@ class CudaModel final : public Model {
     tq_.ensure(static_cast<std::size_t>(n * nq) * sizeof(bf16));
     tcs_.ensure(static_cast<std::size_t>(2 * n * half) * sizeof(float));
     th32_.ensure(static_cast<std::size_t>(std::max(H_, std::max(I_, nq))) * sizeof(float));
+    logits_dev_.ensure(static_cast<std::size_t>(V_) * sizeof(float));
     float* x = tx_.as<float>();
     bf16* a = ta_.as<bf16>();
     float* y = ty_.as<float>();
@@ -497,7 +502,7 @@ class CudaModel final : public Model {
     float* cos = tcs_.as<float>();
     float* sin = cos + n * half;
 
-    cuda::embed_rows(stream_, embed_.bf16_rows(), H_, d_ids, d_frow, features, n, x);
+    embed_.embed_rows(stream_, d_ids, d_frow, features, n, x);
     cuda::mrope_tables(stream_, d_pos, pos_rows, inv_freq_.as<float>(), pair_stream_.as<std::int8_t>(),
                        static_cast<int>(half), cos, sin);
     float* h32 = th32_.as<float>();
@@ -519,33 +524,6 @@ class CudaModel final : public Model {
                               s.head_stride(),
                               hd_,
                               past};
-      if (decode) {
-        // One row: GEMV over fp32 activations (the weights are the traffic; activations stay unrounded).
-        cuda::rms_norm_f32(stream_, x, 1, H_, H_, L.in_norm.as<float>(), eps, h32);
-        L.qkv.gemv(lc_, h32, 1, y, false);
-        cuda::rope_split_qkv(stream_, sp);
-        const cuda::DecodeAttnArgs da{q,
-                                      nq,
-                                      d_kbase,
-                                      d_vbase,
-                                      static_cast<std::int64_t>(l) * s.layer_stride(),
-                                      s.head_stride(),
-                                      hd_,
-                                      d_len,
-                                      h32,
-                                      nq,
-                                      static_cast<int>(nh_),
-                                      static_cast<int>(nkv_),
-                                      static_cast<int>(hd_),
-                                      1};
-        cuda::decode_attention(stream_, da);
-        L.o.gemv(lc_, h32, 1, x, true);
-        cuda::rms_norm_f32(stream_, x, 1, H_, H_, L.post_norm.as<float>(), eps, h32);
-        L.gate_up.gemv(lc_, h32, 1, y, false);
-        cuda::silu_mul_f32(stream_, y, 1, I_, h32);
-        L.down.gemv(lc_, h32, 1, x, true);
-        continue;
-      }
       cuda::rms_norm(stream_, x, n, H_, H_, L.in_norm.as<float>(), eps, a);
       L.qkv.gemm(lc_, a, n, y, false);
       cuda::rope_split_qkv(stream_, sp);
@@ -574,15 +552,240 @@ class CudaModel final : public Model {
       cuda::rms_norm_f32(stream_, x + (n - 1) * H_, 1, H_, H_, norm_.as<float>(), eps, h32);
       const DLinear& head = config_.text.tie_word_embeddings ? embed_ : lm_head_;
       head.gemv(lc_, h32, 1, logits_dev_.as<float>(), false);
-      cuda::check(
-          cudaMemcpyAsync(logits_host_, logits_dev_.data(), static_cast<std::size_t>(V_) * sizeof(float),
-                          cudaMemcpyDeviceToHost, stream_),
-          "logits download");
+      auto* lh = static_cast<float*>(lstage_.get(static_cast<std::size_t>(V_) * sizeof(float)));
+      cuda::check(cudaMemcpyAsync(lh, logits_dev_.data(), static_cast<std::size_t>(V_) * sizeof(float),
+                                  cudaMemcpyDeviceToHost, stream_),
+                  "logits download");
       cuda::check(cudaStreamSynchronize(stream_), "forward");
-      std::memcpy(logits, logits_host_, static_cast<std::size_t>(V_) * sizeof(float));
+      std::memcpy(logits, lh, static_cast<std::size_t>(V_) * sizeof(float));
     } else {
       cuda::check(cudaStreamSynchronize(stream_), "forward");
     }
+  }
+
+  // ---- decode step -------------------------------------------------------------------------------------
+  // Per-step inputs of a batch of B sequences, in one device block (one upload per step): the sequences'
+  // caches and lengths, the positions [3][B] and the token ids. Offsets depend only on B, so a graph
+  // captured for B reads the block of every later step of B.
+  struct DecodeLayout {
+    std::size_t seqs = 0, pos = 0, ids = 0, total = 0;
+  };
+  static DecodeLayout decode_layout(std::int64_t B) {
+    DecodeLayout L;
+    L.pos = align_up(sizeof(cuda::DecodeSeq) * static_cast<std::size_t>(B));
+    L.ids = L.pos + align_up(sizeof(std::int64_t) * 3 * static_cast<std::size_t>(B));
+    L.total = L.ids + align_up(sizeof(std::int32_t) * static_cast<std::size_t>(B));
+    return L;
+  }
+
+  // Sizes the decode buffers for B rows (rounded up to a power of two, at least kGemvMaxRows, so that
+  // batch sizes that come and go do not reallocate); any reallocation drops the captured graphs.
+  void ensure_decode_buffers(std::int64_t B) {
+    if (B > dec_rows_) {
+      std::int64_t rows = cuda::kGemvMaxRows;
+      while (rows < B) rows *= 2;
+      const std::int64_t nq = nh_ * hd_, nkv = nkv_ * hd_, wide = std::max(H_, std::max(I_, nq));
+      din_.resize(decode_layout(rows).total);
+      dx_.resize(static_cast<std::size_t>(rows * H_) * sizeof(float));
+      dh_.resize(static_cast<std::size_t>(rows * wide) * sizeof(float));
+      da_.resize(static_cast<std::size_t>(rows * wide) * sizeof(bf16));
+      dy_.resize(static_cast<std::size_t>(rows * std::max(nq + 2 * nkv, 2 * I_)) * sizeof(float));
+      dq_.resize(static_cast<std::size_t>(rows * nq) * sizeof(bf16));
+      dcs_.resize(static_cast<std::size_t>(rows * hd_) * sizeof(float));  // cos and sin, [rows][hd/2] each
+      dlogits_.resize(static_cast<std::size_t>(rows * V_) * sizeof(float));
+      dtok_.resize(static_cast<std::size_t>(rows) * sizeof(std::int32_t));
+      dec_rows_ = rows;
+    }
+    // The graphs hold these addresses (and the linear layers' scratch buffer, which may grow).
+    const std::vector<const void*> now{din_.data(), dx_.data(),      dh_.data(),    da_.data(),
+                                       dy_.data(),  dq_.data(),      dcs_.data(),   dlogits_.data(),
+                                       dtok_.data(), lin_scratch_.data()};
+    if (now != graph_buffers_) {
+      drop_graphs();
+      graph_buffers_ = now;
+    }
+  }
+
+  void drop_graphs() {
+    for (auto& [key, exec] : graphs_) cudaGraphExecDestroy(exec);
+    graphs_.clear();
+    ran_eagerly_.clear();
+  }
+
+  // One decode step for B sequences: appends tokens[i] to sessions[i] and writes either the logits
+  // (logits_out, B·V floats) or the greedy next tokens (next_out, B ids). Checks everything before any
+  // device work; a session's length grows only when the step succeeded.
+  void decode_step(std::span<Session* const> sessions, std::span<const std::int32_t> tokens, float* logits_out,
+                   std::int32_t* next_out) {
+    const auto B = static_cast<std::int64_t>(sessions.size());
+    if (B == 0) fail(Errc::kInvalidInput, "decode_batch: no sessions");
+    if (tokens.size() != sessions.size())
+      fail(Errc::kInvalidInput, "decode_batch: {} sessions but {} tokens", sessions.size(), tokens.size());
+    check_token_ids(tokens, V_);
+    std::vector<CudaSession*> ss(sessions.size());
+    for (std::size_t i = 0; i < sessions.size(); ++i) {
+      if (sessions[i] == nullptr) fail(Errc::kInvalidInput, "decode_batch: session {} is null", i);
+      ss[i] = &own(*sessions[i]);
+      for (std::size_t j = 0; j < i; ++j)
+        if (ss[j] == ss[i]) fail(Errc::kInvalidInput, "decode_batch: session {} appears twice", i);
+      if (ss[i]->length_ + 1 > ss[i]->capacity_)
+        fail(Errc::kTooLarge, "decode: the session is full ({} tokens)", ss[i]->capacity_);
+    }
+    ensure_decode_buffers(B);
+
+    // Inputs → pinned block → one copy.
+    const DecodeLayout lay = decode_layout(B);
+    auto* h = static_cast<char*>(dstage_.get(lay.total));
+    auto* hseq = reinterpret_cast<cuda::DecodeSeq*>(h);
+    auto* hpos = reinterpret_cast<std::int64_t*>(h + lay.pos);
+    auto* hids = reinterpret_cast<std::int32_t*>(h + lay.ids);
+    for (std::int64_t i = 0; i < B; ++i) {
+      const CudaSession& s = *ss[static_cast<std::size_t>(i)];
+      hseq[i] = cuda::DecodeSeq{s.k_.as<bf16>(), s.v_.as<bf16>(), s.head_stride(),
+                                static_cast<std::int32_t>(s.length_ + 1), 0};
+      const std::int64_t p = s.length_ + s.rope_delta_;  // text position: length + rope delta (spec §5.4)
+      hpos[i] = hpos[B + i] = hpos[2 * B + i] = p;
+      hids[i] = tokens[static_cast<std::size_t>(i)];
+    }
+    cuda::check(cudaMemcpyAsync(din_.data(), h, lay.total, cudaMemcpyHostToDevice, stream_), "decode inputs");
+
+    const bool greedy = next_out != nullptr;
+    const auto key = std::make_pair(static_cast<int>(B), greedy);
+    if (!use_graphs_) {
+      enqueue_decode(B, greedy);
+    } else if (auto it = graphs_.find(key); it != graphs_.end()) {
+      cuda::check(cudaGraphLaunch(it->second, stream_), "decode graph launch");
+    } else if (!ran_eagerly_.count(key)) {
+      // First step of this shape: run it directly (plans, workspaces and buffers settle), capture next time.
+      enqueue_decode(B, greedy);
+      ran_eagerly_.insert(key);
+    } else {
+      cudaGraphExec_t exec = capture_decode(B, greedy);
+      if (exec) {
+        graphs_.emplace(key, exec);
+        cuda::check(cudaGraphLaunch(exec, stream_), "decode graph launch");
+      } else {
+        enqueue_decode(B, greedy);  // a buffer moved while capturing: this step runs directly
+      }
+    }
+
+    if (greedy) {
+      auto* ht = static_cast<std::int32_t*>(lstage_.get(static_cast<std::size_t>(B) * sizeof(std::int32_t)));
+      cuda::check(cudaMemcpyAsync(ht, dtok_.data(), static_cast<std::size_t>(B) * sizeof(std::int32_t),
+                                  cudaMemcpyDeviceToHost, stream_),
+                  "token download");
+      cuda::check(cudaStreamSynchronize(stream_), "decode");
+      for (std::int64_t i = 0; i < B; ++i) {
+        if (ht[i] < 0)
+          fail(Errc::kInternal, "decode: the logits of sequence {} are NaN or all -inf", i);
+        next_out[i] = ht[i];
+      }
+    } else {
+      const std::size_t bytes = static_cast<std::size_t>(B * V_) * sizeof(float);
+      auto* hl = static_cast<float*>(lstage_.get(bytes));
+      cuda::check(cudaMemcpyAsync(hl, dlogits_.data(), bytes, cudaMemcpyDeviceToHost, stream_),
+                  "logits download");
+      cuda::check(cudaStreamSynchronize(stream_), "decode");
+      std::memcpy(logits_out, hl, bytes);
+    }
+    for (CudaSession* s : ss) s->length_ += 1;
+  }
+
+  // Captures the decode forward of B rows into a graph; nullptr when a buffer the graph would use was
+  // reallocated during the capture (the graph would hold a stale address).
+  cudaGraphExec_t capture_decode(std::int64_t B, bool greedy) {
+    const std::vector<const void*> before = graph_buffers_;
+    cudaGraph_t graph = nullptr;
+    cuda::check(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeRelaxed), "begin graph capture");
+    try {
+      enqueue_decode(B, greedy);
+    } catch (...) {
+      cudaStreamEndCapture(stream_, &graph);
+      if (graph) cudaGraphDestroy(graph);
+      cudaGetLastError();
+      throw;
+    }
+    cuda::check(cudaStreamEndCapture(stream_, &graph), "end graph capture");
+    const std::vector<const void*> after{din_.data(), dx_.data(),      dh_.data(),    da_.data(),
+                                         dy_.data(),  dq_.data(),      dcs_.data(),   dlogits_.data(),
+                                         dtok_.data(), lin_scratch_.data()};
+    cudaGraphExec_t exec = nullptr;
+    if (after == before) {
+      const cudaError_t e = cudaGraphInstantiate(&exec, graph, 0);
+      cudaGraphDestroy(graph);
+      cuda::check(e, "instantiate decode graph");
+    } else {
+      cudaGraphDestroy(graph);
+      graph_buffers_ = after;
+      drop_graphs();
+    }
+    return exec;
+  }
+
+  // The decode forward of B rows (every layer, final norm, lm_head, and the argmax when greedy), reading
+  // its per-step inputs from din_; enqueues only (no host synchronisation, no allocation), so that it can
+  // be captured. B <= kGemvMaxRows: GEMV on fp32 activations (no rounding); larger batches: cuBLASLt on
+  // bf16 activations, as prefill does.
+  void enqueue_decode(std::int64_t B, bool greedy) {
+    const TextConfig& t = config_.text;
+    const float eps = static_cast<float>(t.rms_norm_eps);
+    const std::int64_t nq = nh_ * hd_, nkv = nkv_ * hd_, half = hd_ / 2;
+    const int rows = static_cast<int>(B);
+    const bool gemv = B <= cuda::kGemvMaxRows;
+    const DecodeLayout lay = decode_layout(B);
+    const char* d = din_.as<char>();
+    const auto* seqs = reinterpret_cast<const cuda::DecodeSeq*>(d + lay.seqs);
+    const auto* pos = reinterpret_cast<const std::int64_t*>(d + lay.pos);
+    const auto* ids = reinterpret_cast<const std::int32_t*>(d + lay.ids);
+    float* x = dx_.as<float>();
+    float* h32 = dh_.as<float>();
+    bf16* a = da_.as<bf16>();
+    float* y = dy_.as<float>();
+    bf16* q = dq_.as<bf16>();
+    float* cos = dcs_.as<float>();
+    float* sin = cos + B * half;
+
+    // The normalised input of a linear layer: fp32 for the GEMV, bf16 for the GEMM.
+    auto norm = [&](const Buffer& w) {
+      if (gemv)
+        cuda::rms_norm_f32(stream_, x, B, H_, H_, w.as<float>(), eps, h32);
+      else
+        cuda::rms_norm(stream_, x, B, H_, H_, w.as<float>(), eps, a);
+    };
+    auto linear = [&](const DLinear& lin, float* out, bool accumulate) {
+      if (gemv)
+        lin.gemv(lc_, h32, rows, out, accumulate);
+      else
+        lin.gemm(lc_, a, B, out, accumulate);
+    };
+
+    embed_.embed_rows(stream_, ids, nullptr, nullptr, B, x);
+    cuda::mrope_tables(stream_, pos, B, inv_freq_.as<float>(), pair_stream_.as<std::int8_t>(),
+                       static_cast<int>(half), cos, sin);
+    for (std::size_t l = 0; l < layers_.size(); ++l) {
+      const DTextLayer& L = layers_[l];
+      norm(L.in_norm);
+      linear(L.qkv, y, false);
+      const cuda::QkvDecodeSplit sp{y,   nq + 2 * nkv, B,   static_cast<int>(nh_), static_cast<int>(nkv_),
+                                    static_cast<int>(hd_), cos, sin, q, seqs, static_cast<int>(l), hd_};
+      cuda::rope_split_qkv_decode(stream_, sp);
+      const cuda::DecodeAttnArgs da{q,   nq,  seqs, static_cast<int>(l), hd_, h32, nq, static_cast<int>(nh_),
+                                    static_cast<int>(nkv_), static_cast<int>(hd_), rows};
+      cuda::decode_attention(stream_, da);
+      if (!gemv) cuda::f32_to_bf16(stream_, h32, B * nq, a);
+      linear(L.o, x, true);
+      norm(L.post_norm);
+      linear(L.gate_up, y, false);
+      if (gemv)
+        cuda::silu_mul_f32(stream_, y, B, I_, h32);
+      else
+        cuda::silu_mul(stream_, y, B, I_, a);
+      linear(L.down, x, true);
+    }
+    norm(norm_);
+    const DLinear& head = config_.text.tie_word_embeddings ? embed_ : lm_head_;
+    linear(head, dlogits_.as<float>(), false);
+    if (greedy) cuda::argmax_rows(stream_, dlogits_.as<float>(), B, V_, dtok_.as<std::int32_t>());
   }
 
   ModelConfig config_;
@@ -606,8 +809,15 @@ class CudaModel final : public Model {
   // Work buffers (grown on demand).
   Buffer vin_, va_, vx_, vy_, vq_, features_;
   Buffer tin_, tx_, ta_, ty_, tq_, tcs_, th32_, logits_dev_;
-  HostStage vstage_, tstage_;
-  float* logits_host_ = nullptr;
+  HostStage vstage_, tstage_, lstage_;
+  // Decode step: its own buffers (fixed addresses while graphs use them) and the captured graphs.
+  Buffer din_, dx_, dh_, da_, dy_, dq_, dcs_, dlogits_, dtok_;
+  HostStage dstage_;
+  std::int64_t dec_rows_ = 0;  // rows the decode buffers hold
+  bool use_graphs_ = true;
+  std::map<std::pair<int, bool>, cudaGraphExec_t> graphs_;  // by (batch, greedy)
+  std::set<std::pair<int, bool>> ran_eagerly_;             // keys run once without a graph
+  std::vector<const void*> graph_buffers_;                 // buffer addresses the graphs were captured with
 };
 
 }  // namespace

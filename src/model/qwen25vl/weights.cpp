@@ -3,11 +3,13 @@
 #include <fmt/ranges.h>
 
 #include <cstdint>
+#include <cstring>
 #include <set>
 #include <unordered_map>
 
 #include "core/error.hpp"
 #include "core/log.hpp"
+#include "core/progress.hpp"
 
 namespace mv::qwen25vl {
 
@@ -68,6 +70,9 @@ class WeightBinder {
   WeightBinder(Weights& w, const std::filesystem::path& dir, const WeightOptions& options)
       : w_(w), dir_(dir), options_(options), skip_(quant::effective_skip(options.skip)) {
     w_.store_ = TensorStore::open(dir);
+    w_.adapter_ = options.adapter;
+    if (options.adapter && !options.adapter->modules().empty())
+      progress_ = std::make_unique<Progress>("merge LoRA", options.adapter->modules().size(), "modules");
     for (const auto& name : w_.store_.names()) {
       std::string canon = canonical_key(name);
       auto [it, inserted] = canon_.emplace(canon, name);
@@ -77,7 +82,23 @@ class WeightBinder {
     }
   }
 
+  // A tensor the adapter's modules_to_save replaces, or null.
+  const TensorView* saved(const std::string& canon) const {
+    if (!options_.adapter) return nullptr;
+    const auto& s = options_.adapter->saved_tensors();
+    auto it = s.find(canon);
+    return it == s.end() ? nullptr : &it->second;
+  }
+
   TensorView get(const std::string& canon, const std::vector<std::int64_t>& shape) {
+    if (const TensorView* s = saved(canon)) {
+      if (s->shape() != shape)
+        fail(Errc::kInvalidInput, "adapter {}: tensor '{}' has shape {}, expected {} from config.json",
+             options_.adapter->dir().string(), s->info->name, shape_str(s->shape()), shape_str(shape));
+      if (saved_used_.insert(canon).second) ++w_.lora_saved;
+      dtypes_.insert(dtype_name(s->dtype()));
+      return *s;
+    }
     auto it = canon_.find(canon);
     if (it == canon_.end()) fail(Errc::kNotFound, "model {}: tensor '{}' is missing", dir_.string(), canon);
     TensorView v = w_.store_.view(it->second);
@@ -117,14 +138,22 @@ class WeightBinder {
   // when the options ask for it and the module is one bitsandbytes would quantize.
   ops::Matrix linear_weight(const std::string& module, std::int64_t out, std::int64_t in) {
     const std::string canon = module + ".weight";
+    const LoraModule* lora = options_.adapter ? options_.adapter->find(module) : nullptr;
     auto it = canon_.find(canon);
-    if (it != canon_.end() && quant::has_nf4_weight(w_.store_, it->second)) return nf4_matrix(it->second, out, in);
+    if (!saved(canon) && it != canon_.end() && quant::has_nf4_weight(w_.store_, it->second))
+      return lora ? merged_nf4(it->second, out, in, *lora) : nf4_matrix(it->second, out, in);
     ops::Matrix m = matrix(canon, {out, in});
+    // With --quantize nf4 the adapter is merged in the checkpoint's dtype first, then quantized once.
+    if (lora) m = merged(m, *lora);
     if (!options_.quantize_nf4 || !quant::should_quantize(module, skip_)) return m;
-    if (!pool_) pool_ = std::make_unique<ThreadPool>(options_.threads);
-    auto t = std::make_unique<quant::Nf4Tensor>(
-        quant::quantize_nf4(m.data, m.dtype, {out, in}, {}, pool_.get()));
-    w_.nf4_owned_bytes += t->packed.size() + t->absmax_q.size() + 4 * (t->nested_absmax.size() + t->absmax.size());
+    if (options_.quantize_on_device) {  // the CUDA engine quantizes it while uploading (nf4_at_load)
+      ++w_.nf4_weights;
+      dtypes_.insert("NF4");
+      return m;
+    }
+    auto t = std::make_unique<quant::Nf4Tensor>(quant::quantize_nf4(m.data, m.dtype, {out, in}, {}, pool()));
+    w_.nf4_owned_bytes +=
+        t->packed.size() + t->absmax_q.size() + 4 * (t->nested_absmax.size() + t->absmax.size());
     auto& view = w_.nf4_views_.emplace_back(std::make_unique<quant::Nf4View>(t->view()));
     w_.nf4_owned_.push_back(std::move(t));
     ++w_.nf4_weights;
@@ -157,16 +186,113 @@ class WeightBinder {
     return {view->packed, DType::kU8, out, in, view.get()};
   }
 
+  ThreadPool* pool() {
+    if (!pool_) pool_ = std::make_unique<ThreadPool>(options_.threads);
+    return pool_.get();
+  }
+
+  // W + s·B·A for a 16/32-bit weight: fp32 sum, rounded once to W's dtype (round to nearest even), held
+  // by Weights.
+  ops::Matrix merged(const ops::Matrix& m, const LoraModule& l) {
+    const std::int64_t n = m.rows * m.cols;
+    std::vector<float> w32(static_cast<std::size_t>(n));
+    const std::int64_t grain = 1 << 16;
+    pool()->parallel_for(
+        n,
+        [&](std::int64_t b, std::int64_t e) {
+          if (m.dtype == DType::kF32) {
+            std::memcpy(w32.data() + b, static_cast<const float*>(m.data) + b,
+                        static_cast<std::size_t>(e - b) * 4);
+            return;
+          }
+          const auto* p = static_cast<const std::uint16_t*>(m.data);
+          for (std::int64_t i = b; i < e; ++i)
+            w32[static_cast<std::size_t>(i)] = m.dtype == DType::kBF16 ? bf16_to_f32(p[i]) : f16_to_f32(p[i]);
+        },
+        grain);
+    add_lora_delta(l, w32, pool());
+    note_merged(l);
+    if (m.dtype == DType::kF32) {
+      auto& c = w_.owned_.emplace_back(std::move(w32));
+      w_.lora_owned_bytes += c.size() * 4;
+      return {c.data(), DType::kF32, m.rows, m.cols};
+    }
+    auto& c = w_.owned16_.emplace_back(static_cast<std::size_t>(n));
+    pool()->parallel_for(
+        n,
+        [&](std::int64_t b, std::int64_t e) {
+          for (std::int64_t i = b; i < e; ++i) {
+            const float v = w32[static_cast<std::size_t>(i)];
+            c[static_cast<std::size_t>(i)] = m.dtype == DType::kBF16 ? f32_to_bf16(v) : f32_to_f16(v);
+          }
+        },
+        grain);
+    w_.lora_owned_bytes += c.size() * 2;
+    return {c.data(), m.dtype, m.rows, m.cols};
+  }
+
+  // An NF4 weight with a LoRA merged in, as PEFT's Linear4bit.merge does: dequantize to the original
+  // dtype, add the fp32 delta, quantize again (same block size and double quantization). Lossy.
+  ops::Matrix merged_nf4(const std::string& key, std::int64_t out, std::int64_t in, const LoraModule& l) {
+    const ops::Matrix q = nf4_matrix(key, out, in);
+    const DType original = w_.nf4_mapped_.back()->dtype;
+    const std::int64_t n = out * in;
+    std::vector<float> w32(static_cast<std::size_t>(n));
+    quant::dequantize(*q.nf4, w32, pool());
+    if (original == DType::kBF16 || original == DType::kF16)
+      pool()->parallel_for(
+          n,
+          [&](std::int64_t b, std::int64_t e) {
+            for (std::int64_t i = b; i < e; ++i) {
+              float& v = w32[static_cast<std::size_t>(i)];
+              v = original == DType::kBF16 ? bf16_to_f32(f32_to_bf16(v)) : f16_to_f32(f32_to_f16(v));
+            }
+          },
+          1 << 16);
+    add_lora_delta(l, w32, pool());
+    quant::QuantizeOptions qo;
+    qo.blocksize = q.nf4->blocksize;
+    qo.double_quant = q.nf4->nested();
+    auto t = std::make_unique<quant::Nf4Tensor>(
+        quant::quantize_nf4(w32.data(), DType::kF32, {out, in}, qo, pool()));
+    t->dtype = original;
+    w_.nf4_owned_bytes +=
+        t->packed.size() + t->absmax_q.size() + 4 * (t->nested_absmax.size() + t->absmax.size());
+    auto& view = w_.nf4_views_.emplace_back(std::make_unique<quant::Nf4View>(t->view()));
+    w_.nf4_owned_.push_back(std::move(t));
+    ++w_.lora_merged_nf4;
+    note_merged(l);
+    return {view->packed, DType::kU8, out, in, view.get()};
+  }
+
+  void note_merged(const LoraModule&) {
+    ++w_.lora_merged;
+    if (progress_) progress_->advance(1);
+  }
+
   Linear linear(const std::string& prefix, std::int64_t out, std::int64_t in, bool bias) {
     Linear l;
     l.w = linear_weight(prefix, out, in);
+    l.nf4_at_load = options_.quantize_nf4 && options_.quantize_on_device && l.w.nf4 == nullptr &&
+                    quant::should_quantize(prefix, skip_);
     if (bias) l.bias = vec(prefix + ".bias", out);
     return l;
   }
 
-  bool has(const std::string& canon) const { return canon_.count(canon) != 0; }
+  bool has(const std::string& canon) const { return canon_.count(canon) != 0 || saved(canon) != nullptr; }
 
   void finish() {
+    if (progress_) progress_->finish();
+    if (options_.adapter) {
+      for (const auto& [canon, view] : options_.adapter->saved_tensors())
+        if (!saved_used_.count(canon))
+          fail(Errc::kInvalidInput,
+               "adapter {}: tensor '{}' (modules_to_save) replaces no tensor the engine uses",
+               options_.adapter->dir().string(), view.info->name);
+      if (w_.lora_merged != options_.adapter->modules().size())
+        fail(Errc::kInternal, "adapter {}: {} of {} LoRA modules were merged",
+             options_.adapter->dir().string(), w_.lora_merged, options_.adapter->modules().size());
+    }
     std::size_t unused = 0;
     for (const auto& [canon, name] : canon_) unused += used_.count(canon) ? 0 : 1;
     if (unused)
@@ -179,7 +305,9 @@ class WeightBinder {
   std::filesystem::path dir_;
   WeightOptions options_;
   std::vector<std::string> skip_;
-  std::unique_ptr<ThreadPool> pool_;  // quantizing at load
+  std::unique_ptr<ThreadPool> pool_;                    // quantizing and merging at load
+  std::unique_ptr<Progress> progress_;                  // merging a LoRA adapter (counts only)
+  std::set<std::string> saved_used_;                    // adapter modules_to_save tensors bound
   std::unordered_map<std::string, std::string> canon_;  // canonical -> key in the file
   std::set<std::string> used_;
   std::set<std::string> dtypes_;
@@ -209,8 +337,10 @@ std::unique_ptr<Weights> Weights::load(const std::filesystem::path& dir, const M
     L.down = b.linear(p + "mlp.down_proj", H, I, false);
   }
   w->text.norm = b.vec("model.norm.weight", H);
-  w->text.tied = t.tie_word_embeddings;
-  if (t.tie_word_embeddings) {
+  // An adapter's modules_to_save copy of lm_head unties it from the embeddings (PEFT wraps a copy).
+  const bool lm_head_saved = options.adapter && options.adapter->saved_tensors().count("lm_head.weight");
+  w->text.tied = t.tie_word_embeddings && !lm_head_saved;
+  if (w->text.tied) {
     w->text.lm_head = w->text.embed;
   } else {
     if (!b.has("lm_head.weight") && !b.has("lm_head.weight.quant_state.bitsandbytes__nf4"))

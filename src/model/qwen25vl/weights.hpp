@@ -9,6 +9,7 @@
 
 #include "io/model_config.hpp"
 #include "io/safetensors.hpp"
+#include "model/qwen25vl/lora.hpp"
 #include "ops/ops.hpp"
 #include "quant/nf4_checkpoint.hpp"
 
@@ -17,6 +18,8 @@ namespace mv::qwen25vl {
 struct Linear {
   ops::Matrix w;
   std::vector<float> bias;  // empty when the layer has none
+  // Set when WeightOptions::quantize_on_device: the engine quantizes this 16/32-bit weight to NF4 itself.
+  bool nf4_at_load = false;
   const float* b() const { return bias.empty() ? nullptr : bias.data(); }
 };
 
@@ -53,7 +56,13 @@ void validate_config(const ModelConfig& config, const std::string& where);
 struct WeightOptions {
   bool quantize_nf4 = false;      // quantize the 16/32-bit Linear weights to NF4 at load (load_in_4bit)
   std::vector<std::string> skip;  // modules kept as they are besides lm_head (bitsandbytes' matching)
-  int threads = 0;                // threads for quantizing at load (0 = all)
+  int threads = 0;                // threads for quantizing and merging at load (0 = all)
+  // A LoRA adapter merged into the weights at load (W' = W + s·B·A, see lora.hpp); its modules_to_save
+  // tensors replace the checkpoint's. Null: none.
+  std::shared_ptr<const LoraAdapter> adapter;
+  // With quantize_nf4: leave the weights as they are and mark them (Linear::nf4_at_load); the CUDA
+  // engine quantizes them on the GPU while uploading.
+  bool quantize_on_device = false;
 };
 
 class Weights {
@@ -66,13 +75,19 @@ class Weights {
   VisionWeights vision;
   std::string dtype_summary;  // e.g. "BF16" or "BF16+F32"
   std::uint64_t mapped_bytes = 0;
-  std::size_t nf4_weights = 0;        // Linear weights held in NF4
-  std::uint64_t nf4_owned_bytes = 0;  // bytes of NF4 weights quantized at load
+  std::size_t nf4_weights = 0;         // Linear weights held in NF4
+  std::uint64_t nf4_owned_bytes = 0;   // bytes of NF4 weights quantized at load
+  std::size_t lora_merged = 0;         // Linear weights with a LoRA adapter merged in
+  std::size_t lora_merged_nf4 = 0;     // of those, NF4 weights of the checkpoint (re-quantized)
+  std::size_t lora_saved = 0;          // tensors replaced by the adapter's modules_to_save
+  std::uint64_t lora_owned_bytes = 0;  // bytes of merged 16/32-bit weight copies
 
  private:
   Weights() = default;
   TensorStore store_;
   std::vector<std::vector<float>> owned_;  // copies of tensors whose data was misaligned in the file
+  std::vector<std::vector<std::uint16_t>> owned16_;            // merged BF16/F16 weights (LoRA)
+  std::shared_ptr<const LoraAdapter> adapter_;                 // keeps modules_to_save tensors mapped
   std::vector<std::unique_ptr<quant::Nf4Weight>> nf4_mapped_;  // NF4 weights read from the checkpoint
   std::vector<std::unique_ptr<quant::Nf4Tensor>> nf4_owned_;   // NF4 weights quantized at load
   std::vector<std::unique_ptr<quant::Nf4View>> nf4_views_;     // views the matrices point to

@@ -1,4 +1,6 @@
-// Tensor-core attention for prefill and the vision tower (see cuda_ops.hpp, AttnArgs).
+// WMMA attention for prefill and the vision tower (see cuda_ops.hpp, AttnArgs): the fallback behind
+// cuda::attention for head dims that are not multiples of 16 or rows that are not 16-byte aligned, and
+// the kernel chosen by MV_ATTN=wmma (attention_mma.cu holds the default kernel).
 //
 // One block (4 warps) per (work item, head): 64 query rows against the item's keys in tiles of 64,
 // flash-style. Q, K, V tiles are bf16 in shared memory (head dim zero-padded to a multiple of 16);
@@ -10,7 +12,7 @@
 
 #include <cfloat>
 
-#include "ops/cuda/cuda_ops.hpp"
+#include "ops/cuda/attention_kernels.hpp"
 
 namespace mv::cuda {
 namespace {
@@ -203,7 +205,7 @@ void launch(cudaStream_t s, const AttnArgs& a, float scale) {
 
 }  // namespace
 
-void attention(cudaStream_t s, const AttnArgs& a) {
+void detail::attention_wmma(cudaStream_t s, const AttnArgs& a) {
   if (a.n_items <= 0) return;
   const float scale = 1.0f / sqrtf(static_cast<float>(a.hd));
   const int hdp = (a.hd + 15) / 16 * 16;

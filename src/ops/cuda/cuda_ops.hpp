@@ -83,6 +83,10 @@ class Gemm {
   Gemm& operator=(const Gemm&) = delete;
   void run(cudaStream_t s, const bf16* x, std::int64_t m, const bf16* w, std::int64_t n, std::int64_t k,
            const float* bias, float* y, bool accumulate);
+  // The same with x and W both f16 (kF16) or both fp32 (kF32: full fp32 arithmetic, no TF32).
+  enum class Operands { kBF16, kF16, kF32 };
+  void run_typed(cudaStream_t s, Operands type, const void* x, std::int64_t m, const void* w, std::int64_t n,
+                 std::int64_t k, const float* bias, float* y, bool accumulate);
 
  private:
   struct Impl;
@@ -90,8 +94,9 @@ class Gemm {
 };
 
 // Few-row product for decoding (m <= kGemvMaxRows): y[m, n] = x[m, k] · W[n, k]ᵀ + bias (+ y), with x fp32
-// (no rounding of activations) and W bf16 read once with 16-byte loads; memory-bandwidth bound.
-constexpr int kGemvMaxRows = 4;
+// (no rounding of activations) and W bf16 read once with 16-byte loads; memory-bandwidth bound. Row i of
+// the result does not depend on m (the same lanes add the same products in the same order).
+constexpr int kGemvMaxRows = 8;
 void gemv(cudaStream_t s, const float* x, int m, const bf16* w, std::int64_t n, std::int64_t k,
           const float* bias, float* y, bool accumulate);
 
@@ -164,25 +169,60 @@ struct AttnArgs {
   int n_items;
 };
 constexpr int kAttnBlockQ = 64;
-void attention(cudaStream_t s, const AttnArgs& a);
+// Which kernel runs: kMma is the register-resident flash kernel (mma.sync m16n8k16, sm_80+) for head
+// dims that are multiples of 16 up to 128 with 16-byte aligned rows (attention_mma_supports); kWmma the
+// older WMMA kernel (any head dim up to 128). kAuto takes kMma where supported, kWmma elsewhere, and
+// follows the environment variable MV_ATTN (auto | mma | wmma) when it is set.
+enum class AttnKernel { kAuto, kMma, kWmma };
+bool attention_mma_supports(const AttnArgs& a);
+// Throws mv::Error on bad arguments (head counts, head dim) or when kMma is asked for arguments it does
+// not support.
+void attention(cudaStream_t s, const AttnArgs& a, AttnKernel kernel = AttnKernel::kAuto);
+
+// One sequence of a decode step, as the kernels read it from device memory (so that a captured CUDA graph
+// serves every step: only these values change). Cache layout of a sequence: element (layer l, kv head g,
+// row j, dim d) at k + (l·n_kv + g)·head_stride + j·row_stride + d (v likewise); head_stride differs
+// between sequences (it is their capacity · row_stride), row_stride is shared.
+struct DecodeSeq {
+  bf16* k;
+  bf16* v;
+  std::int64_t head_stride;
+  std::int32_t len;  // keys after this step: the new token is written at row len − 1 and attended to
+  std::int32_t pad;
+};
+
+// Decode variant of rope_split_qkv: row r belongs to sequence r, and its k/v go to row seqs[r].len − 1 of
+// that sequence's cache at `layer`.
+struct QkvDecodeSplit {
+  const float* qkv;
+  std::int64_t qkv_stride;
+  std::int64_t rows;
+  int n_heads, n_kv, hd;
+  const float* cos;
+  const float* sin;
+  bf16* q_out;  // [rows][n_heads][hd]
+  const DecodeSeq* seqs;
+  int layer;
+  std::int64_t kv_row_stride;
+};
+void rope_split_qkv_decode(cudaStream_t s, const QkvDecodeSplit& a);
 
 // Decode attention: for each sequence b, one query row q[b] (bf16 [n_heads][hd], row stride q_stride)
-// against keys [0, lens[b]) of its cache (k_base[b] + layer_offset, v likewise, in the layout above).
+// against keys [0, seqs[b].len) of its cache at `layer`.
 struct DecodeAttnArgs {
   const bf16* q;
   std::int64_t q_stride;
-  const bf16* const* k_base;  // device array [batch]
-  const bf16* const* v_base;
-  std::int64_t layer_offset;  // elements added to every base (the layer's slab of each cache)
-  std::int64_t kv_head_stride, kv_row_stride;
-  const std::int32_t* lens;  // device array [batch]
-  float* out;                // fp32 (it feeds the fp32 decode GEMV)
+  const DecodeSeq* seqs;  // device array [batch]
+  int layer;
+  std::int64_t kv_row_stride;
+  float* out;  // fp32 (it feeds the fp32 decode GEMV)
   std::int64_t out_stride;
   int n_heads, n_kv, hd, batch;
 };
 void decode_attention(cudaStream_t s, const DecodeAttnArgs& a);
 
-// out[b] = argmax of logits row b (first index on ties).
+// out[b] = argmax of logits row b (first index on ties, as torch.argmax); −1 when the row holds a NaN or
+// no value above −inf (the host sampler rejects both).
 void argmax_rows(cudaStream_t s, const float* logits, std::int64_t rows, std::int64_t cols,
                  std::int32_t* out);
 

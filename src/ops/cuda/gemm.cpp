@@ -36,10 +36,13 @@ struct Gemm::Impl {
   cublasLtHandle_t handle = nullptr;
   Buffer workspace;
   std::mutex mutex;
-  std::map<std::tuple<std::int64_t, std::int64_t, std::int64_t, bool>, Plan> plans;
+  std::map<std::tuple<std::int64_t, std::int64_t, std::int64_t, bool, int>, Plan> plans;
 
-  Plan& plan(std::int64_t m, std::int64_t n, std::int64_t k, bool bias) {
-    auto key = std::make_tuple(m, n, k, bias);
+  Plan& plan(std::int64_t m, std::int64_t n, std::int64_t k, bool bias, Gemm::Operands type) {
+    auto key = std::make_tuple(m, n, k, bias, static_cast<int>(type));
+    const cudaDataType_t ab = type == Gemm::Operands::kF32   ? CUDA_R_32F
+                              : type == Gemm::Operands::kF16 ? CUDA_R_16F
+                                                             : CUDA_R_16BF;
     auto it = plans.find(key);
     if (it != plans.end()) return it->second;
     Plan p;
@@ -54,10 +57,10 @@ struct Gemm::Impl {
       check_lt(lt.desc_set_attribute(p.op, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bt, sizeof bt), "bias type");
     }
     check_lt(
-        lt.layout_create(&p.a, CUDA_R_16BF, static_cast<std::uint64_t>(k), static_cast<std::uint64_t>(n), k),
+        lt.layout_create(&p.a, ab, static_cast<std::uint64_t>(k), static_cast<std::uint64_t>(n), k),
         "layout A");
     check_lt(
-        lt.layout_create(&p.b, CUDA_R_16BF, static_cast<std::uint64_t>(k), static_cast<std::uint64_t>(m), k),
+        lt.layout_create(&p.b, ab, static_cast<std::uint64_t>(k), static_cast<std::uint64_t>(m), k),
         "layout B");
     check_lt(
         lt.layout_create(&p.c, CUDA_R_32F, static_cast<std::uint64_t>(n), static_cast<std::uint64_t>(m), n),
@@ -72,7 +75,8 @@ struct Gemm::Impl {
     const cublasStatus_t st = lt.algo_get_heuristic(handle, p.op, p.a, p.b, p.c, p.c, pref, 1, &res, &found);
     lt.preference_destroy(pref);
     if (st != CUBLAS_STATUS_SUCCESS || found == 0)
-      fail(Errc::kInternal, "cuBLASLt: no algorithm for a {}x{}x{} bf16 GEMM (status {})", m, n, k,
+      fail(Errc::kInternal, "cuBLASLt: no algorithm for a {}x{}x{} {} GEMM (status {})", m, n, k,
+           type == Gemm::Operands::kF32 ? "fp32" : type == Gemm::Operands::kF16 ? "f16" : "bf16",
            static_cast<int>(st));
     p.algo = res.algo;
     return plans.emplace(key, p).first->second;
@@ -99,10 +103,15 @@ Gemm::~Gemm() {
 
 void Gemm::run(cudaStream_t s, const bf16* x, std::int64_t m, const bf16* w, std::int64_t n, std::int64_t k,
                const float* bias, float* y, bool accumulate) {
+  run_typed(s, Operands::kBF16, x, m, w, n, k, bias, y, accumulate);
+}
+
+void Gemm::run_typed(cudaStream_t s, Operands type, const void* x, std::int64_t m, const void* w,
+                     std::int64_t n, std::int64_t k, const float* bias, float* y, bool accumulate) {
   if (m <= 0) return;
   std::lock_guard lock(impl_->mutex);
   const CublasLtApi& lt = impl_->lt;
-  Plan& p = impl_->plan(m, n, k, bias != nullptr);
+  Plan& p = impl_->plan(m, n, k, bias != nullptr, type);
   if (bias)
     check_lt(lt.desc_set_attribute(p.op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias),
              "bias pointer");

@@ -167,31 +167,49 @@ __global__ void mrope_tables_kernel(const std::int64_t* pos, std::int64_t rows, 
   }
 }
 
-// One block per row; threads over (head, pair) of q and k, then over v.
-__global__ void rope_split_kernel(QkvSplit a) {
-  const std::int64_t r = blockIdx.x;
-  const int half = a.hd / 2;
-  const float* row = a.qkv + r * a.qkv_stride;
-  const float* c = a.cos + r * half;
-  const float* s = a.sin + r * half;
-  const int qpairs = a.n_heads * half, kpairs = a.n_kv * half;
+// One fused qkv row: rotary on q and k, bf16 out. k_row/v_row point at kv head 0 of the destination row;
+// kv head g lies kv_head_stride elements further. Threads of the block go over (head, pair) of q and k,
+// then over v.
+__device__ void rope_split_row(const float* row, const float* c, const float* s, int n_heads, int n_kv, int hd,
+                               bf16* q_row, bf16* k_row, bf16* v_row, std::int64_t kv_head_stride) {
+  const int half = hd / 2;
+  const int qpairs = n_heads * half, kpairs = n_kv * half;
   for (int t = threadIdx.x; t < qpairs + kpairs; t += blockDim.x) {
     const bool is_q = t < qpairs;
     const int u = is_q ? t : t - qpairs;
     const int h = u / half, j = u - h * half;
-    const float* src = row + (is_q ? 0 : a.n_heads * a.hd) + h * a.hd;
+    const float* src = row + (is_q ? 0 : n_heads * hd) + h * hd;
     const float x0 = src[j], x1 = src[j + half];
     const float y0 = x0 * c[j] - x1 * s[j], y1 = x1 * c[j] + x0 * s[j];
-    bf16* dst = is_q ? a.q_out + (r * a.n_heads + h) * a.hd
-                     : a.k_out + h * a.kv_head_stride + (a.kv_row0 + r) * a.kv_row_stride;
+    bf16* dst = is_q ? q_row + h * hd : k_row + h * kv_head_stride;
     dst[j] = __float2bfloat16(y0);
     dst[j + half] = __float2bfloat16(y1);
   }
-  const float* vsrc = row + (a.n_heads + a.n_kv) * a.hd;
-  for (int t = threadIdx.x; t < a.n_kv * a.hd; t += blockDim.x) {
-    const int g = t / a.hd, d = t - g * a.hd;
-    a.v_out[g * a.kv_head_stride + (a.kv_row0 + r) * a.kv_row_stride + d] = __float2bfloat16(vsrc[t]);
+  const float* vsrc = row + (n_heads + n_kv) * hd;
+  for (int t = threadIdx.x; t < n_kv * hd; t += blockDim.x) {
+    const int g = t / hd, d = t - g * hd;
+    v_row[g * kv_head_stride + d] = __float2bfloat16(vsrc[t]);
   }
+}
+
+// One block per row.
+__global__ void rope_split_kernel(QkvSplit a) {
+  const std::int64_t r = blockIdx.x;
+  const int half = a.hd / 2;
+  const std::int64_t kv_off = (a.kv_row0 + r) * a.kv_row_stride;
+  rope_split_row(a.qkv + r * a.qkv_stride, a.cos + r * half, a.sin + r * half, a.n_heads, a.n_kv, a.hd,
+                 a.q_out + r * a.n_heads * a.hd, a.k_out + kv_off, a.v_out + kv_off, a.kv_head_stride);
+}
+
+// One block per sequence (= row); the destination row comes from the sequence's length.
+__global__ void rope_split_decode_kernel(QkvDecodeSplit a) {
+  const std::int64_t r = blockIdx.x;
+  const int half = a.hd / 2;
+  const DecodeSeq sq = a.seqs[r];
+  const std::int64_t kv_off = static_cast<std::int64_t>(a.layer) * a.n_kv * sq.head_stride +
+                              static_cast<std::int64_t>(sq.len - 1) * a.kv_row_stride;
+  rope_split_row(a.qkv + r * a.qkv_stride, a.cos + r * half, a.sin + r * half, a.n_heads, a.n_kv, a.hd,
+                 a.q_out + r * a.n_heads * a.hd, sq.k + kv_off, sq.v + kv_off, sq.head_stride);
 }
 
 // Decode attention: one block of kDecodeWarps warps per (head, sequence). Each warp takes tiles of 32 keys
@@ -205,9 +223,11 @@ constexpr int kPerLane = kMaxHeadDim / 32;
 __global__ void __launch_bounds__(kDecodeWarps * 32) decode_attention_kernel(DecodeAttnArgs a, float scale) {
   const int h = blockIdx.x, b = blockIdx.y;
   const int g = h / (a.n_heads / a.n_kv);
-  const int len = a.lens[b];
-  const bf16* k = a.k_base[b] + a.layer_offset + g * a.kv_head_stride;
-  const bf16* v = a.v_base[b] + a.layer_offset + g * a.kv_head_stride;
+  const DecodeSeq sq = a.seqs[b];
+  const int len = sq.len;
+  const std::int64_t off = (static_cast<std::int64_t>(a.layer) * a.n_kv + g) * sq.head_stride;
+  const bf16* k = sq.k + off;
+  const bf16* v = sq.v + off;
   __shared__ float qs[kMaxHeadDim];
   __shared__ float wm[kDecodeWarps], wl[kDecodeWarps];
   __shared__ float wacc[kDecodeWarps][kMaxHeadDim];
@@ -286,15 +306,18 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) decode_attention_kernel(Dec
 
 __global__ void argmax_kernel(const float* logits, std::int64_t cols, std::int32_t* out) {
   const float* x = logits + blockIdx.x * cols;
-  float best = -FLT_MAX;
+  float best = -INFINITY;
   std::int64_t bi = cols;
+  int nan = 0;
   for (std::int64_t i = threadIdx.x; i < cols; i += blockDim.x) {
     const float v = x[i];
-    if (v > best || (v == best && i < bi)) {
+    if (isnan(v)) nan = 1;
+    if (v > best) {  // i only grows within a thread: the first index of the maximum is kept
       best = v;
       bi = i;
     }
   }
+  nan = __syncthreads_or(nan);
   __shared__ float sv[1024];
   __shared__ std::int64_t si[1024];
   sv[threadIdx.x] = best;
@@ -311,7 +334,7 @@ __global__ void argmax_kernel(const float* logits, std::int64_t cols, std::int32
     }
     __syncthreads();
   }
-  if (threadIdx.x == 0) out[blockIdx.x] = static_cast<std::int32_t>(si[0] < cols ? si[0] : 0);
+  if (threadIdx.x == 0) out[blockIdx.x] = nan || si[0] >= cols ? -1 : static_cast<std::int32_t>(si[0]);
 }
 
 int grid_for(std::int64_t n, int threads) {
@@ -350,18 +373,19 @@ void gemv(cudaStream_t s, const float* x, int m, const bf16* w, std::int64_t n, 
   if (m <= 0) return;
   const unsigned blocks = static_cast<unsigned>((n + kGemvWarps - 1) / kGemvWarps);
   switch (m) {
-    case 1:
-      gemv_kernel<1><<<blocks, kGemvWarps * 32, 0, s>>>(x, w, n, k, bias, y, accumulate);
-      break;
-    case 2:
-      gemv_kernel<2><<<blocks, kGemvWarps * 32, 0, s>>>(x, w, n, k, bias, y, accumulate);
-      break;
-    case 3:
-      gemv_kernel<3><<<blocks, kGemvWarps * 32, 0, s>>>(x, w, n, k, bias, y, accumulate);
-      break;
-    case 4:
-      gemv_kernel<4><<<blocks, kGemvWarps * 32, 0, s>>>(x, w, n, k, bias, y, accumulate);
-      break;
+#define MV_GEMV_CASE(M)                                                                   \
+  case M:                                                                                 \
+    gemv_kernel<M><<<blocks, kGemvWarps * 32, 0, s>>>(x, w, n, k, bias, y, accumulate); \
+    break;
+    MV_GEMV_CASE(1)
+    MV_GEMV_CASE(2)
+    MV_GEMV_CASE(3)
+    MV_GEMV_CASE(4)
+    MV_GEMV_CASE(5)
+    MV_GEMV_CASE(6)
+    MV_GEMV_CASE(7)
+    MV_GEMV_CASE(8)
+#undef MV_GEMV_CASE
     default:
       check(cudaErrorInvalidValue, "gemv: more than kGemvMaxRows rows");
   }
@@ -417,7 +441,14 @@ void rope_split_qkv(cudaStream_t s, const QkvSplit& a) {
   check_launch("rope_split_qkv");
 }
 
+void rope_split_qkv_decode(cudaStream_t s, const QkvDecodeSplit& a) {
+  if (a.rows <= 0) return;
+  rope_split_decode_kernel<<<static_cast<unsigned>(a.rows), 256, 0, s>>>(a);
+  check_launch("rope_split_qkv_decode");
+}
+
 void decode_attention(cudaStream_t s, const DecodeAttnArgs& a) {
+  if (a.batch <= 0) return;
   if (a.hd > kMaxHeadDim) check(cudaErrorInvalidValue, "decode_attention: head_dim above 256");
   const float scale = 1.0f / sqrtf(static_cast<float>(a.hd));
   decode_attention_kernel<<<dim3(a.n_heads, a.batch), kDecodeWarps * 32, 0, s>>>(a, scale);
@@ -426,6 +457,7 @@ void decode_attention(cudaStream_t s, const DecodeAttnArgs& a) {
 
 void argmax_rows(cudaStream_t s, const float* logits, std::int64_t rows, std::int64_t cols,
                  std::int32_t* out) {
+  if (rows <= 0) return;
   argmax_kernel<<<static_cast<unsigned>(rows), 1024, 0, s>>>(logits, cols, out);
   check_launch("argmax_rows");
 }

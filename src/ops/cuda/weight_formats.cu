@@ -1,0 +1,473 @@
+// NF4 and f16/f32 weight kernels (see weight_formats.hpp). Every float step of the NF4 quantization and
+// decoding that must match src/quant bit for bit is written with explicit round-to-nearest intrinsics
+// (__fmul_rn, __fadd_rn, __fdiv_rn), which nvcc never contracts into a fused multiply-add.
+#include <cuda_fp16.h>
+
+#include <cfloat>
+
+#include "ops/cuda/weight_formats.hpp"
+
+namespace mv::cuda {
+namespace {
+
+static_assert(kGemvMaxRows >= 1 && kGemvMaxRows <= 8, "the GEMV kernels are instantiated for 1..8 rows");
+
+constexpr int kWarps = 8;  // warps per block of the GEMV and quantization kernels
+
+__constant__ float kThresholds[15] = {
+    -0.8480964004993439f,  -0.6106329262256622f,  -0.4599952697753906f,   -0.33967943489551544f,
+    -0.23460740596055984f, -0.13791173323988914f, -0.045525018125772476f, 0.03979014977812767f,
+    0.1202552504837513f,   0.2035212516784668f,   0.2920137718319893f,    0.3893125355243683f,
+    0.5016634166240692f,   0.6427869200706482f,   0.8614784181118011f,
+};
+
+__device__ __forceinline__ float warp_sum(float v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+__device__ __forceinline__ float warp_max(float v) {
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
+__device__ __forceinline__ float to_f32(float v) { return v; }
+__device__ __forceinline__ float to_f32(__half v) { return __half2float(v); }
+__device__ __forceinline__ float to_f32(bf16 v) { return __bfloat162float(v); }
+__device__ __forceinline__ void put(float* p, float v) { *p = v; }
+__device__ __forceinline__ void put(bf16* p, float v) { *p = __float2bfloat16(v); }
+
+unsigned grid_for(std::int64_t n, int threads) {
+  const std::int64_t b = (n + threads - 1) / threads;
+  return static_cast<unsigned>(b < 1 ? 1 : (b > 65535 * 8 ? 65535 * 8 : b));
+}
+
+// Number of NF4 thresholds below x (NaN: 0) = quant::nf4_encode.
+__device__ __forceinline__ unsigned nf4_encode(float x) {
+  unsigned c = 0;
+#pragma unroll
+  for (int i = 0; i < 15; ++i) c += x > kThresholds[i] ? 1u : 0u;
+  return c;
+}
+
+// quant::dynamic_encode: bitsandbytes' 7-step binary search with its tie rules.
+__device__ unsigned dynamic_encode(const float* code, float x) {
+  int pivot = 127, upper_pivot = 255, lower_pivot = 0;
+  float lower = -1.0f, upper = 1.0f;
+  float val = code[pivot];
+  for (int i = 64; i > 0; i >>= 1) {
+    if (x > val) {
+      lower_pivot = pivot;
+      lower = val;
+      pivot += i;
+    } else {
+      upper_pivot = pivot;
+      upper = val;
+      pivot -= i;
+    }
+    val = code[pivot];
+  }
+  if (upper_pivot == 255) upper = code[upper_pivot];
+  if (lower_pivot == 0) lower = code[lower_pivot];
+  if (x > val) {
+    const float mid = __fmul_rn(__fadd_rn(upper, val), 0.5f);
+    return static_cast<unsigned>(x > mid ? upper_pivot : pivot);
+  }
+  const float mid = __fmul_rn(__fadd_rn(lower, val), 0.5f);
+  return static_cast<unsigned>(x < mid ? lower_pivot : pivot);
+}
+
+// One warp per block of 2^shift elements.
+template <typename T>
+__global__ void __launch_bounds__(kWarps * 32)
+    nf4_quantize_kernel(const T* __restrict__ src, std::int64_t numel, int shift, std::uint8_t* packed,
+                        float* absmax) {
+  const int lane = threadIdx.x & 31;
+  const std::int64_t b = static_cast<std::int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5);
+  const std::int64_t bs = std::int64_t{1} << shift, nb = (numel + bs - 1) >> shift;
+  if (b >= nb) return;
+  const std::int64_t e0 = b << shift, cnt = numel - e0 < bs ? numel - e0 : bs;
+  float amax = -FLT_MAX;  // fmaxf ignores a NaN element, as the CPU's fmax / maxps do
+  for (std::int64_t j = lane; j < cnt; j += 32) amax = fmaxf(amax, fabsf(to_f32(src[e0 + j])));
+  amax = warp_max(amax);
+  const float inv = __fdiv_rn(1.0f, amax);
+  const std::int64_t pairs = (cnt + 1) >> 1;
+  for (std::int64_t p = lane; p < pairs; p += 32) {
+    const std::int64_t j = 2 * p;
+    const float x0 = __fmul_rn(to_f32(src[e0 + j]), inv);
+    const float x1 = __fmul_rn(j + 1 < cnt ? to_f32(src[e0 + j + 1]) : 0.0f, inv);  // odd tail: 0 · inv
+    packed[(e0 >> 1) + p] = static_cast<std::uint8_t>(nf4_encode(x0) << 4 | nf4_encode(x1));
+  }
+  if (lane == 0) absmax[b] = amax;
+}
+
+// One block of 256 threads per nested block of 256 scales.
+__global__ void __launch_bounds__(256)
+    nf4_nested_kernel(const float* __restrict__ absmax, std::int64_t nb, float offset, const float* map,
+                      std::uint8_t* absmax_q, float* nested_absmax) {
+  __shared__ float code[256];
+  __shared__ float part[8];
+  const int t = threadIdx.x;
+  code[t] = map[t];
+  const std::int64_t idx = static_cast<std::int64_t>(blockIdx.x) * 256 + t;
+  const bool valid = idx < nb;
+  const float r = valid ? __fsub_rn(absmax[idx], offset) : 0.0f;
+  float m = warp_max(valid ? fabsf(r) : -FLT_MAX);
+  if ((t & 31) == 0) part[t >> 5] = m;
+  __syncthreads();
+  m = part[0];
+  for (int w = 1; w < 8; ++w) m = fmaxf(m, part[w]);
+  if (t == 0) nested_absmax[blockIdx.x] = m;
+  const float inv = __fdiv_rn(1.0f, m);
+  if (valid) absmax_q[idx] = static_cast<std::uint8_t>(dynamic_encode(code, __fmul_rn(r, inv)));
+}
+
+// a' of block b: D[q]·s, then + offset, each rounded (quant::Nf4View::scale).
+__device__ __forceinline__ float nf4_scale(const Nf4Ref& q, const float* ncode, std::int64_t b) {
+  if (q.absmax_q == nullptr) return q.absmax[b];
+  return __fadd_rn(__fmul_rn(ncode[q.absmax_q[b]], q.nested_absmax[b >> q.nested_shift]), q.offset);
+}
+
+// Loads the 16 levels and the 256-entry nested map into shared memory (all threads of the block).
+__device__ __forceinline__ void load_tables(const Nf4Ref& q, float* lut, float* ncode) {
+  for (int t = threadIdx.x; t < 256; t += blockDim.x) {
+    if (t < 16) lut[t] = q.code[t];
+    ncode[t] = q.nested_code ? q.nested_code[t] : 0.0f;
+  }
+  __syncthreads();
+}
+
+template <typename T>
+__global__ void __launch_bounds__(256) nf4_dequant_kernel(Nf4Ref q, T* dst) {
+  __shared__ float lut[16];
+  __shared__ float ncode[256];
+  load_tables(q, lut, ncode);
+  const std::int64_t bytes = (q.numel + 1) >> 1;
+  for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < bytes;
+       i += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+    const unsigned byte = q.packed[i];
+    const std::int64_t e = 2 * i;
+    put(dst + e, __fmul_rn(lut[byte >> 4], nf4_scale(q, ncode, e >> q.block_shift)));
+    if (e + 1 < q.numel) put(dst + e + 1, __fmul_rn(lut[byte & 15], nf4_scale(q, ncode, (e + 1) >> q.block_shift)));
+  }
+}
+
+// Fused NF4 GEMV: one warp per output row. Fast path (k and the block size multiples of 32): lane takes
+// 16-byte chunks of 32 codes, which never straddle a block; the chunk's partial sums are multiplied by
+// its block scale once. Otherwise element by element (rows that start inside a block or a byte).
+template <int M>
+__global__ void __launch_bounds__(kWarps * 32)
+    nf4_gemv_kernel(const float* __restrict__ x, Nf4Ref q, std::int64_t n, std::int64_t k,
+                    const float* __restrict__ bias, float* y, std::int64_t ldy, bool accumulate) {
+  __shared__ float lut[16];
+  __shared__ float ncode[256];
+  load_tables(q, lut, ncode);
+  const int lane = threadIdx.x & 31;
+  const std::int64_t row = static_cast<std::int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5);
+  if (row >= n) return;
+  const std::int64_t e0 = row * k;
+  float acc[M];
+#pragma unroll
+  for (int i = 0; i < M; ++i) acc[i] = 0.0f;
+  if ((k & 31) == 0 && q.block_shift >= 5) {
+    const uint4* p = reinterpret_cast<const uint4*>(q.packed + (e0 >> 1));
+    const std::int64_t chunks = k >> 5;
+#pragma unroll 2
+    for (std::int64_t c = lane; c < chunks; c += 32) {
+      const uint4 raw = __ldg(p + c);
+      const float s = nf4_scale(q, ncode, (e0 + (c << 5)) >> q.block_shift);
+      const unsigned words[4] = {raw.x, raw.y, raw.z, raw.w};
+      float part[M];
+#pragma unroll
+      for (int i = 0; i < M; ++i) part[i] = 0.0f;
+#pragma unroll
+      for (int wi = 0; wi < 4; ++wi) {
+        float wv[8];
+#pragma unroll
+        for (int b = 0; b < 4; ++b) {  // little endian: the lowest byte holds elements 2b (high) and 2b + 1
+          const unsigned byte = (words[wi] >> (8 * b)) & 0xffu;
+          wv[2 * b] = lut[byte >> 4];
+          wv[2 * b + 1] = lut[byte & 15u];
+        }
+#pragma unroll
+        for (int i = 0; i < M; ++i) {
+          const float4* xv = reinterpret_cast<const float4*>(x + i * k + (c << 5) + wi * 8);
+          const float4 a = __ldg(xv), bb = __ldg(xv + 1);
+          part[i] += wv[0] * a.x + wv[1] * a.y + wv[2] * a.z + wv[3] * a.w + wv[4] * bb.x + wv[5] * bb.y +
+                     wv[6] * bb.z + wv[7] * bb.w;
+        }
+      }
+#pragma unroll
+      for (int i = 0; i < M; ++i) acc[i] += part[i] * s;
+    }
+  } else {
+    for (std::int64_t j = lane; j < k; j += 32) {
+      const std::int64_t e = e0 + j;
+      const unsigned byte = q.packed[e >> 1];
+      const float w = __fmul_rn(lut[(e & 1) ? (byte & 15u) : (byte >> 4)], nf4_scale(q, ncode, e >> q.block_shift));
+#pragma unroll
+      for (int i = 0; i < M; ++i) acc[i] += w * x[i * k + j];
+    }
+  }
+#pragma unroll
+  for (int i = 0; i < M; ++i) {
+    const float v = warp_sum(acc[i]);
+    if (lane == 0) {
+      float r = v + (bias ? bias[row] : 0.0f);
+      if (accumulate) r += y[i * ldy + row];
+      y[i * ldy + row] = r;
+    }
+  }
+}
+
+// 16 bytes of weights as floats.
+__device__ __forceinline__ void unpack16(const uint4& raw, const float*, float* out) {
+  out[0] = __uint_as_float(raw.x);
+  out[1] = __uint_as_float(raw.y);
+  out[2] = __uint_as_float(raw.z);
+  out[3] = __uint_as_float(raw.w);
+}
+__device__ __forceinline__ void unpack16(const uint4& raw, const __half*, float* out) {
+  const __half2* h = reinterpret_cast<const __half2*>(&raw);
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    const float2 f = __half22float2(h[j]);
+    out[2 * j] = f.x;
+    out[2 * j + 1] = f.y;
+  }
+}
+__device__ __forceinline__ void unpack16(const uint4& raw, const bf16*, float* out) {
+  const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&raw);
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    const float2 f = __bfloat1622float2(h[j]);
+    out[2 * j] = f.x;
+    out[2 * j + 1] = f.y;
+  }
+}
+
+// Dense GEMV on a weight of type T: one warp per output row, 16-byte loads.
+template <typename T, int M>
+__global__ void __launch_bounds__(kWarps * 32)
+    gemv_typed_kernel(const float* __restrict__ x, const T* __restrict__ w, std::int64_t n, std::int64_t k,
+                      const float* __restrict__ bias, float* y, std::int64_t ldy, bool accumulate) {
+  constexpr int E = 16 / sizeof(T);  // weights per 16 bytes
+  const int lane = threadIdx.x & 31;
+  const std::int64_t row = static_cast<std::int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5);
+  if (row >= n) return;
+  const T* wr = w + row * k;
+  float acc[M];
+#pragma unroll
+  for (int i = 0; i < M; ++i) acc[i] = 0.0f;
+  if (k % E == 0) {
+    const uint4* w4 = reinterpret_cast<const uint4*>(wr);
+    const std::int64_t kv = k / E;
+#pragma unroll 4
+    for (std::int64_t c = lane; c < kv; c += 32) {
+      float wf[E];
+      unpack16(__ldg(w4 + c), static_cast<const T*>(nullptr), wf);
+#pragma unroll
+      for (int i = 0; i < M; ++i) {
+        const float4* xv = reinterpret_cast<const float4*>(x + i * k + c * E);
+#pragma unroll
+        for (int j = 0; j < E / 4; ++j) {
+          const float4 a = __ldg(xv + j);
+          acc[i] += wf[4 * j] * a.x + wf[4 * j + 1] * a.y + wf[4 * j + 2] * a.z + wf[4 * j + 3] * a.w;
+        }
+      }
+    }
+  } else {
+    for (std::int64_t c = lane; c < k; c += 32) {
+      const float wv = to_f32(wr[c]);
+#pragma unroll
+      for (int i = 0; i < M; ++i) acc[i] += wv * x[i * k + c];
+    }
+  }
+#pragma unroll
+  for (int i = 0; i < M; ++i) {
+    const float v = warp_sum(acc[i]);
+    if (lane == 0) {
+      float r = v + (bias ? bias[row] : 0.0f);
+      if (accumulate) r += y[i * ldy + row];
+      y[i * ldy + row] = r;
+    }
+  }
+}
+
+template <typename T>
+__global__ void embed_typed_kernel(const T* embed, std::int64_t hidden, const std::int32_t* ids,
+                                   const std::int32_t* feature_row, const float* features, float* x) {
+  const std::int64_t r = blockIdx.x;
+  float* xr = x + r * hidden;
+  const std::int32_t f = feature_row ? feature_row[r] : -1;
+  if (f >= 0) {
+    const float* src = features + static_cast<std::int64_t>(f) * hidden;
+    for (std::int64_t c = threadIdx.x; c < hidden; c += blockDim.x) xr[c] = src[c];
+  } else {
+    const T* src = embed + static_cast<std::int64_t>(ids[r]) * hidden;
+    for (std::int64_t c = threadIdx.x; c < hidden; c += blockDim.x) xr[c] = to_f32(src[c]);
+  }
+}
+
+__global__ void bf16_to_f16_kernel(const bf16* src, std::int64_t n, __half* dst) {
+  for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+    float v = __bfloat162float(src[i]);
+    if (v > 65504.0f) v = 65504.0f;
+    if (v < -65504.0f) v = -65504.0f;
+    dst[i] = __float2half_rn(v);
+  }
+}
+
+__global__ void bf16_to_f32_kernel(const bf16* src, std::int64_t n, float* dst) {
+  for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<std::int64_t>(gridDim.x) * blockDim.x)
+    dst[i] = __bfloat162float(src[i]);
+}
+
+unsigned warp_blocks(std::int64_t n) { return static_cast<unsigned>((n + kWarps - 1) / kWarps); }
+
+}  // namespace
+
+void nf4_quantize_blocks(cudaStream_t s, const void* src, ElemType t, std::int64_t numel, int block_shift,
+                         std::uint8_t* packed, float* absmax) {
+  if (numel <= 0) return;
+  const std::int64_t nb = (numel + (std::int64_t{1} << block_shift) - 1) >> block_shift;
+  const unsigned blocks = warp_blocks(nb);
+  switch (t) {
+    case ElemType::kF32:
+      nf4_quantize_kernel<<<blocks, kWarps * 32, 0, s>>>(static_cast<const float*>(src), numel, block_shift,
+                                                         packed, absmax);
+      break;
+    case ElemType::kF16:
+      nf4_quantize_kernel<<<blocks, kWarps * 32, 0, s>>>(static_cast<const __half*>(src), numel,
+                                                         block_shift, packed, absmax);
+      break;
+    case ElemType::kBF16:
+      nf4_quantize_kernel<<<blocks, kWarps * 32, 0, s>>>(static_cast<const bf16*>(src), numel, block_shift,
+                                                         packed, absmax);
+      break;
+  }
+  check_launch("nf4_quantize_blocks");
+}
+
+void nf4_double_quantize(cudaStream_t s, const float* absmax, std::int64_t nb, float offset,
+                         const float* nested_map, std::uint8_t* absmax_q, float* nested_absmax) {
+  if (nb <= 0) return;
+  nf4_nested_kernel<<<static_cast<unsigned>((nb + 255) / 256), 256, 0, s>>>(absmax, nb, offset, nested_map,
+                                                                             absmax_q, nested_absmax);
+  check_launch("nf4_double_quantize");
+}
+
+void nf4_dequantize(cudaStream_t s, const Nf4Ref& q, float* dst) {
+  if (q.numel <= 0) return;
+  nf4_dequant_kernel<<<grid_for((q.numel + 1) / 2, 256), 256, 0, s>>>(q, dst);
+  check_launch("nf4_dequantize");
+}
+
+void nf4_dequantize(cudaStream_t s, const Nf4Ref& q, bf16* dst) {
+  if (q.numel <= 0) return;
+  nf4_dequant_kernel<<<grid_for((q.numel + 1) / 2, 256), 256, 0, s>>>(q, dst);
+  check_launch("nf4_dequantize");
+}
+
+void nf4_gemv(cudaStream_t s, const float* x, int m, const Nf4Ref& q, std::int64_t n, std::int64_t k,
+              const float* bias, float* y, std::int64_t ldy, bool accumulate) {
+  if (m <= 0 || n <= 0) return;
+  const unsigned blocks = warp_blocks(n);
+  switch (m) {
+#define MV_NF4_CASE(M)                                                                            \
+  case M:                                                                                         \
+    nf4_gemv_kernel<M><<<blocks, kWarps * 32, 0, s>>>(x, q, n, k, bias, y, ldy, accumulate); \
+    break;
+    MV_NF4_CASE(1)
+    MV_NF4_CASE(2)
+    MV_NF4_CASE(3)
+    MV_NF4_CASE(4)
+    MV_NF4_CASE(5)
+    MV_NF4_CASE(6)
+    MV_NF4_CASE(7)
+    MV_NF4_CASE(8)
+#undef MV_NF4_CASE
+    default:
+      check(cudaErrorInvalidValue, "nf4_gemv: more than 8 rows");
+  }
+  check_launch("nf4_gemv");
+}
+
+namespace {
+template <typename T>
+void gemv_typed_launch(cudaStream_t s, const float* x, int m, const T* w, std::int64_t n, std::int64_t k,
+                       const float* bias, float* y, std::int64_t ldy, bool accumulate) {
+  const unsigned blocks = warp_blocks(n);
+  switch (m) {
+#define MV_GEMV_T_CASE(M)                                                                              \
+  case M:                                                                                              \
+    gemv_typed_kernel<T, M><<<blocks, kWarps * 32, 0, s>>>(x, w, n, k, bias, y, ldy, accumulate); \
+    break;
+    MV_GEMV_T_CASE(1)
+    MV_GEMV_T_CASE(2)
+    MV_GEMV_T_CASE(3)
+    MV_GEMV_T_CASE(4)
+    MV_GEMV_T_CASE(5)
+    MV_GEMV_T_CASE(6)
+    MV_GEMV_T_CASE(7)
+    MV_GEMV_T_CASE(8)
+#undef MV_GEMV_T_CASE
+    default:
+      check(cudaErrorInvalidValue, "gemv_typed: more than 8 rows");
+  }
+}
+}  // namespace
+
+void gemv_typed(cudaStream_t s, const float* x, int m, const void* w, ElemType wt, std::int64_t n,
+                std::int64_t k, const float* bias, float* y, std::int64_t ldy, bool accumulate) {
+  if (m <= 0 || n <= 0) return;
+  switch (wt) {
+    case ElemType::kF32:
+      gemv_typed_launch(s, x, m, static_cast<const float*>(w), n, k, bias, y, ldy, accumulate);
+      break;
+    case ElemType::kF16:
+      gemv_typed_launch(s, x, m, static_cast<const __half*>(w), n, k, bias, y, ldy, accumulate);
+      break;
+    case ElemType::kBF16:
+      gemv_typed_launch(s, x, m, static_cast<const bf16*>(w), n, k, bias, y, ldy, accumulate);
+      break;
+  }
+  check_launch("gemv_typed");
+}
+
+void embed_rows_typed(cudaStream_t s, const void* embed, ElemType t, std::int64_t hidden,
+                      const std::int32_t* ids, const std::int32_t* feature_row, const float* features,
+                      std::int64_t rows, float* x) {
+  if (rows <= 0) return;
+  const auto g = static_cast<unsigned>(rows);
+  switch (t) {
+    case ElemType::kF32:
+      embed_typed_kernel<<<g, 256, 0, s>>>(static_cast<const float*>(embed), hidden, ids, feature_row,
+                                           features, x);
+      break;
+    case ElemType::kF16:
+      embed_typed_kernel<<<g, 256, 0, s>>>(static_cast<const __half*>(embed), hidden, ids, feature_row,
+                                           features, x);
+      break;
+    case ElemType::kBF16:
+      embed_typed_kernel<<<g, 256, 0, s>>>(static_cast<const bf16*>(embed), hidden, ids, feature_row,
+                                           features, x);
+      break;
+  }
+  check_launch("embed_rows_typed");
+}
+
+void bf16_to_f16(cudaStream_t s, const bf16* src, std::int64_t n, std::uint16_t* dst) {
+  if (n <= 0) return;
+  bf16_to_f16_kernel<<<grid_for(n, 256), 256, 0, s>>>(src, n, reinterpret_cast<__half*>(dst));
+  check_launch("bf16_to_f16");
+}
+
+void bf16_to_f32(cudaStream_t s, const bf16* src, std::int64_t n, float* dst) {
+  if (n <= 0) return;
+  bf16_to_f32_kernel<<<grid_for(n, 256), 256, 0, s>>>(src, n, dst);
+  check_launch("bf16_to_f32");
+}
+
+}  // namespace mv::cuda
