@@ -3,13 +3,18 @@
 //   X]
 //     writes a random-initialised checkpoint laid out like a published one (see
 //     model/qwen25vl/random_checkpoint.hpp).
+//   random-adapter --model DIR --out DIR [--rank R] [--alpha A] [--targets a,b,...] [--seed S] ...
+//     writes a PEFT LoRA adapter with random, non-zero A and B for that model (see model/qwen25vl/lora.hpp).
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "cli/commands.hpp"
 #include "core/error.hpp"
 #include "io/safetensors.hpp"
+#include "model/qwen25vl/lora.hpp"
 #include "model/qwen25vl/random_checkpoint.hpp"
 
 namespace mv::cli {
@@ -66,6 +71,66 @@ void run_random_checkpoint(const RandomCheckpointArgs& a) {
   }
 }
 
+struct RandomAdapterArgs {
+  std::string model, out, layout = "nested", dtype = "f32", target_regex;
+  std::vector<std::string> targets, rank_pattern, alpha_pattern;
+  int rank = 8;
+  double alpha = 16, b_std = 0.02;
+  std::uint64_t seed = 0;
+  bool rslora = false, json = false;
+};
+
+// "KEY=VALUE" of --rank-pattern / --alpha-pattern.
+std::pair<std::string, std::string> split_pattern(const std::string& s, const char* option) {
+  const auto eq = s.rfind('=');
+  if (eq == std::string::npos || eq == 0 || eq + 1 == s.size())
+    fail(Errc::kUsage, "{} takes NAME=VALUE, got '{}'", option, s);
+  return {s.substr(0, eq), s.substr(eq + 1)};
+}
+
+void run_random_adapter(const RandomAdapterArgs& a) {
+  qwen25vl::RandomAdapterOptions o;
+  o.rank = a.rank;
+  o.alpha = a.alpha;
+  o.use_rslora = a.rslora;
+  o.seed = a.seed;
+  o.b_std = a.b_std;
+  if (!a.targets.empty()) o.targets = a.targets;
+  if (!a.target_regex.empty()) o.target_regex = a.target_regex;
+  if (a.layout == "nested")
+    o.layout = KeyLayout::kNested;
+  else if (a.layout == "legacy")
+    o.layout = KeyLayout::kLegacy;
+  else
+    fail(Errc::kUsage, "--layout must be nested or legacy, got '{}'", a.layout);
+  o.dtype = parse_weight_dtype(a.dtype);
+  try {
+    for (const auto& p : a.rank_pattern) {
+      auto [k, v] = split_pattern(p, "--rank-pattern");
+      o.rank_pattern.emplace_back(k, std::stoi(v));
+    }
+    for (const auto& p : a.alpha_pattern) {
+      auto [k, v] = split_pattern(p, "--alpha-pattern");
+      o.alpha_pattern.emplace_back(k, std::stod(v));
+    }
+  } catch (const std::logic_error&) {
+    fail(Errc::kUsage, "--rank-pattern / --alpha-pattern values must be numbers");
+  }
+  const auto info = qwen25vl::write_random_adapter(a.model, a.out, o);
+  if (a.json) {
+    print_json({{"out", a.out},
+                {"modules", info.modules},
+                {"parameters", info.parameters},
+                {"rank", a.rank},
+                {"alpha", a.alpha},
+                {"layout", a.layout},
+                {"seed", a.seed}});
+  } else {
+    std::printf("wrote %s: LoRA on %zu modules, %llu parameters\n", a.out.c_str(), info.modules,
+                static_cast<unsigned long long>(info.parameters));
+  }
+}
+
 }  // namespace
 
 void add_debug_command(CLI::App& app) {
@@ -89,6 +154,31 @@ void add_debug_command(CLI::App& app) {
       ->capture_default_str();
   rc->add_flag("--json", args->json, "print a JSON summary");
   rc->callback([args] { run_random_checkpoint(*args); });
+
+  auto ra_args = std::make_shared<RandomAdapterArgs>();
+  auto* ra = debug->add_subcommand(
+      "random-adapter", "Write a PEFT LoRA adapter with random, non-zero A and B for a model folder");
+  ra->add_option("--model", ra_args->model, "model folder (config.json)")->required();
+  ra->add_option("--out", ra_args->out, "output folder (adapter_config.json, adapter_model.safetensors)")
+      ->required();
+  ra->add_option("--rank", ra_args->rank, "LoRA rank r")->capture_default_str();
+  ra->add_option("--alpha", ra_args->alpha, "lora_alpha")->capture_default_str();
+  ra->add_option("--targets", ra_args->targets,
+                 "target_modules names (default q,k,v,o,gate,up,down _proj; these also hit the vision MLP)")
+      ->delimiter(',');
+  ra->add_option("--target-regex", ra_args->target_regex, "target_modules as a regular expression instead");
+  ra->add_option("--seed", ra_args->seed, "seed of A and B")->capture_default_str();
+  ra->add_option("--layout", ra_args->layout,
+                 "key names: nested (transformers >= 4.52) or legacy (model.layers.*, visual.*)")
+      ->capture_default_str();
+  ra->add_option("--dtype", ra_args->dtype, "f32 or bf16")->capture_default_str();
+  ra->add_option("--b-std", ra_args->b_std, "standard deviation of lora_B (A: U(+-1/sqrt(in)))")
+      ->capture_default_str();
+  ra->add_flag("--rslora", ra_args->rslora, "use_rslora: scale alpha/sqrt(r)");
+  ra->add_option("--rank-pattern", ra_args->rank_pattern, "NAME=R entry of rank_pattern (repeatable)");
+  ra->add_option("--alpha-pattern", ra_args->alpha_pattern, "NAME=A entry of alpha_pattern (repeatable)");
+  ra->add_flag("--json", ra_args->json, "print a JSON summary");
+  ra->callback([ra_args] { run_random_adapter(*ra_args); });
 }
 
 }  // namespace mv::cli

@@ -45,7 +45,8 @@ void add_eval_command(CLI::App& app) {
   cmd->add_option("--data", args->data, "dataset folder (documents + ground truth) to run an extractor over");
   cmd->add_option("--backend", args->backend, "extractor for --data: ocr|vlm");
   cmd->add_option("--model", args->model, "Qwen2.5-VL checkpoint folder (backend vlm)");
-  cmd->add_option("--adapter", args->adapter, "LoRA adapter folder (not supported by the engine yet)");
+  cmd->add_option("--adapter", args->adapter,
+                  "PEFT LoRA adapter folder merged into the model (backend vlm)");
   cmd->add_option("--tessdata", args->tessdata, "Tesseract data folder (backend ocr; default: system)");
   cmd->add_option("--threads", args->threads, "extractor threads (0: all cores)")->capture_default_str();
   cmd->add_option("--save-pred", args->save_pred, "with --data: also write each extraction to this folder");
@@ -66,12 +67,10 @@ void add_eval_command(CLI::App& app) {
       fail(Errc::kUsage, "eval: --truth and --pred go together");
     if (run_mode && (args->data.empty() || args->backend.empty()))
       fail(Errc::kUsage, "eval: --data and --backend go together");
-    if (!args->adapter.empty())
-      fail(Errc::kUnsupported,
-           "eval: --adapter is not supported yet: the inference engine cannot apply LoRA adapters; evaluate "
-           "without --adapter");
-    if (pred_mode && (!args->model.empty() || !args->save_pred.empty()))
-      fail(Errc::kUsage, "eval: --model and --save-pred apply to --data runs only");
+    if (pred_mode && (!args->model.empty() || !args->adapter.empty() || !args->save_pred.empty()))
+      fail(Errc::kUsage, "eval: --model, --adapter and --save-pred apply to --data runs only");
+    if (!args->adapter.empty() && args->backend != "vlm")
+      fail(Errc::kUsage, "eval: --adapter applies to --backend vlm only");
     if (run_mode && args->backend != "ocr" && args->backend != "vlm")
       fail(Errc::kUsage, "eval: --backend must be ocr or vlm, not '{}'", args->backend);
 
@@ -98,6 +97,7 @@ void add_eval_command(CLI::App& app) {
     } else {
       extract::ExtractorConfig config;
       config.model_dir = args->model;
+      config.adapter = args->adapter;
       config.tessdata_dir = args->tessdata;
       config.threads = args->threads;
       auto extractor = extract::make_extractor(args->backend, config);
@@ -106,6 +106,7 @@ void add_eval_command(CLI::App& app) {
       run.save_predictions = args->save_pred;
       report = eval::evaluate_extractor(args->data, *extractor, run);
       if (!args->model.empty()) report.meta["model"] = args->model;
+      if (!args->adapter.empty()) report.meta["adapter"] = args->adapter;
     }
     const auto cpu = query_cpu();
     report.meta["date"] = utc_now();

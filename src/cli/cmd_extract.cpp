@@ -65,7 +65,7 @@ std::string text_summary(const extract::Extraction& e) {
 void add_extract_command(CLI::App& app) {
   struct Args {
     std::vector<std::string> files;
-    std::string backend = "auto", model, format = "json", out, pages, tessdata;
+    std::string backend = "auto", model, adapter, format = "json", out, pages, tessdata;
     int threads = 0;
     bool derive_flags = false;
   };
@@ -75,6 +75,7 @@ void add_extract_command(CLI::App& app) {
   cmd->add_option("--backend", args->backend, "auto|ocr|vlm (auto: vlm when --model is given, else ocr)")
       ->capture_default_str();
   cmd->add_option("--model", args->model, "Qwen2.5-VL checkpoint directory (vlm backend)");
+  cmd->add_option("--adapter", args->adapter, "PEFT LoRA adapter folder merged into the model (vlm backend)");
   cmd->add_option("--format", args->format,
                   "json|fhir|text, or ocr: the OCR rows (cells split by two spaces)")
       ->capture_default_str();
@@ -92,10 +93,13 @@ void add_extract_command(CLI::App& app) {
     const auto range = extract::parse_page_range(args->pages);
     extract::ExtractorConfig config;
     config.model_dir = args->model;
+    config.adapter = args->adapter;
     config.tessdata_dir = args->tessdata;
     config.threads = args->threads;
     if (args->backend == "vlm" && args->model.empty())
       fail(Errc::kUsage, "extract: --backend vlm needs --model DIR");
+    if (!args->adapter.empty() && (args->model.empty() || args->backend == "ocr"))
+      fail(Errc::kUsage, "extract: --adapter applies to the vlm backend (give --model DIR)");
     std::unique_ptr<extract::Extractor> extractor;
     std::unique_ptr<extract::OcrEngine> ocr;
     if (args->format == "ocr")

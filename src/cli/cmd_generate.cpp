@@ -41,6 +41,7 @@ struct GenerateArgs {
   std::string device = "auto";
   bool json = false;
   std::string quantize;
+  std::string adapter;
 };
 
 void run_generate(const GenerateArgs& a) {
@@ -77,6 +78,7 @@ void run_generate(const GenerateArgs& a) {
   load_options.threads = a.threads;
   load_options.device = a.device;
   load_options.quantize = a.quantize;
+  load_options.adapter = a.adapter;
   auto model = qwen25vl::Model::load(a.model_dir, load_options);
   const double load_ms =
       std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
@@ -162,6 +164,8 @@ void add_generate_command(CLI::App& app) {
   cmd->add_option("--quantize", args->quantize,
                   "nf4: quantize the 16-bit Linear weights to NF4 while loading (like load_in_4bit)")
       ->check(CLI::IsMember({"nf4"}));
+  cmd->add_option("--adapter", args->adapter,
+                  "PEFT LoRA adapter folder (adapter_config.json + adapter_model.safetensors), merged at load");
   cmd->add_flag("--json", args->json,
                 "print {prompt_ids, generated_ids, text, timings} as JSON instead of streaming");
   cmd->callback([args] { run_generate(*args); });

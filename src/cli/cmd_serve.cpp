@@ -71,6 +71,7 @@ void add_serve_command(CLI::App& app) {
   cmd->add_option("--port", o.port, "TCP port (0 = any free port)")->capture_default_str();
   cmd->add_option("--model", o.model_dir,
                   "Qwen2.5-VL checkpoint folder: enables /analyze and /v1/chat/completions");
+  cmd->add_option("--adapter", o.adapter, "PEFT LoRA adapter folder merged into the model at load (needs --model)");
   cmd->add_option("--backend", o.backend, "extraction backend: auto (vlm with --model, else ocr), ocr or vlm")
       ->capture_default_str();
   cmd->add_option("--device", o.device,

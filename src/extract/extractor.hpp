@@ -32,6 +32,7 @@ struct Page {
 // How an extractor is built (once; loading a model is expensive).
 struct ExtractorConfig {
   std::filesystem::path model_dir;  // vlm: the Qwen2.5-VL checkpoint directory (required)
+  std::filesystem::path adapter;    // vlm: a PEFT LoRA adapter folder merged at load (empty: none)
   std::filesystem::path
       tessdata_dir;                // ocr: empty = Tesseract's default (TESSDATA_PREFIX or the system path)
   std::filesystem::path data_dir;  // curated vocabularies (data/); empty = found next to the binary/source

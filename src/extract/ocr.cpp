@@ -7,6 +7,7 @@
 #include <dlfcn.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdlib>
 #include <numeric>
@@ -167,6 +168,11 @@ OcrPage OcrEngine::recognize(const Page& page) {
   out.height = img.height;
   out.dpi = page.dpi;
 
+  using Clock = std::chrono::steady_clock;
+  const auto t_start = Clock::now();
+  auto ms_since = [](Clock::time_point t) {
+    return std::chrono::duration<double, std::milli>(Clock::now() - t).count();
+  };
   PixPtr gray = to_gray_pix(img);
   if (options_.normalise && background_spread(gray.get()) > 48) {
     PixPtr norm(pixBackgroundNormSimple(gray.get(), nullptr, nullptr));
@@ -205,6 +211,7 @@ OcrPage OcrEngine::recognize(const Page& page) {
     scale = 1.0;
   }
 
+  const double prep_ms = ms_since(t_start);
   auto inst = acquire();
   struct Releaser {
     OcrEngine* self;
@@ -218,7 +225,9 @@ OcrPage OcrEngine::recognize(const Page& page) {
   api.SetImage(gray.get());
   api.SetPageSegMode(static_cast<tesseract::PageSegMode>(options_.page_seg_mode));
   api.SetSourceResolution(std::clamp(static_cast<int>(std::lround(page_dpi * scale)), 70, 1200));
+  const auto t_rec = Clock::now();
   if (api.Recognize(nullptr) != 0) fail(Errc::kFailure, "OCR: Tesseract failed on page {}", page.number);
+  const double rec_ms = ms_since(t_rec);
 
   // Undo the deskew rotation on boxes: leptonica rotates about the centre, clockwise for a positive angle.
   const double th = angle * M_PI / 180.0, c = std::cos(th), s = std::sin(th);
@@ -267,8 +276,10 @@ OcrPage OcrEngine::recognize(const Page& page) {
   }
   std::erase_if(lines, [](const auto& l) { return l.empty(); });
   out.rows = build_rows(out.words, lines);
-  SPDLOG_DEBUG("ocr: page {}: {} words, {} rows, skew {:.2f} deg{}", page.number, out.words.size(),
-               out.rows.size(), angle, out.normalised ? ", background normalised" : "");
+  spdlog::debug("ocr: page {}: {} words, {} rows, skew {:.2f} deg{}, scale {:.2f}; {:.0f} ms (prepare {:.0f}, "
+                "recognise {:.0f})",
+                page.number, out.words.size(), out.rows.size(), angle,
+                out.normalised ? ", background normalised" : "", scale, ms_since(t_start), prep_ms, rec_ms);
   return out;
 }
 

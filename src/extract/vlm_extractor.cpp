@@ -206,6 +206,7 @@ class VlmExtractor final : public Extractor {
     auto tokenizer = std::make_shared<Tokenizer>(Tokenizer::from_model_dir(c.model_dir));
     qwen25vl::LoadOptions lo;
     lo.threads = c.threads;
+    lo.adapter = c.adapter;
     std::shared_ptr<qwen25vl::Model> model = qwen25vl::Model::load(c.model_dir, lo);
     auto mutex = std::make_shared<std::mutex>();
     generate_ = [pre, tokenizer, model, mutex](std::vector<ChatMessage> messages,

@@ -1,6 +1,7 @@
 #if MEDVISION_HAS_CUDA
 #include "quant/nf4_cuda.hpp"
 
+#include <algorithm>
 #include <bit>
 #include <cstring>
 

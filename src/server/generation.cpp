@@ -16,7 +16,7 @@
 namespace mv::server {
 
 std::unique_ptr<ChatModel> ChatModel::load(const std::filesystem::path& dir, int threads,
-                                           const std::string& device) {
+                                           const std::string& device, const std::filesystem::path& adapter) {
   auto m = std::make_unique<ChatModel>();
   m->dir = dir;
   m->id = std::filesystem::absolute(dir).lexically_normal().filename().string();
@@ -27,6 +27,7 @@ std::unique_ptr<ChatModel> ChatModel::load(const std::filesystem::path& dir, int
   qwen25vl::LoadOptions options;
   options.threads = threads;
   options.device = device;
+  options.adapter = adapter;
   const int gpu = qwen25vl::parse_device(device);  // throws for unknown names or cuda without CUDA
   m->device = gpu < 0 ? "cpu" : fmt::format("cuda:{}", gpu);
   m->model = qwen25vl::Model::load(dir, options);

@@ -46,8 +46,10 @@ struct ChatModel {
   PreprocessConfig preprocess;
   std::string device = "cpu";  // where the engine runs: cpu or cuda:N
   // device: cpu | cuda | cuda:N | auto (as qwen25vl::LoadOptions::device).
+  // adapter: a PEFT LoRA adapter folder merged at load (empty: none).
   static std::unique_ptr<ChatModel> load(const std::filesystem::path& dir, int threads = 0,
-                                         const std::string& device = "cpu");
+                                         const std::string& device = "cpu",
+                                         const std::filesystem::path& adapter = {});
 };
 
 struct GenerationRequest {

@@ -125,11 +125,6 @@ void send_error(httplib::Response& res, int status, std::string message) {
   send_json(res, status, error_body(status, message, t_request_id));
 }
 
-void send_rejected(httplib::Response& res, const Rejected& r) {
-  res.set_header("Retry-After", std::to_string(r.retry_after));
-  send_error(res, r.status, r.what());
-}
-
 // The model answered, but not in the form the route needs (502 invalid_model_output). Its message names no
 // content.
 struct ModelOutputError : std::runtime_error {
@@ -269,12 +264,13 @@ Server::Impl::Impl(ServerOptions o) : options(std::move(o)) {
   if (backend != "ocr" && backend != "vlm")
     fail(Errc::kUsage, "--backend must be auto, ocr or vlm (have '{}')", options.backend);
   if (backend == "vlm" && options.model_dir.empty()) fail(Errc::kUsage, "--backend vlm needs --model DIR");
+  if (!options.adapter.empty() && options.model_dir.empty()) fail(Errc::kUsage, "--adapter needs --model DIR");
 
   const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   const int engine_batch = options.max_batch > 0 ? options.max_batch : kDefaultEngineBatch;
   if (!options.model_dir.empty()) {
     spdlog::info("server: loading the model from {}", options.model_dir.string());
-    chat = ChatModel::load(options.model_dir, options.threads, options.device);
+    chat = ChatModel::load(options.model_dir, options.threads, options.device, options.adapter);
     model_name = chat->id;
     device = chat->device;
     BatchOptions bo;
@@ -536,6 +532,7 @@ void Server::Impl::handle_extract(const httplib::Request& req, httplib::Response
       fail(Errc::kInvalidInput, "document_type is not one of the known types (see docs/schema.json)");
     eo.document_type = type;
   }
+  eo.max_new_tokens = std::min(eo.max_new_tokens, options.max_tokens_limit);  // vlm: the answer's budget
   const auto t0 = Clock::now();
   const bool want_fhir = format == "fhir";
   json result = run_on<json>(*extract_queue, [this, bytes = std::move(bytes), pages_spec, eo, want_fhir] {

@@ -20,6 +20,7 @@ struct ServerOptions {
   std::string host = "127.0.0.1";
   int port = 8080;                      // 0 = any free port (bind() returns it)
   std::filesystem::path model_dir;      // Qwen2.5-VL checkpoint: enables /analyze, /v1/* and backend vlm
+  std::filesystem::path adapter;        // PEFT LoRA adapter merged into the model at load (empty: none)
   std::string backend = "auto";         // auto | ocr | vlm (auto = vlm with --model, else ocr)
   std::string device = "auto";          // chat engine: auto | cpu | cuda | cuda:N
   std::filesystem::path api_keys_file;  // empty = no authentication

@@ -122,10 +122,9 @@ TEST(EvalCli, BadUsageAndBadInputGiveClearErrors) {
   r = run_cli("eval --data " + f.truth.string() + " --backend magic");
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_NE(r.err.find("ocr or vlm"), std::string::npos) << r.err;
-  r = run_cli("eval --data " + f.truth.string() + " --backend vlm --model /nonexistent --adapter " +
-              f.dir.string());
-  EXPECT_EQ(r.exit_code, 3);
-  EXPECT_NE(r.err.find("--adapter is not supported yet"), std::string::npos) << r.err;
+  r = run_cli("eval --data " + f.truth.string() + " --backend ocr --adapter " + f.dir.string());
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.err.find("--adapter applies to --backend vlm only"), std::string::npos) << r.err;
   r = run_cli("eval --truth " + (f.dir / "nope").string() + " --pred " + f.pred.string());
   EXPECT_EQ(r.exit_code, 3);
   EXPECT_NE(r.err.find("does not exist"), std::string::npos) << r.err;

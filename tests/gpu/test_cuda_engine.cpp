@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -17,6 +18,7 @@
 #include <vector>
 
 #include "common/numeric.hpp"
+#include "core/error.hpp"
 #include "core/file.hpp"
 #include "model/qwen25vl/model.hpp"
 #include "model/qwen25vl/random_checkpoint.hpp"
@@ -371,6 +373,15 @@ std::vector<PixelValues> pixels(const Pair& p) {
 
 class CudaParity : public ::testing::TestWithParam<std::string> {};
 
+// Rows the decode GEMV takes (batches above it go through cuBLASLt).
+int cuda_gemv_rows() {
+#if MEDVISION_HAS_CUDA
+  return cuda::kGemvMaxRows;
+#else
+  return 8;
+#endif
+}
+
 }  // namespace
 
 TEST_P(CudaParity, VisionFeatures) {
@@ -431,6 +442,184 @@ TEST_P(CudaParity, PrefillWithHostFeaturesMatchesPrefill) {
   p.gpu->prefill(*s1, ids, px, a);
   p.gpu->prefill_with_features(*s2, ids, grids, p.gpu->encode_images(px), b);
   EXPECT_LE(rel_l2(b, a), 1e-6);
+}
+
+// Sessions of different lengths and rope deltas for batched decode: sequence i is the fixture's prompt
+// (with its images) followed by i teacher-forced tokens, except sequence 1, a text-only prefix of the
+// prompt (rope delta 0, shorter). Built the same way on any model, so that engines can be compared.
+std::vector<std::unique_ptr<Session>> batch_sessions(Model& m, const Pair& p, int count, int extra_steps) {
+  const auto ids = p.expected["input_ids"].get<std::vector<std::int32_t>>();
+  const auto tokens = p.expected["greedy_tokens"].get<std::vector<std::int32_t>>();
+  const auto px = pixels(p);
+  const std::size_t V = static_cast<std::size_t>(m.config().text.vocab_size);
+  std::vector<float> logits(V);
+  std::vector<std::unique_ptr<Session>> out;
+  for (int i = 0; i < count; ++i) {
+    const auto cap = static_cast<std::int64_t>(ids.size()) + count + extra_steps + 2;
+    auto s = m.new_session(cap);
+    if (i == 1) {
+      // Text before the first image (or the first half of a text-only prompt).
+      std::size_t n = ids.size() / 2;
+      const auto img = std::find(ids.begin(), ids.end(), m.config().image_token_id);
+      const auto before = static_cast<std::size_t>(img - ids.begin());  // tokens before the first pad
+      if (img != ids.end()) n = before > 1 ? before - 1 : 1;              // without <|vision_start|>
+      m.prefill(*s, std::span<const std::int32_t>(ids.data(), n), {}, logits);
+    } else {
+      m.prefill(*s, ids, px, logits);
+      for (int j = 0; j < i; ++j)
+        m.decode(*s, tokens[static_cast<std::size_t>(j) % tokens.size()], logits);
+    }
+    out.push_back(std::move(s));
+  }
+  return out;
+}
+
+std::vector<Session*> raw(const std::vector<std::unique_ptr<Session>>& v) {
+  std::vector<Session*> out;
+  for (const auto& s : v) out.push_back(s.get());
+  return out;
+}
+
+// `steps` batched steps over `count` sequences on the GPU, against (a) the same sequences decoded one at a
+// time on the GPU and (b) the CPU engine; returns the worst distances (batched vs one-at-a-time, vs CPU).
+std::pair<double, double> batched_vs_sequential(Pair& p, int count, int steps) {
+  const auto tokens = p.expected["greedy_tokens"].get<std::vector<std::int32_t>>();
+  const std::size_t V = static_cast<std::size_t>(p.gpu->config().text.vocab_size);
+  auto gb = batch_sessions(*p.gpu, p, count, steps);
+  auto gs = batch_sessions(*p.gpu, p, count, steps);
+  auto cs = batch_sessions(*p.cpu, p, count, steps);
+  for (int i = 0; i < count; ++i) {
+    EXPECT_EQ(gb[static_cast<std::size_t>(i)]->length(), cs[static_cast<std::size_t>(i)]->length());
+    EXPECT_EQ(gb[static_cast<std::size_t>(i)]->rope_delta(), cs[static_cast<std::size_t>(i)]->rope_delta());
+  }
+  const auto rb = raw(gb);
+  std::vector<float> lb(V * static_cast<std::size_t>(count)), ls(V), lc(V);
+  double worst_seq = 0, worst_cpu = 0;
+  for (int step = 0; step < steps; ++step) {
+    std::vector<std::int32_t> tok(static_cast<std::size_t>(count));
+    for (int i = 0; i < count; ++i)
+      tok[static_cast<std::size_t>(i)] = tokens[static_cast<std::size_t>(step + 3 * i) % tokens.size()];
+    p.gpu->decode_batch(rb, tok, lb);
+    for (int i = 0; i < count; ++i) {
+      const auto ui = static_cast<std::size_t>(i);
+      p.gpu->decode(*gs[ui], tok[ui], ls);
+      p.cpu->decode(*cs[ui], tok[ui], lc);
+      const std::vector<float> row(lb.begin() + static_cast<std::ptrdiff_t>(ui * V),
+                                   lb.begin() + static_cast<std::ptrdiff_t>((ui + 1) * V));
+      worst_seq = std::max(worst_seq, rel_l2(row, ls));
+      worst_cpu = std::max(worst_cpu, rel_l2(row, lc));
+      EXPECT_EQ(gb[ui]->length(), cs[ui]->length());
+    }
+  }
+  return {worst_seq, worst_cpu};
+}
+
+TEST_P(CudaParity, DecodeBatchMatchesOneAtATime) {
+  SKIP_WITHOUT_GPU();
+  auto& p = pair_for(GetParam());
+  // 3 sequences: the GEMV path, whose rows do not depend on the batch (same operations in the same order).
+  const auto [seq, cpu] = batched_vs_sequential(p, 3, 4);
+  std::printf("[ cuda     ] %s: decode_batch of 3, worst rel L2 vs one at a time %.2e, vs CPU %.2e\n",
+              GetParam().c_str(), seq, cpu);
+  EXPECT_LE(seq, 1e-6);
+  EXPECT_LE(cpu, kModelRelL2);
+}
+
+TEST_P(CudaParity, DecodeBatchAboveGemvRowsMatchesCpu) {
+  SKIP_WITHOUT_GPU();
+  auto& p = pair_for(GetParam());
+  // 11 sequences: cuBLASLt on bf16 activations, so only the engine bound holds against either reference.
+  const auto [seq, cpu] = batched_vs_sequential(p, cuda_gemv_rows() + 3, 3);
+  std::printf("[ cuda     ] %s: decode_batch of %d, worst rel L2 vs one at a time %.2e, vs CPU %.2e\n",
+              GetParam().c_str(), cuda_gemv_rows() + 3, seq, cpu);
+  EXPECT_LE(seq, kModelRelL2);
+  EXPECT_LE(cpu, kModelRelL2);
+}
+
+// The decode step replayed from a CUDA graph gives the same bits as the same step launched kernel by
+// kernel (MV_CUDA_GRAPHS=0), for one sequence and for a batch, over enough steps that the graph is
+// captured (the first step of a shape runs directly, the second captures, later ones replay).
+TEST_P(CudaParity, GraphAndDirectDecodeIdentical) {
+  SKIP_WITHOUT_GPU();
+  auto& p = pair_for(GetParam());
+  setenv("MV_CUDA_GRAPHS", "0", 1);
+  LoadOptions g;
+  g.device = "cuda";
+  auto direct = Model::load(p.dir, g);
+  unsetenv("MV_CUDA_GRAPHS");
+  const auto tokens = p.expected["greedy_tokens"].get<std::vector<std::int32_t>>();
+  const std::size_t V = static_cast<std::size_t>(direct->config().text.vocab_size);
+  for (const int count : {1, 3, cuda_gemv_rows() + 2}) {
+    auto a = batch_sessions(*p.gpu, p, count, 5);
+    auto b = batch_sessions(*direct, p, count, 5);
+    const auto ra = raw(a), rb = raw(b);
+    std::vector<float> la(V * static_cast<std::size_t>(count)), lb(la.size());
+    std::vector<std::int32_t> na(static_cast<std::size_t>(count)), nb(na.size());
+    for (int step = 0; step < 5; ++step) {
+      std::vector<std::int32_t> tok(static_cast<std::size_t>(count));
+      for (int i = 0; i < count; ++i)
+        tok[static_cast<std::size_t>(i)] = tokens[static_cast<std::size_t>(step + i) % tokens.size()];
+      if (step % 2 == 0) {
+        p.gpu->decode_batch(ra, tok, la);
+        direct->decode_batch(rb, tok, lb);
+        ASSERT_EQ(la, lb) << count << " sequences, step " << step;
+      } else {
+        p.gpu->decode_batch_greedy(ra, tok, na);
+        direct->decode_batch_greedy(rb, tok, nb);
+        ASSERT_EQ(na, nb) << count << " sequences, step " << step;
+      }
+    }
+  }
+}
+
+// Greedy picking on the device equals the host argmax of the logits of the same step.
+TEST_P(CudaParity, GreedyOnDeviceEqualsHostArgmax) {
+  SKIP_WITHOUT_GPU();
+  auto& p = pair_for(GetParam());
+  ASSERT_TRUE(p.gpu->greedy_on_device());
+  const auto tokens = p.expected["greedy_tokens"].get<std::vector<std::int32_t>>();
+  const std::size_t V = static_cast<std::size_t>(p.gpu->config().text.vocab_size);
+  const int count = 3;
+  auto a = batch_sessions(*p.gpu, p, count, 4);
+  auto b = batch_sessions(*p.gpu, p, count, 4);
+  const auto ra = raw(a), rb = raw(b);
+  std::vector<float> logits(V * count);
+  std::vector<std::int32_t> next(count);
+  for (int step = 0; step < 4; ++step) {
+    std::vector<std::int32_t> tok(count);
+    for (int i = 0; i < count; ++i)
+      tok[static_cast<std::size_t>(i)] = tokens[static_cast<std::size_t>(step + i) % tokens.size()];
+    p.gpu->decode_batch_greedy(ra, tok, next);
+    p.gpu->decode_batch(rb, tok, logits);
+    for (int i = 0; i < count; ++i) {
+      const auto row = logits.begin() + static_cast<std::ptrdiff_t>(i) * static_cast<std::ptrdiff_t>(V);
+      const auto want = static_cast<std::int32_t>(std::max_element(row, row + static_cast<std::ptrdiff_t>(V)) - row);
+      EXPECT_EQ(next[static_cast<std::size_t>(i)], want) << "sequence " << i << " step " << step;
+    }
+  }
+}
+
+TEST_P(CudaParity, DecodeBatchRejectsBadInput) {
+  SKIP_WITHOUT_GPU();
+  auto& p = pair_for(GetParam());
+  const std::size_t V = static_cast<std::size_t>(p.gpu->config().text.vocab_size);
+  auto s = batch_sessions(*p.gpu, p, 2, 1);
+  auto cpu_s = batch_sessions(*p.cpu, p, 1, 1);
+  std::vector<float> logits(2 * V);
+  const std::vector<std::int32_t> tok{1, 2};
+  const std::vector<Session*> dup{s[0].get(), s[0].get()}, with_null{s[0].get(), nullptr},
+      foreign{s[0].get(), cpu_s[0].get()};
+  EXPECT_THROW(p.gpu->decode_batch(dup, tok, logits), Error);
+  EXPECT_THROW(p.gpu->decode_batch(with_null, tok, logits), Error);
+  EXPECT_THROW(p.gpu->decode_batch(foreign, tok, logits), Error);
+  const std::vector<Session*> ok{s[0].get(), s[1].get()};
+  std::vector<float> small(V);
+  EXPECT_THROW(p.gpu->decode_batch(ok, tok, small), Error);
+  EXPECT_THROW(p.gpu->decode_batch(ok, std::vector<std::int32_t>{1}, logits), Error);
+  const auto len0 = s[0]->length(), len1 = s[1]->length();
+  EXPECT_THROW(p.gpu->decode_batch(ok, std::vector<std::int32_t>{1, -5}, logits), Error);
+  EXPECT_EQ(s[0]->length(), len0);  // nothing was appended by the failed calls
+  EXPECT_EQ(s[1]->length(), len1);
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, CudaParity,

@@ -106,7 +106,7 @@ class ScriptedModel : public mv::qwen25vl::Model {
   }
   std::vector<std::int32_t> decoded;
 
- private:
+ protected:
   void emit(std::span<float> logits) {
     std::fill(logits.begin(), logits.end(), 0.0f);
     logits[static_cast<std::size_t>(script_[step_ % script_.size()])] = 10.0f;
@@ -116,6 +116,23 @@ class ScriptedModel : public mv::qwen25vl::Model {
   mv::ModelConfig config_;
   std::vector<std::int32_t> script_;
   std::size_t step_ = 0;
+};
+
+// The same script, picked "on the device": decode_batch_greedy returns the next token without logits.
+class DeviceGreedyModel : public ScriptedModel {
+ public:
+  using ScriptedModel::ScriptedModel;
+  bool greedy_on_device() const override { return true; }
+  void decode_batch_greedy(std::span<mv::qwen25vl::Session* const> sessions, std::span<const std::int32_t> tokens,
+                           std::span<std::int32_t> next) override {
+    ASSERT_EQ(sessions.size(), 1u);
+    ASSERT_EQ(next.size(), 1u);
+    ++static_cast<ScriptedSession&>(*sessions[0]).len_;
+    greedy_decoded.push_back(tokens[0]);
+    next[0] = script_[step_ % script_.size()];
+    ++step_;
+  }
+  std::vector<std::int32_t> greedy_decoded;
 };
 
 mv::Tokenizer& tokenizer() {
@@ -186,4 +203,33 @@ TEST(Generator, RejectsImagePadMismatch) {
   EXPECT_THROW(mv::qwen25vl::generate_from_ids(model, tok, {151652, 151655, 151653}, {}, opt), mv::Error);
   opt.max_new_tokens = 0;
   EXPECT_THROW(mv::qwen25vl::generate_from_ids(model, tok, {1}, {}, opt), mv::Error);
+}
+
+TEST(Generator, GreedyPicksOnTheDeviceWhenTheEngineCan) {
+  const auto& tok = tokenizer();
+  const std::vector<std::int32_t> script{11, 12, 13, 151645};
+  DeviceGreedyModel model(script);
+  GenerateOptions opt;
+  opt.max_new_tokens = 10;
+  const auto r = mv::qwen25vl::generate_from_ids(model, tok, {151644}, {}, opt);
+  EXPECT_EQ(r.generated_ids, script);  // the first token from the prefill logits, then the device's picks
+  EXPECT_EQ(model.greedy_decoded, (std::vector<std::int32_t>{11, 12, 13}));
+  EXPECT_TRUE(model.decoded.empty());  // no logits were downloaded
+  EXPECT_EQ(r.timings.decode_steps, 3);
+  EXPECT_EQ(r.finish_reason, "stop");
+
+  // A repetition penalty or sampling needs the logits on the host: plain decode then.
+  DeviceGreedyModel penalised(script);
+  opt.sampling.repetition_penalty = 1.5f;
+  const auto r2 = mv::qwen25vl::generate_from_ids(penalised, tok, {151644}, {}, opt);
+  EXPECT_EQ(r2.generated_ids, script);
+  EXPECT_TRUE(penalised.greedy_decoded.empty());
+  EXPECT_EQ(penalised.decoded, (std::vector<std::int32_t>{11, 12, 13}));
+  DeviceGreedyModel sampled(script);
+  opt.sampling.repetition_penalty = 1.0f;
+  opt.sampling.do_sample = true;
+  opt.sampling.top_k = 1;
+  const auto r3 = mv::qwen25vl::generate_from_ids(sampled, tok, {151644}, {}, opt);
+  EXPECT_EQ(r3.generated_ids, script);
+  EXPECT_TRUE(sampled.greedy_decoded.empty());
 }

@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -284,6 +285,74 @@ TEST_P(Parity, GreedyTextDecodesLikeTransformers) {
   auto& p = prepared(GetParam());
   const auto tokens = p.expected["greedy_tokens"].get<std::vector<std::int32_t>>();
   EXPECT_EQ(p.tokenizer->decode(tokens, true), p.expected["greedy_text"].get<std::string>());
+}
+
+// Model::decode_batch's default (one sequence after the other) gives exactly what decode gives, for
+// sequences of different lengths, and decode_batch_greedy picks the first maximum of those logits.
+TEST(DecodeBatch, DefaultEqualsSequentialDecodeAndChecksInput) {
+  auto& p = prepared("tied_bf16_image");
+  Model& m = *p.model;
+  const auto ids = expected_ids(p);
+  const auto tokens = p.expected["greedy_tokens"].get<std::vector<std::int32_t>>();
+  const std::size_t V = static_cast<std::size_t>(m.config().text.vocab_size);
+  const auto px = hf_pixels(p);
+  std::vector<float> scratch(V);
+  // Two pairs of twins: [0] the prompt, [1] the prompt and one more token.
+  std::vector<std::unique_ptr<Session>> batch, seq;
+  for (int twin = 0; twin < 2; ++twin)
+    for (int i = 0; i < 2; ++i) {
+      auto s = m.new_session(static_cast<std::int64_t>(ids.size()) + 8);
+      m.prefill(*s, ids, px, scratch);
+      if (i == 1) m.decode(*s, tokens[0], scratch);
+      (twin == 0 ? batch : seq).push_back(std::move(s));
+    }
+  const std::vector<Session*> b{batch[0].get(), batch[1].get()};
+  std::vector<float> got(2 * V), want(V);
+  std::vector<std::int32_t> next(2);
+  for (std::size_t step = 0; step < 3; ++step) {
+    const std::vector<std::int32_t> tok{tokens[step + 1], tokens[step + 2]};
+    if (step == 2) {
+      m.decode_batch_greedy(b, tok, next);
+    } else {
+      m.decode_batch(b, tok, got);
+    }
+    for (std::size_t i = 0; i < 2; ++i) {
+      m.decode(*seq[i], tok[i], want);
+      EXPECT_EQ(batch[i]->length(), seq[i]->length());
+      if (step == 2) {
+        const auto first_max = std::max_element(want.begin(), want.end()) - want.begin();
+        EXPECT_EQ(next[i], static_cast<std::int32_t>(first_max)) << "sequence " << i;
+      } else {
+        const std::vector<float> row(got.begin() + static_cast<std::ptrdiff_t>(i * V),
+                                     got.begin() + static_cast<std::ptrdiff_t>((i + 1) * V));
+        EXPECT_EQ(row, want) << "sequence " << i << " step " << step;
+      }
+    }
+  }
+  EXPECT_FALSE(m.greedy_on_device());
+
+  // Bad input is rejected before any sequence moves.
+  const auto len0 = batch[0]->length(), len1 = batch[1]->length();
+  const std::vector<std::int32_t> two{1, 2};
+  const std::vector<Session*> with_null{batch[0].get(), nullptr}, dup{batch[0].get(), batch[0].get()};
+  auto code = [](auto&& fn) {  // the error's code, or -1 when nothing was thrown
+    try {
+      fn();
+    } catch (const Error& e) {
+      return static_cast<int>(e.code());
+    }
+    return -1;
+  };
+  const int kInvalid = static_cast<int>(Errc::kInvalidInput);
+  EXPECT_EQ(code([&] { m.decode_batch(with_null, two, got); }), kInvalid);
+  EXPECT_EQ(code([&] { m.decode_batch(dup, two, got); }), kInvalid);
+  EXPECT_EQ(code([&] { m.decode_batch(b, std::vector<std::int32_t>{1}, got); }), kInvalid);
+  std::vector<float> small(V);
+  EXPECT_EQ(code([&] { m.decode_batch(b, two, small); }), kInvalid);
+  std::vector<std::int32_t> one(1);
+  EXPECT_EQ(code([&] { m.decode_batch_greedy(b, two, one); }), kInvalid);
+  EXPECT_EQ(batch[0]->length(), len0);
+  EXPECT_EQ(batch[1]->length(), len1);
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, Parity,

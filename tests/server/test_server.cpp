@@ -25,163 +25,12 @@
 #include "server/generation.hpp"
 #include "server/openai.hpp"
 #include "server/server.hpp"
+#include "server/server_harness.hpp"
 #include "server/work_queue.hpp"
 
-namespace fs = std::filesystem;
-using json = nlohmann::json;
-using mv::server::Server;
-using mv::server::ServerOptions;
+using namespace mv_test_server;
 
 namespace {
-
-const std::string kKey = "test-key-0123456789abcdef";
-
-fs::path temp_root() {
-  static const fs::path root = [] {
-    fs::path p = fs::temp_directory_path() / ("mv_server_test_" + std::to_string(::getpid()));
-    fs::create_directories(p);
-    return p;
-  }();
-  return root;
-}
-
-// Removes this process's temporary folder (checkpoint, documents, certificates) at the end.
-class RemoveTempRoot : public ::testing::Environment {
- public:
-  void TearDown() override {
-    std::error_code ec;
-    fs::remove_all(temp_root(), ec);
-  }
-};
-[[maybe_unused]] const auto* const kRemoveTempRoot = ::testing::AddGlobalTestEnvironment(new RemoveTempRoot);
-
-// One synthetic lab report (PNG) and its ground truth, made once.
-const fs::path& sample_document() {
-  static const fs::path doc = [] {
-    mv::synth::SynthOptions o;
-    o.out_dir = temp_root() / "synth";
-    o.count = 1;
-    o.seed = 7;
-    o.types = {"lab_results"};
-    o.threads = 1;
-    mv::synth::run_synth(o);
-    for (const auto& e : fs::directory_iterator(o.out_dir))
-      if (e.path().extension() == ".png") return e.path();
-    throw std::runtime_error("synth wrote no PNG");
-  }();
-  return doc;
-}
-
-// A tiny random Qwen2.5-VL checkpoint (2 layers, hidden 32, the real vocabulary), written once.
-const fs::path& tiny_model() {
-  static const fs::path dir = [] {
-    const fs::path out = temp_root() / "tiny-qwen";
-    auto config = mv::qwen25vl::random_checkpoint_config(std::string(MV_FIXTURES_DIR) +
-                                                         "/model/tied_bf16_image/config.json");
-    mv::qwen25vl::RandomCheckpointOptions o;
-    o.seed = 101;
-    o.init_std = 0.3;
-    o.threads = 1;
-    mv::qwen25vl::write_random_checkpoint(config, out, o);
-    return out;
-  }();
-  return dir;
-}
-
-std::string read_bytes(const fs::path& p) { return mv::read_file(p); }
-
-// A running server on a loopback port, stopped on destruction.
-struct Running {
-  explicit Running(ServerOptions o) : server(std::make_unique<Server>(std::move(o))) {
-    port = server->bind();
-    thread = std::thread([this] { server->run(); });
-  }
-  ~Running() { stop(); }
-  void stop() {
-    if (server) {
-      server->stop();
-      thread.join();
-      server.reset();
-    }
-  }
-  httplib::Client client(bool with_key = true) const {
-    httplib::Client c("127.0.0.1", port);
-    c.set_read_timeout(120);
-    if (with_key) c.set_default_headers({{"Authorization", "Bearer " + kKey}});
-    return c;
-  }
-  std::unique_ptr<Server> server;
-  std::thread thread;
-  int port = 0;
-};
-
-ServerOptions base_options() {
-  ServerOptions o;
-  o.host = "127.0.0.1";
-  o.port = 0;
-  o.backend = "ocr";
-  o.max_batch = 1;
-  o.threads = 1;
-  o.http_threads = 12;
-  o.shutdown_timeout_s = 10;
-  return o;
-}
-
-json parse(const httplib::Result& r) {
-  EXPECT_TRUE(r) << "no response";
-  if (!r) return {};
-  auto j = json::parse(r->body, nullptr, false);
-  EXPECT_FALSE(j.is_discarded()) << r->body;
-  return j;
-}
-
-std::string data_url(const fs::path& image) {
-  return "data:image/png;base64," + mv::server::base64_encode(read_bytes(image));
-}
-
-json chat_body(const std::string& text, int max_tokens, double temperature = 0.0) {
-  return {{"model", "tiny-qwen"},
-          {"messages", json::array({{{"role", "user"}, {"content", text}}})},
-          {"max_tokens", max_tokens},
-          {"temperature", temperature}};
-}
-
-// Posts a streamed completion; returns the SSE `data:` payloads. `stop_after` > 0 hangs up after that
-// many bytes (a client going away).
-std::vector<std::string> stream_chat(int port, const json& body, std::size_t stop_after = 0,
-                                     std::function<void()> on_first = nullptr, int* status = nullptr) {
-  httplib::Client c("127.0.0.1", port);
-  c.set_read_timeout(120);
-  httplib::Request req;
-  req.method = "POST";
-  req.path = "/v1/chat/completions";
-  req.headers = {{"Authorization", "Bearer " + kKey}};
-  req.body = body.dump();
-  req.set_header("Content-Type", "application/json");
-  std::string buf;
-  bool first = true;
-  req.content_receiver = [&](const char* d, std::size_t n, std::uint64_t, std::uint64_t) {
-    buf.append(d, n);
-    if (first && on_first) {
-      first = false;
-      on_first();
-    }
-    return stop_after == 0 || buf.size() < stop_after;
-  };
-  httplib::Response res;
-  httplib::Error err;
-  c.send(req, res, err);
-  if (status) *status = res.status;
-  std::vector<std::string> events;
-  std::size_t pos = 0;
-  while ((pos = buf.find("data: ", pos)) != std::string::npos) {
-    const auto end = buf.find("\n\n", pos);
-    if (end == std::string::npos) break;
-    events.push_back(buf.substr(pos + 6, end - pos - 6));
-    pos = end + 2;
-  }
-  return events;
-}
 
 class ServerTest : public ::testing::Test {
  protected:
@@ -667,7 +516,8 @@ TEST_F(ServerTest, MetricsCountRequestsInPrometheusFormat) {
        {"medvision_http_requests_total{route=\"/health\",status=\"200\"}",
         "# TYPE medvision_http_request_duration_seconds histogram",
         "medvision_http_request_duration_seconds_bucket{route=\"/health\",le=\"+Inf\"}",
-        "medvision_queue_depth{queue=\"engine\"}", "medvision_queue_depth{queue=\"ocr\"}",
+        "medvision_queue_depth{queue=\"engine\"}", "medvision_queue_depth{queue=\"extract\"}",
+        "# TYPE medvision_decode_batch_size histogram", "medvision_engine_tokens_per_second",
         "medvision_batch_size", "medvision_decode_tokens_per_second", "medvision_generated_tokens_total",
         "process_resident_memory_bytes"})
     EXPECT_NE(m.find(needle), std::string::npos) << needle;

@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
 # On the GPU machine (from the repository root): unpacks the carried build, runs the CUDA tests, and with
-# the argument "bench" the 7B side-by-side benchmark. Logs go to $OUT.
+# the argument "bench" the 7B side-by-side benchmark; with "nf4" (NF4 only, no test_gpu run): quantizes the
+# 7B random checkpoint on the GPU (timed), benches the NF4 model and compares its logits with bf16; with
+# "decode": the decode tests (batched, graphs, greedy on the device) and the 7B decode benchmark at
+# concurrency 1, 8 and 32 (MV_CONCURRENCY overrides), plus concurrency 1 without CUDA graphs.
+# Logs go to $OUT.
 set -o pipefail
 cd "$(dirname "$0")/../.."
 source tools/gpu/env.sh
@@ -9,7 +13,7 @@ if [ ! -e /work/main ]; then mkdir -p /work && ln -s "$PWD" /work/main; fi
 mkdir -p ~/.cache/medvision && xz -dc .carry/cuda/tokenizer.json.xz > ~/.cache/medvision/tokenizer.json
 nvidia-smi --query-gpu=name,driver_version,memory.used,memory.total,clocks.sm,clocks.mem --format=csv | tee "$OUT/gpu.txt"
 date -u | tee -a "$OUT/gpu.txt"
-if [ "${1:-}" != bench-only ] && [ "${1:-}" != logits ]; then
+if [ "${1:-}" != bench-only ] && [ "${1:-}" != logits ] && [ "${1:-}" != nf4 ] && [ "${1:-}" != decode ]; then
   MV_GPU_TIMINGS=1 test_gpu 2>&1 | tee "$OUT/test_gpu.log"
 fi
 if [ "${1:-}" = logits ]; then
@@ -20,4 +24,34 @@ if [ "${1:-}" = bench ] || [ "${1:-}" = bench-only ]; then
   python3 -c "from PIL import Image; Image.open('docs/images/synth_discharge_summary_fax.png').convert('RGB').resize((1008, 1316), Image.BICUBIC).save('/tmp/page.png')"
   PYTHONUNBUFFERED=1 python3 tools/reference/bench_side_by_side.py --medvision medvision --page /tmp/page.png \
     --max-new-tokens "${MV_NEW_TOKENS:-256}" --runs "${MV_RUNS:-3}" --out "$OUT/side_by_side.json" 2>&1 | tee "$OUT/bench.log"
+fi
+if [ "${1:-}" = nf4 ]; then
+  M=/tmp/qwen25vl-7b-random Q=/tmp/qwen25vl-7b-nf4
+  [ -f "$M/config.json" ] || medvision -q debug random-checkpoint --config 7b --out "$M" --json > "$OUT/random_checkpoint.json"
+  cat "$M"/*.safetensors > /dev/null  # warm the page cache: the timing below is the quantization, not the disk
+  rm -rf "$Q"
+  t0=$(date +%s.%N)
+  medvision -q quantize --model "$M" --out "$Q" --device cuda > "$OUT/quantize_nf4_cuda.json"
+  t1=$(date +%s.%N)
+  python3 -c "print(f'quantize --device cuda: {$t1 - $t0:.1f} s wall')" | tee "$OUT/quantize_time.txt"
+  cat "$OUT/quantize_nf4_cuda.json"
+  python3 -c "from PIL import Image; Image.open('docs/images/synth_discharge_summary_fax.png').convert('RGB').resize((1008, 1316), Image.BICUBIC).save('/tmp/page.png')"
+  medvision bench --model "$Q" --image /tmp/page.png --max-new-tokens "${MV_NEW_TOKENS:-256}" --ignore-eos \
+    --runs "${MV_RUNS:-3}" --device cuda --json "$OUT/quantized_int4.json" 2>&1 | tee "$OUT/bench_nf4.log"
+  MV_NF4_7B="$M" MV_NF4_7B_Q="$Q" MV_NF4_JSON="$OUT/nf4_vs_bf16_7b.json" \
+    test_gpu --gtest_filter='Nf4At7B.*:Nf4Cuda.*:Nf4ModelParity.*:CudaDense.*' 2>&1 | tee "$OUT/test_nf4.log"
+fi
+if [ "${1:-}" = decode ]; then
+  test_gpu --gtest_filter='CudaOps.*:CudaParity.*' 2>&1 | tee "$OUT/test_decode.log"
+  M=/tmp/qwen25vl-7b-random
+  [ -f "$M/config.json" ] || medvision -q debug random-checkpoint --config 7b --out "$M" --json > "$OUT/random_checkpoint.json"
+  python3 -c "from PIL import Image; Image.open('docs/images/synth_discharge_summary_fax.png').convert('RGB').resize((1008, 1316), Image.BICUBIC).save('/tmp/page.png')"
+  for C in ${MV_CONCURRENCY:-1 8 32}; do
+    medvision bench --model "$M" --image /tmp/page.png --max-new-tokens "${MV_NEW_TOKENS:-256}" --ignore-eos \
+      --runs "${MV_RUNS:-2}" --warmup 1 --device cuda --concurrency "$C" --json "$OUT/bench_decode_c$C.json" \
+      2>&1 | grep '^bench' | tee -a "$OUT/bench_decode.log"
+  done
+  MV_CUDA_GRAPHS=0 medvision bench --model "$M" --image /tmp/page.png --max-new-tokens "${MV_NEW_TOKENS:-256}" \
+    --ignore-eos --runs "${MV_RUNS:-2}" --warmup 1 --device cuda --json "$OUT/bench_decode_c1_nographs.json" \
+    2>&1 | grep '^bench' | tee -a "$OUT/bench_decode.log"
 fi

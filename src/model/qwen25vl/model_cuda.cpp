@@ -36,6 +36,7 @@ using cudaeng::upload_vec;
 using cudaeng::Uploader;
 
 constexpr std::int64_t kPrefillChunk = 2048;  // prompt rows per forward pass on the GPU
+constexpr std::int64_t kMlpRows = 512;        // rows per MLP sub-chunk of a prefill pass
 
 struct DTextLayer {
   Buffer in_norm, post_norm;
@@ -489,8 +490,9 @@ class CudaModel final : public Model {
     const auto* d_items = reinterpret_cast<const cuda::AttnItem*>(d + ids_b + frow_b + pos_b);
 
     tx_.ensure(static_cast<std::size_t>(n * H_) * sizeof(float));
-    ta_.ensure(static_cast<std::size_t>(n * std::max(H_, std::max(I_, nq))) * sizeof(bf16));
-    ty_.ensure(static_cast<std::size_t>(n * std::max(nq + 2 * nkv, 2 * I_)) * sizeof(float));
+    const std::int64_t mlp = std::min(n, kMlpRows);
+    ta_.ensure(static_cast<std::size_t>(std::max(n * std::max(H_, nq), mlp * I_)) * sizeof(bf16));
+    ty_.ensure(static_cast<std::size_t>(std::max(n * (nq + 2 * nkv), mlp * 2 * I_)) * sizeof(float));
     tq_.ensure(static_cast<std::size_t>(n * nq) * sizeof(bf16));
     tcs_.ensure(static_cast<std::size_t>(2 * n * half) * sizeof(float));
     th32_.ensure(static_cast<std::size_t>(std::max(H_, std::max(I_, nq))) * sizeof(float));
@@ -542,10 +544,15 @@ class CudaModel final : public Model {
                               static_cast<int>(items.size())};
       cuda::attention(stream_, at);
       L.o.gemm(lc_, a, n, x, true);
-      cuda::rms_norm(stream_, x, n, H_, H_, L.post_norm.as<float>(), eps, a);
-      L.gate_up.gemm(lc_, a, n, y, false);
-      cuda::silu_mul(stream_, y, n, I_, a);
-      L.down.gemm(lc_, a, n, x, true);
+      // The MLP in sub-chunks of kMlpRows rows: its [rows, 2I] fp32 gate/up output is the largest
+      // prefill buffer (310 MB for 2048 rows at the 7B shapes, 78 MB for 512).
+      for (std::int64_t r0 = 0; r0 < n; r0 += kMlpRows) {
+        const std::int64_t rows = std::min(kMlpRows, n - r0);
+        cuda::rms_norm(stream_, x + r0 * H_, rows, H_, H_, L.post_norm.as<float>(), eps, a);
+        L.gate_up.gemm(lc_, a, rows, y, false);
+        cuda::silu_mul(stream_, y, rows, I_, a);
+        L.down.gemm(lc_, a, rows, x + r0 * H_, true);
+      }
     }
     s.length_ = past + n;
     if (logits) {
