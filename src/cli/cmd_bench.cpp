@@ -7,8 +7,8 @@
 #include <cstdio>
 #include <filesystem>
 #include <memory>
-#include <span>
 #include <nlohmann/json.hpp>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -65,7 +65,8 @@ struct ConcurrentRun {
 
 ConcurrentRun run_concurrent(qwen25vl::Model& model, const Tokenizer& tokenizer,
                              const std::vector<ChatMessage>& messages, const ImageRGB8& image,
-                             const PreprocessConfig& pre, const qwen25vl::GenerateOptions& opt, int concurrency) {
+                             const PreprocessConfig& pre, const qwen25vl::GenerateOptions& opt,
+                             int concurrency) {
   using Clock = std::chrono::steady_clock;
   ConcurrentRun r;
   const auto t0 = Clock::now();
@@ -241,9 +242,9 @@ void run_bench(const BenchArgs& a) {
   j["vision_ms"] = summary(vision);
   j["prefill_ms"] = summary(prefill);
   j["ttft_ms"] = summary(ttft);
-  j["tokens_per_second"] = summary(decode_tps);  // decode rate of one sequence
+  j["tokens_per_second"] = summary(decode_tps);           // decode rate of one sequence
   j["aggregate_tokens_per_second"] = summary(aggregate);  // decode tokens of all sequences per second
-  j["generated_tokens"] = summary(gen_tokens);  // per sequence
+  j["generated_tokens"] = summary(gen_tokens);            // per sequence
   j["e2e_seconds_per_page"] = summary(e2e);
   if (a.concurrency > 1) j["e2e_seconds_per_batch"] = summary(batch_wall);
   if (const auto m = qwen25vl::gpu_memory(*model)) {
@@ -284,8 +285,9 @@ void add_bench_command(CLI::App& app) {
   cmd->add_option("--threads", args->threads, "CPU threads (0 = all)")->capture_default_str();
   cmd->add_option("--adapter", args->adapter, "PEFT LoRA adapter folder, merged into the weights at load");
   cmd->add_option("--quantize", args->quantize, "nf4: quantize the 16-bit Linear weights at load");
-  cmd->add_option("--json", args->json_out,
-                  "also write the JSON to this file (default for an NF4 model: benchmarks/quantized_int4.json)");
+  cmd->add_option(
+      "--json", args->json_out,
+      "also write the JSON to this file (default for an NF4 model: benchmarks/quantized_int4.json)");
   cmd->callback([args] { run_bench(*args); });
 }
 

@@ -112,7 +112,23 @@ std::size_t skip_marker(const std::string& t) {
   static const std::regex marker(R"(^\s*(?:\d{1,2}[.)]|[•·*+\-–o»>e]|\[[ xX]\])\s+)");
   std::smatch m;
   if (std::regex_search(t, m, marker)) return static_cast<std::size_t>(m.length(0));
-  return 0;
+  // A bullet glyph that OCR read as a few symbols ("¢", "«", "*«", "¢«"): a short first token with no
+  // letter or digit in it, followed by a space.
+  std::size_t b = t.find_first_not_of(' ');
+  if (b == std::string::npos) return 0;
+  std::size_t e = t.find(' ', b);
+  if (e == std::string::npos || e - b > 4) return 0;
+  for (std::size_t k = b; k < e; ++k) {
+    unsigned char c = static_cast<unsigned char>(t[k]);
+    if (std::isalnum(c) || c == '<' || c == '>' || c == '(' || c == '[') return 0;
+  }
+  return t.find_first_not_of(' ', e) == std::string::npos ? 0 : t.find_first_not_of(' ', e);
+}
+
+// Page furniture: a running footer or header with a page count ("... Page 1 of 2").
+bool page_furniture(const std::string& t) {
+  static const std::regex page_of(R"(\bPage\s+\d+\s+of\s+\d+\b)", std::regex::icase);
+  return std::regex_search(t, page_of);
 }
 
 bool has_digit(std::string_view s) {
@@ -146,6 +162,12 @@ class Builder {
   const StructureOptions& o_;
   Extraction e_;
   std::string section_;
+  std::optional<std::size_t> diagnosis_open_;
+  struct ImmunizationOpen {
+    std::size_t item;
+    double x0;  // left edge of the vaccine name
+  };
+  std::optional<ImmunizationOpen> immunization_open_;  // the diagnosis whose text may go on in the next row
   std::string doc_title_row_;
   std::optional<std::size_t> last_procedure_;
   std::set<std::string> seen_procedures_;
@@ -362,7 +384,10 @@ class Builder {
   // ---------------------------------------------------------------------------------------- the rows
   std::size_t row(const std::vector<RowView>& rows, std::size_t i) {
     const RowView& r = rows[i];
-    if (r.text.empty()) return i;
+    if (r.text.empty() || page_furniture(r.text)) return i;
+    if (diagnosis_continuation(rows, i) || immunization_continuation(rows, i)) return i;
+    diagnosis_open_.reset();
+    immunization_open_.reset();
     if (auto h = heading(r)) {
       section_ = *h;
       grid_.reset();
@@ -405,7 +430,7 @@ class Builder {
       std::size_t j = medication(rows, i);
       if (j != std::string::npos) return j;
     }
-    if (section_ == "followups") followup(r);
+    if (section_ == "followups" || (skip_marker(r.text) > 0 && known_followup(r.text))) followup(r);
     if (section_ == "vitals") vitals(r);
     return i;
   }
@@ -621,6 +646,7 @@ class Builder {
     std::string lower = to_lower(t);
     // Role label: "Principal diagnosis: ...", "Pre-op Dx: ...".
     std::optional<std::string> role;
+    bool labelled = false;
     for (const auto& [label, rl] : v_.diagnosis_roles) {
       if (lower.compare(start, label.size(), label) != 0) continue;
       std::size_t e = start + label.size();
@@ -628,6 +654,7 @@ class Builder {
         continue;
       if (e < lower.size() && lower[e] == ':') {
         role = rl;
+        labelled = true;
         start = e + 1;
         while (start < t.size() && t[start] == ' ') ++start;
         break;
@@ -639,15 +666,30 @@ class Builder {
     static const std::regex icd_paren(R"(\(([A-Z][0-9][0-9AB](?:\.[0-9A-Z]{1,4})?)\))");
     static const std::regex icd_lead(R"(^([A-Z][0-9][0-9AB](?:\.[0-9A-Z]{1,4})?)(?=\s|$))");
     static const std::regex icd_cell(R"((?:^|  )([A-Z][0-9][0-9AB]\.[0-9A-Z]{1,4})(?=  |$))");
-    bool has_code = std::regex_search(sub, m, icd_paren) || std::regex_search(sub, m, icd_lead) ||
-                    std::regex_search(sub, m, icd_cell);
-    if (!has_code && !role) return false;
+    // Bare codes are not looked for among results and orders ("O2 Saturation" is not code O02).
+    const bool listy = section_ != "labs" && section_ != "vitals" && section_ != "medications";
+    bool has_code = std::regex_search(sub, m, icd_paren) ||
+                    (listy && (std::regex_search(sub, m, icd_lead) || std::regex_search(sub, m, icd_cell)));
+    // Tesseract often reads the letter I of a code as the digit 1 ("(135.0)", "148.91 Atrial ...", "110").
+    // Where a diagnosis is expected (a diagnosis section or a role label) such a code is read as I..
+    bool code_fixed = false;
+    if (!has_code && (section_ == "diagnoses" || section_ == "impression" || labelled)) {
+      static const std::regex i_paren(R"(\((1[0-9]{2}(?:\.[0-9A-Z]{1,4})?)\))");
+      static const std::regex i_lead(R"(^(1[0-9]{2}(?:\.[0-9A-Z]{1,4})?)(?=\s+[A-Za-z]))");
+      has_code = std::regex_search(sub, m, i_paren) || std::regex_search(sub, m, i_lead);
+      code_fixed = has_code;
+    }
+    if (!has_code && !labelled) return false;
     if (!has_code && section_ != "diagnoses") return false;
+    // Before the first section heading only a labelled diagnosis counts (the header holds phone numbers
+    // and identifiers that look like codes).
+    if (section_.empty() && !labelled) return false;
     Diagnosis d;
     std::map<std::string, Span> spans;
     std::size_t text_end = t.size();
     if (has_code) {
       d.icd10 = m[1].str();
+      if (code_fixed) (*d.icd10)[0] = 'I';
       spans["icd10"] = {start + m.position(1), start + m.position(1) + m.length(1)};
       std::size_t code_b = start + m.position(0), code_e = code_b + m.length(0);
       if (code_b > start + 3) {
@@ -676,9 +718,37 @@ class Builder {
     d.text = txt;
     std::size_t tb = t.find(txt, start);
     spans["text"] = {tb, tb + txt.size()};
-    if (role) d.role = role;
+    if (role && !role->empty()) d.role = role;
     d.provenance = make_provenance(r, spans);
     e_.diagnoses.push_back(std::move(d));
+    // A text that runs to the end of the row may continue on the next row ("... of left" / "lower extremity").
+    diagnosis_open_ = text_end == t.size() ? std::optional<std::size_t>(e_.diagnoses.size() - 1) : std::nullopt;
+    return true;
+  }
+
+  // The rest of a wrapped diagnosis: the row right under it, starting with a lower-case word, with no code,
+  // number or list marker, and no wider than the line it continues.
+  bool diagnosis_continuation(const std::vector<RowView>& rows, std::size_t i) {
+    if (!diagnosis_open_ || i == 0) return false;
+    const RowView& r = rows[i];
+    const RowView& prev = rows[i - 1];
+    const std::string& t = r.text;
+    if (t.empty() || !std::islower(static_cast<unsigned char>(t[0])) || has_digit(t) || skip_marker(t) > 0 ||
+        t.size() > 60 || r.cells.size() != 1 || r.page != prev.page)
+      return false;
+    if (r.box.y0 - prev.box.y1 > 0.8 * std::max(prev.height, 1.0)) return false;
+    Diagnosis& d = e_.diagnoses[*diagnosis_open_];
+    std::string extra = t;
+    std::size_t dash = extra.rfind(" - ");
+    if (dash != std::string::npos) {
+      auto it = v_.diagnosis_status.find(to_lower(trim(extra.substr(dash + 3))));
+      if (it != v_.diagnosis_status.end() && !d.status) {
+        d.status = it->second;
+        extra = extra.substr(0, dash);
+      }
+    }
+    d.text += " " + trim(extra);
+    diagnosis_open_.reset();
     return true;
   }
 
@@ -736,6 +806,10 @@ class Builder {
       if (r.cells[c].first <= f->second.first && f->second.first < r.cells[c].second) cell0 = c;
     im.vaccine = trim(r.cell(cell0));
     spans["vaccine"] = r.cells[cell0];
+    double vaccine_x0 = r.box.x1;
+    for (const auto& [sp, w] : r.words)
+      if (sp.first >= r.cells[cell0].first && sp.second <= r.cells[cell0].second)
+        vaccine_x0 = std::min(vaccine_x0, w->box.x0);
     static const std::regex lot(R"(^[A-Z0-9]{3,}[0-9][A-Z0-9]*$)");
     for (std::size_t c = 0; c < r.cells.size(); ++c) {
       if (c == cell0) continue;
@@ -757,10 +831,15 @@ class Builder {
         }
         continue;
       }
-      if (!im.route && std::find(v_.route_abbr.begin(), v_.route_abbr.end(), t) != v_.route_abbr.end()) {
-        im.route = t;
-        spans["route"] = r.cells[c];
-        continue;
+      if (!im.route) {
+        // A route column holds an abbreviation alone; OCR may lower its case ("sc").
+        auto it = std::find_if(v_.route_abbr.begin(), v_.route_abbr.end(),
+                               [&](const std::string& a) { return a.size() == t.size() && to_lower(a) == to_lower(t); });
+        if (it != v_.route_abbr.end()) {
+          im.route = *it;
+          spans["route"] = r.cells[c];
+          continue;
+        }
       }
       std::string lt = to_lower(t);
       if (!im.site && (lt.find("deltoid") != std::string::npos || lt.find("thigh") != std::string::npos ||
@@ -770,6 +849,12 @@ class Builder {
         continue;
       }
       if (!im.lot && std::regex_match(t, lot)) {
+        // Lot numbers run letters then digits: a letter O right before a digit, after a letter or a digit,
+        // is the digit zero that OCR read as a letter ("YLO61" -> "YL061").
+        for (std::size_t k = 1; k + 1 < t.size(); ++k)
+          if (t[k] == 'O' && std::isdigit(static_cast<unsigned char>(t[k + 1])) &&
+              std::isalnum(static_cast<unsigned char>(t[k - 1])))
+            t[k] = '0';
         im.lot = t;
         spans["lot"] = r.cells[c];
         continue;
@@ -781,6 +866,27 @@ class Builder {
     }
     im.provenance = make_provenance(r, spans);
     e_.immunizations.push_back(std::move(im));
+    immunization_open_ = ImmunizationOpen{e_.immunizations.size() - 1, vaccine_x0};
+    return true;
+  }
+
+  // A vaccine name wrapped in its table cell ("Meningococcal conjugate vaccine" / "(MenACWY)"): the row
+  // right under the item, with no date, whose first word starts where the vaccine name starts.
+  bool immunization_continuation(const std::vector<RowView>& rows, std::size_t i) {
+    if (!immunization_open_ || i == 0 || !e_.immunizations[immunization_open_->item].vaccine) return false;
+    const RowView& r = rows[i];
+    const RowView& prev = rows[i - 1];
+    if (r.cells.empty() || r.words.empty() || r.page != prev.page) return false;
+    if (r.box.y0 - prev.box.y1 > 0.8 * std::max(prev.height, 1.0)) return false;
+    if (std::abs(r.words.front().second->box.x0 - immunization_open_->x0) > std::max(prev.height, 8.0))
+      return false;
+    for (std::size_t c = 0; c < r.cells.size(); ++c)
+      if (normalise_date(r.cell(c), false, nullptr)) return false;
+    std::string extra = trim(r.cell(0));
+    if (extra.empty() || extra.size() > 40) return false;
+    auto& vaccine = *e_.immunizations[immunization_open_->item].vaccine;
+    vaccine += " " + extra;
+    immunization_open_.reset();
     return true;
   }
 
@@ -901,18 +1007,35 @@ class Builder {
   }
 
   // -------------------------------------------------------------------------------------------- followups
+  // A list row that starts with a follow-up or order phrase of the vocabulary (a plan under a combined
+  // "Assessment and Plan" heading).
+  bool known_followup(const std::string& text) const {
+    std::string t = text.substr(skip_marker(text));
+    auto f = find_longest(t, v_.followups);
+    return f && f->second.first == 0;
+  }
+
   void followup(const RowView& r) {
     std::size_t mk = skip_marker(r.text);
     std::string t = r.text.substr(mk);
     if (t.size() < 4) return;
+    // "text - when", or "text: when" (the timing after the last colon, when it is short).
     std::size_t dash = t.rfind(" - ");
+    std::size_t sep = 3;
+    if (dash == std::string::npos) {
+      std::size_t colon = t.rfind(": ");
+      if (colon != std::string::npos && colon > 0 && t.size() - colon - 2 <= 40) {
+        dash = colon;
+        sep = 2;
+      }
+    }
     Followup fu;
     std::map<std::string, Span> spans;
     if (dash != std::string::npos) {
       fu.text = trim(t.substr(0, dash));
-      fu.when = trim(t.substr(dash + 3));
+      fu.when = trim(t.substr(dash + sep));
       spans["text"] = {mk, mk + dash};
-      spans["when"] = {mk + dash + 3, r.text.size()};
+      spans["when"] = {mk + dash + sep, r.text.size()};
     } else if (auto f = find_longest(t, v_.followups); f && f->second.first == 0) {
       fu.text = trim(t);
       spans["text"] = {mk, r.text.size()};

@@ -186,9 +186,8 @@ TEST(CudaOps, AttentionMatchesCpu) {
       // disturb it, and its own result is the causal attention of an earlier row.
       const std::int32_t len = static_cast<std::int32_t>(keys);
       const std::int32_t len2 = static_cast<std::int32_t>(std::max<std::int64_t>(1, keys - 5));
-      std::vector<cuda::DecodeSeq> seqs{
-          {dk.as<cuda::bf16>(), dv.as<cuda::bf16>(), keys * c.hd, len, 0},
-          {dk.as<cuda::bf16>(), dv.as<cuda::bf16>(), keys * c.hd, len2, 0}};
+      std::vector<cuda::DecodeSeq> seqs{{dk.as<cuda::bf16>(), dv.as<cuda::bf16>(), keys * c.hd, len, 0},
+                                        {dk.as<cuda::bf16>(), dv.as<cuda::bf16>(), keys * c.hd, len2, 0}};
       auto dseq = upload(seqs);
       // Both sequences ask with the last query row.
       std::vector<float> q2(q.begin() + last * nq, q.begin() + (last + 1) * nq);
@@ -297,6 +296,19 @@ TEST(CudaOps, ArgmaxFirstOnTies) {
   const auto got = download<std::int32_t>(out, 2);
   EXPECT_EQ(got[0], 1234);
   EXPECT_EQ(got[1], 151935);
+  // A NaN anywhere, or nothing above -inf: -1 (the engine then throws, as the host sampler does).
+  std::vector<float> bad(3 * 1000, 0.5f);
+  bad[777] = std::nanf("");
+  std::fill(bad.begin() + 1000, bad.begin() + 2000, -INFINITY);
+  bad[2000 + 999] = 2.0f;
+  bad[2000 + 998] = INFINITY;
+  auto db = upload(bad);
+  cuda::Buffer out3(3 * sizeof(std::int32_t));
+  cuda::argmax_rows(nullptr, db.as<float>(), 3, 1000, out3.as<std::int32_t>());
+  const auto got3 = download<std::int32_t>(out3, 3);
+  EXPECT_EQ(got3[0], -1);
+  EXPECT_EQ(got3[1], -1);
+  EXPECT_EQ(got3[2], 998);
 }
 
 #endif  // MEDVISION_HAS_CUDA
@@ -462,12 +474,11 @@ std::vector<std::unique_ptr<Session>> batch_sessions(Model& m, const Pair& p, in
       std::size_t n = ids.size() / 2;
       const auto img = std::find(ids.begin(), ids.end(), m.config().image_token_id);
       const auto before = static_cast<std::size_t>(img - ids.begin());  // tokens before the first pad
-      if (img != ids.end()) n = before > 1 ? before - 1 : 1;              // without <|vision_start|>
+      if (img != ids.end()) n = before > 1 ? before - 1 : 1;            // without <|vision_start|>
       m.prefill(*s, std::span<const std::int32_t>(ids.data(), n), {}, logits);
     } else {
       m.prefill(*s, ids, px, logits);
-      for (int j = 0; j < i; ++j)
-        m.decode(*s, tokens[static_cast<std::size_t>(j) % tokens.size()], logits);
+      for (int j = 0; j < i; ++j) m.decode(*s, tokens[static_cast<std::size_t>(j) % tokens.size()], logits);
     }
     out.push_back(std::move(s));
   }
@@ -562,7 +573,10 @@ TEST_P(CudaParity, GraphAndDirectDecodeIdentical) {
       if (step % 2 == 0) {
         p.gpu->decode_batch(ra, tok, la);
         direct->decode_batch(rb, tok, lb);
-        ASSERT_EQ(la, lb) << count << " sequences, step " << step;
+        const auto diff = std::mismatch(la.begin(), la.end(), lb.begin());
+        ASSERT_TRUE(diff.first == la.end())
+            << count << " sequences, step " << step << ": logit " << (diff.first - la.begin()) << " differs ("
+            << *diff.first << " with the graph, " << *diff.second << " without)";
       } else {
         p.gpu->decode_batch_greedy(ra, tok, na);
         direct->decode_batch_greedy(rb, tok, nb);
@@ -593,7 +607,8 @@ TEST_P(CudaParity, GreedyOnDeviceEqualsHostArgmax) {
     p.gpu->decode_batch(rb, tok, logits);
     for (int i = 0; i < count; ++i) {
       const auto row = logits.begin() + static_cast<std::ptrdiff_t>(i) * static_cast<std::ptrdiff_t>(V);
-      const auto want = static_cast<std::int32_t>(std::max_element(row, row + static_cast<std::ptrdiff_t>(V)) - row);
+      const auto want =
+          static_cast<std::int32_t>(std::max_element(row, row + static_cast<std::ptrdiff_t>(V)) - row);
       EXPECT_EQ(next[static_cast<std::size_t>(i)], want) << "sequence " << i << " step " << step;
     }
   }

@@ -587,3 +587,50 @@ TEST(Nf4At7B, LogitsAgainstBf16) {
   EXPECT_LE(at_load_vs_file, 1e-5);  // the same codes and scales either way
   EXPECT_LE(rel.front(), 0.5);
 }
+
+#if MEDVISION_HAS_CUDA
+// NF4 kernel timings at the 7B shapes (printed, never asserted); only with MV_GPU_TIMINGS=1.
+TEST(Nf4Timings, KernelsAt7BShapes) {
+  SKIP_WITHOUT_GPU();
+  if (!std::getenv("MV_GPU_TIMINGS")) GTEST_SKIP() << "set MV_GPU_TIMINGS=1";
+  cudaEvent_t e0, e1;
+  cudaEventCreate(&e0);
+  cudaEventCreate(&e1);
+  auto time_ms = [&](auto&& fn, int reps) {
+    fn();
+    cudaEventRecord(e0);
+    for (int i = 0; i < reps; ++i) fn();
+    cudaEventRecord(e1);
+    cudaEventSynchronize(e1);
+    float ms = 0;
+    cudaEventElapsedTime(&ms, e0, e1);
+    return ms / reps;
+  };
+  std::mt19937 rng(2);
+  std::normal_distribution<float> g(0.0f, 0.02f);
+  for (auto [n, k] : {std::array<std::int64_t, 2>{37888, 3584}, {3584, 18944}, {4608, 3584}, {1280, 3420}}) {
+    std::vector<float> w(static_cast<std::size_t>(n * k));
+    for (auto& v : w) v = g(rng);
+    auto src = upload(encode(w, DType::kBF16));
+    quant::Nf4Device d;
+    const float qms = time_ms([&] { d = quant::quantize_nf4_device(nullptr, src.data(), DType::kBF16, n * k); }, 3);
+    const cuda::Nf4Ref ref = d.ref();
+    const double bytes = static_cast<double>(d.packed.size() + d.absmax_q.size());
+    std::vector<float> xv(static_cast<std::size_t>(8 * k));
+    for (auto& v : xv) v = g(rng);
+    auto x = upload(xv);
+    cuda::Buffer y(static_cast<std::size_t>(8 * n) * sizeof(float)), wb(static_cast<std::size_t>(n * k) * 2);
+    for (int m : {1, 4, cuda::kGemvMaxRows}) {
+      const float ms = time_ms(
+          [&] { cuda::nf4_gemv(nullptr, x.as<float>(), m, ref, n, k, nullptr, y.as<float>(), n, false); }, 20);
+      std::printf("[ timing   ] nf4 gemv %lldx%lld, %d rows: %.3f ms (%.0f GB/s of codes and scales)\n",
+                  static_cast<long long>(n), static_cast<long long>(k), m, ms, bytes / ms / 1e6);
+    }
+    const float dms = time_ms([&] { cuda::nf4_dequantize(nullptr, ref, wb.as<cuda::bf16>()); }, 10);
+    std::printf("[ timing   ] nf4 %lldx%lld: quantize %.2f ms (with the host offset sum), dequantize to bf16 %.3f ms\n",
+                static_cast<long long>(n), static_cast<long long>(k), qms, dms);
+  }
+  cudaEventDestroy(e0);
+  cudaEventDestroy(e1);
+}
+#endif

@@ -123,8 +123,8 @@ class DeviceGreedyModel : public ScriptedModel {
  public:
   using ScriptedModel::ScriptedModel;
   bool greedy_on_device() const override { return true; }
-  void decode_batch_greedy(std::span<mv::qwen25vl::Session* const> sessions, std::span<const std::int32_t> tokens,
-                           std::span<std::int32_t> next) override {
+  void decode_batch_greedy(std::span<mv::qwen25vl::Session* const> sessions,
+                           std::span<const std::int32_t> tokens, std::span<std::int32_t> next) override {
     ASSERT_EQ(sessions.size(), 1u);
     ASSERT_EQ(next.size(), 1u);
     ++static_cast<ScriptedSession&>(*sessions[0]).len_;

@@ -379,7 +379,7 @@ TEST(ServerBatching, VlmExtractionAndChatShareOneEngine) {
   o.model_dir = tiny_model();
   o.backend = "vlm";
   o.max_batch = 4;
-  o.max_tokens_limit = 48;  // also the extraction's answer budget
+  o.max_tokens_limit = 160;  // also the extraction's answer budget
   auto s = std::make_unique<Running>(o);
   spdlog::set_default_logger(previous);
   spdlog::set_level(level);
@@ -393,7 +393,8 @@ TEST(ServerBatching, VlmExtractionAndChatShareOneEngine) {
 
   auto c = s->client();
   EXPECT_EQ(parse(c.Get("/health"))["backend"], "vlm");
-  Holder holder(s->port, "Go on and on", 3000);
+  // A chat stream with the same budget, started first: the extraction joins it.
+  Holder holder(s->port, "Go on and on", 160);
   ASSERT_TRUE(holder.ok);
   const double generations = metric(*s, "medvision_generations_total");
   const double prompt_tokens = metric(*s, "medvision_prompt_tokens_total");
@@ -404,9 +405,9 @@ TEST(ServerBatching, VlmExtractionAndChatShareOneEngine) {
   // that the upload was bad.
   EXPECT_EQ(r->status, 502) << r->body;
   EXPECT_EQ(parse(r)["error"]["type"], "invalid_model_output");
-  // The extraction ran on the engine (one more generation, with the page's image tokens in its prompt)
-  // while the chat stream was running, so they shared decode steps.
-  EXPECT_EQ(metric(*s, "medvision_generations_total"), generations + 1);
+  // The extraction ran on the engine (a generation with the page's image tokens in its prompt; the stream
+  // may have finished too) while the chat stream was running, so they shared decode steps.
+  EXPECT_GE(metric(*s, "medvision_generations_total"), generations + 1);
   EXPECT_GT(metric(*s, "medvision_prompt_tokens_total") - prompt_tokens, 50.0);
   EXPECT_GT(metric(*s, "medvision_decode_batch_size_count"),
             metric(*s, "medvision_decode_batch_size_bucket{le=\"1\"}"));

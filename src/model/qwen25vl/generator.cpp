@@ -179,8 +179,8 @@ GenerateResult run(Model& model, const Tokenizer& tokenizer, std::vector<std::in
   Clock::time_point decode_start;
   // Greedy without a repetition penalty needs no logits on the host when the engine picks on the device:
   // each step then returns the next token (the first one still comes from the prefill logits).
-  const bool device_greedy = !options.sampling.do_sample && options.sampling.repetition_penalty == 1.0f &&
-                             model.greedy_on_device();
+  const bool device_greedy =
+      !options.sampling.do_sample && options.sampling.repetition_penalty == 1.0f && model.greedy_on_device();
   Session* const seq[1] = {session.get()};
   std::int32_t next = 0;
   for (int step = 0;; ++step) {
@@ -212,7 +212,8 @@ GenerateResult run(Model& model, const Tokenizer& tokenizer, std::vector<std::in
     }
     if (static_cast<int>(result.generated_ids.size()) >= options.max_new_tokens) break;
     if (device_greedy)
-      model.decode_batch_greedy(seq, std::span<const std::int32_t>(&token, 1), std::span<std::int32_t>(&next, 1));
+      model.decode_batch_greedy(seq, std::span<const std::int32_t>(&token, 1),
+                                std::span<std::int32_t>(&next, 1));
     else
       model.decode(*session, token, logits);
     ++result.timings.decode_steps;

@@ -604,8 +604,8 @@ class CudaModel final : public Model {
       dec_rows_ = rows;
     }
     // The graphs hold these addresses (and the linear layers' scratch buffer, which may grow).
-    const std::vector<const void*> now{din_.data(), dx_.data(),      dh_.data(),    da_.data(),
-                                       dy_.data(),  dq_.data(),      dcs_.data(),   dlogits_.data(),
+    const std::vector<const void*> now{din_.data(),  dx_.data(),         dh_.data(),  da_.data(),
+                                       dy_.data(),   dq_.data(),         dcs_.data(), dlogits_.data(),
                                        dtok_.data(), lin_scratch_.data()};
     if (now != graph_buffers_) {
       drop_graphs();
@@ -622,8 +622,8 @@ class CudaModel final : public Model {
   // One decode step for B sequences: appends tokens[i] to sessions[i] and writes either the logits
   // (logits_out, B·V floats) or the greedy next tokens (next_out, B ids). Checks everything before any
   // device work; a session's length grows only when the step succeeded.
-  void decode_step(std::span<Session* const> sessions, std::span<const std::int32_t> tokens, float* logits_out,
-                   std::int32_t* next_out) {
+  void decode_step(std::span<Session* const> sessions, std::span<const std::int32_t> tokens,
+                   float* logits_out, std::int32_t* next_out) {
     const auto B = static_cast<std::int64_t>(sessions.size());
     if (B == 0) fail(Errc::kInvalidInput, "decode_batch: no sessions");
     if (tokens.size() != sessions.size())
@@ -683,8 +683,7 @@ class CudaModel final : public Model {
                   "token download");
       cuda::check(cudaStreamSynchronize(stream_), "decode");
       for (std::int64_t i = 0; i < B; ++i) {
-        if (ht[i] < 0)
-          fail(Errc::kInternal, "decode: the logits of sequence {} are NaN or all -inf", i);
+        if (ht[i] < 0) fail(Errc::kInternal, "decode: the logits of sequence {} are NaN or all -inf", i);
         next_out[i] = ht[i];
       }
     } else {
@@ -713,8 +712,8 @@ class CudaModel final : public Model {
       throw;
     }
     cuda::check(cudaStreamEndCapture(stream_, &graph), "end graph capture");
-    const std::vector<const void*> after{din_.data(), dx_.data(),      dh_.data(),    da_.data(),
-                                         dy_.data(),  dq_.data(),      dcs_.data(),   dlogits_.data(),
+    const std::vector<const void*> after{din_.data(),  dx_.data(),         dh_.data(),  da_.data(),
+                                         dy_.data(),   dq_.data(),         dcs_.data(), dlogits_.data(),
                                          dtok_.data(), lin_scratch_.data()};
     cudaGraphExec_t exec = nullptr;
     if (after == before) {
@@ -773,11 +772,30 @@ class CudaModel final : public Model {
       const DTextLayer& L = layers_[l];
       norm(L.in_norm);
       linear(L.qkv, y, false);
-      const cuda::QkvDecodeSplit sp{y,   nq + 2 * nkv, B,   static_cast<int>(nh_), static_cast<int>(nkv_),
-                                    static_cast<int>(hd_), cos, sin, q, seqs, static_cast<int>(l), hd_};
+      const cuda::QkvDecodeSplit sp{y,
+                                    nq + 2 * nkv,
+                                    B,
+                                    static_cast<int>(nh_),
+                                    static_cast<int>(nkv_),
+                                    static_cast<int>(hd_),
+                                    cos,
+                                    sin,
+                                    q,
+                                    seqs,
+                                    static_cast<int>(l),
+                                    hd_};
       cuda::rope_split_qkv_decode(stream_, sp);
-      const cuda::DecodeAttnArgs da{q,   nq,  seqs, static_cast<int>(l), hd_, h32, nq, static_cast<int>(nh_),
-                                    static_cast<int>(nkv_), static_cast<int>(hd_), rows};
+      const cuda::DecodeAttnArgs da{q,
+                                    nq,
+                                    seqs,
+                                    static_cast<int>(l),
+                                    hd_,
+                                    h32,
+                                    nq,
+                                    static_cast<int>(nh_),
+                                    static_cast<int>(nkv_),
+                                    static_cast<int>(hd_),
+                                    rows};
       cuda::decode_attention(stream_, da);
       if (!gemv) cuda::f32_to_bf16(stream_, h32, B * nq, a);
       linear(L.o, x, true);
@@ -823,8 +841,8 @@ class CudaModel final : public Model {
   std::int64_t dec_rows_ = 0;  // rows the decode buffers hold
   bool use_graphs_ = true;
   std::map<std::pair<int, bool>, cudaGraphExec_t> graphs_;  // by (batch, greedy)
-  std::set<std::pair<int, bool>> ran_eagerly_;             // keys run once without a graph
-  std::vector<const void*> graph_buffers_;                 // buffer addresses the graphs were captured with
+  std::set<std::pair<int, bool>> ran_eagerly_;              // keys run once without a graph
+  std::vector<const void*> graph_buffers_;                  // buffer addresses the graphs were captured with
 };
 
 }  // namespace

@@ -170,8 +170,8 @@ __global__ void mrope_tables_kernel(const std::int64_t* pos, std::int64_t rows, 
 // One fused qkv row: rotary on q and k, bf16 out. k_row/v_row point at kv head 0 of the destination row;
 // kv head g lies kv_head_stride elements further. Threads of the block go over (head, pair) of q and k,
 // then over v.
-__device__ void rope_split_row(const float* row, const float* c, const float* s, int n_heads, int n_kv, int hd,
-                               bf16* q_row, bf16* k_row, bf16* v_row, std::int64_t kv_head_stride) {
+__device__ void rope_split_row(const float* row, const float* c, const float* s, int n_heads, int n_kv,
+                               int hd, bf16* q_row, bf16* k_row, bf16* v_row, std::int64_t kv_head_stride) {
   const int half = hd / 2;
   const int qpairs = n_heads * half, kpairs = n_kv * half;
   for (int t = threadIdx.x; t < qpairs + kpairs; t += blockDim.x) {
@@ -373,8 +373,8 @@ void gemv(cudaStream_t s, const float* x, int m, const bf16* w, std::int64_t n, 
   if (m <= 0) return;
   const unsigned blocks = static_cast<unsigned>((n + kGemvWarps - 1) / kGemvWarps);
   switch (m) {
-#define MV_GEMV_CASE(M)                                                                   \
-  case M:                                                                                 \
+#define MV_GEMV_CASE(M)                                                                 \
+  case M:                                                                               \
     gemv_kernel<M><<<blocks, kGemvWarps * 32, 0, s>>>(x, w, n, k, bias, y, accumulate); \
     break;
     MV_GEMV_CASE(1)

@@ -151,9 +151,9 @@ __global__ void __launch_bounds__(256) nf4_dequant_kernel(Nf4Ref q, T* dst) {
   }
 }
 
-// Fused NF4 GEMV: one warp per output row. Fast path (k and the block size multiples of 32): lane takes
-// 16-byte chunks of 32 codes, which never straddle a block; the chunk's partial sums are multiplied by
-// its block scale once. Otherwise element by element (rows that start inside a block or a byte).
+// Fused NF4 GEMV, general shapes: one warp per output row, element by element with the block of each
+// element (rows that start inside a block or a byte, e.g. in = 3420). nf4_gemv_rows_kernel below is the
+// fast path.
 template <int M>
 __global__ void __launch_bounds__(kWarps * 32)
     nf4_gemv_kernel(const float* __restrict__ x, Nf4Ref q, std::int64_t n, std::int64_t k,
@@ -168,38 +168,7 @@ __global__ void __launch_bounds__(kWarps * 32)
   float acc[M];
 #pragma unroll
   for (int i = 0; i < M; ++i) acc[i] = 0.0f;
-  if ((k & 31) == 0 && q.block_shift >= 5) {
-    const uint4* p = reinterpret_cast<const uint4*>(q.packed + (e0 >> 1));
-    const std::int64_t chunks = k >> 5;
-#pragma unroll 2
-    for (std::int64_t c = lane; c < chunks; c += 32) {
-      const uint4 raw = __ldg(p + c);
-      const float s = nf4_scale(q, ncode, (e0 + (c << 5)) >> q.block_shift);
-      const unsigned words[4] = {raw.x, raw.y, raw.z, raw.w};
-      float part[M];
-#pragma unroll
-      for (int i = 0; i < M; ++i) part[i] = 0.0f;
-#pragma unroll
-      for (int wi = 0; wi < 4; ++wi) {
-        float wv[8];
-#pragma unroll
-        for (int b = 0; b < 4; ++b) {  // little endian: the lowest byte holds elements 2b (high) and 2b + 1
-          const unsigned byte = (words[wi] >> (8 * b)) & 0xffu;
-          wv[2 * b] = lut[byte >> 4];
-          wv[2 * b + 1] = lut[byte & 15u];
-        }
-#pragma unroll
-        for (int i = 0; i < M; ++i) {
-          const float4* xv = reinterpret_cast<const float4*>(x + i * k + (c << 5) + wi * 8);
-          const float4 a = __ldg(xv), bb = __ldg(xv + 1);
-          part[i] += wv[0] * a.x + wv[1] * a.y + wv[2] * a.z + wv[3] * a.w + wv[4] * bb.x + wv[5] * bb.y +
-                     wv[6] * bb.z + wv[7] * bb.w;
-        }
-      }
-#pragma unroll
-      for (int i = 0; i < M; ++i) acc[i] += part[i] * s;
-    }
-  } else {
+  {
     for (std::int64_t j = lane; j < k; j += 32) {
       const std::int64_t e = e0 + j;
       const unsigned byte = q.packed[e >> 1];
@@ -215,6 +184,87 @@ __global__ void __launch_bounds__(kWarps * 32)
       float r = v + (bias ? bias[row] : 0.0f);
       if (accumulate) r += y[i * ldy + row];
       y[i * ldy + row] = r;
+    }
+  }
+}
+
+// Fused NF4 GEMV, fast path (k % 32 == 0, blocks of >= 32): a warp takes kNf4Rows output rows; each lane
+// loads 16 bytes = 32 codes per row, which always lie in one block, so the block scale a' is computed
+// once per 16 bytes and multiplies the chunk's partial sums. The activations loaded for a chunk serve
+// all the warp's rows (otherwise x would be read from L1 8 times per weight byte).
+constexpr int kNf4Rows = 4;
+template <int M>
+__global__ void __launch_bounds__(kWarps * 32)
+    nf4_gemv_rows_kernel(const float* __restrict__ x, Nf4Ref q, std::int64_t n, std::int64_t k,
+                         const float* __restrict__ bias, float* y, std::int64_t ldy, bool accumulate) {
+  __shared__ float lut[16];
+  __shared__ float ncode[256];
+  load_tables(q, lut, ncode);
+  const int lane = threadIdx.x & 31;
+  const std::int64_t row0 = (static_cast<std::int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5)) * kNf4Rows;
+  if (row0 >= n) return;
+  const std::int64_t chunks = k >> 5;
+  float acc[kNf4Rows][M];
+#pragma unroll
+  for (int r = 0; r < kNf4Rows; ++r)
+#pragma unroll
+    for (int i = 0; i < M; ++i) acc[r][i] = 0.0f;
+  for (std::int64_t c = lane; c < chunks; c += 32) {
+    uint4 raw[kNf4Rows];
+    float s[kNf4Rows];
+#pragma unroll
+    for (int r = 0; r < kNf4Rows; ++r) {  // rows past n read row 0's bytes and are never written
+      const std::int64_t row = row0 + r < n ? row0 + r : row0;
+      const std::int64_t e = row * k + (c << 5);
+      raw[r] = __ldg(reinterpret_cast<const uint4*>(q.packed + (e >> 1)));
+      s[r] = nf4_scale(q, ncode, e >> q.block_shift);
+    }
+    float part[kNf4Rows][M];
+#pragma unroll
+    for (int r = 0; r < kNf4Rows; ++r)
+#pragma unroll
+      for (int i = 0; i < M; ++i) part[r][i] = 0.0f;
+#pragma unroll
+    for (int wi = 0; wi < 4; ++wi) {
+      float4 xa[M], xb[M];
+#pragma unroll
+      for (int i = 0; i < M; ++i) {
+        const float4* xv = reinterpret_cast<const float4*>(x + i * k + (c << 5) + wi * 8);
+        xa[i] = __ldg(xv);
+        xb[i] = __ldg(xv + 1);
+      }
+#pragma unroll
+      for (int r = 0; r < kNf4Rows; ++r) {
+        const unsigned word = wi == 0 ? raw[r].x : wi == 1 ? raw[r].y : wi == 2 ? raw[r].z : raw[r].w;
+        float wv[8];
+#pragma unroll
+        for (int b = 0; b < 4; ++b) {  // little endian: the lowest byte holds elements 2b (high) and 2b + 1
+          const unsigned byte = (word >> (8 * b)) & 0xffu;
+          wv[2 * b] = lut[byte >> 4];
+          wv[2 * b + 1] = lut[byte & 15u];
+        }
+#pragma unroll
+        for (int i = 0; i < M; ++i)
+          part[r][i] += wv[0] * xa[i].x + wv[1] * xa[i].y + wv[2] * xa[i].z + wv[3] * xa[i].w + wv[4] * xb[i].x +
+                        wv[5] * xb[i].y + wv[6] * xb[i].z + wv[7] * xb[i].w;
+      }
+    }
+#pragma unroll
+    for (int r = 0; r < kNf4Rows; ++r)
+#pragma unroll
+      for (int i = 0; i < M; ++i) acc[r][i] += part[r][i] * s[r];
+  }
+#pragma unroll
+  for (int r = 0; r < kNf4Rows; ++r) {
+    const std::int64_t row = row0 + r;
+#pragma unroll
+    for (int i = 0; i < M; ++i) {
+      const float v = warp_sum(acc[r][i]);
+      if (lane == 0 && row < n) {
+        float o = v + (bias ? bias[row] : 0.0f);
+        if (accumulate) o += y[i * ldy + row];
+        y[i * ldy + row] = o;
+      }
     }
   }
 }
@@ -373,11 +423,15 @@ void nf4_dequantize(cudaStream_t s, const Nf4Ref& q, bf16* dst) {
 void nf4_gemv(cudaStream_t s, const float* x, int m, const Nf4Ref& q, std::int64_t n, std::int64_t k,
               const float* bias, float* y, std::int64_t ldy, bool accumulate) {
   if (m <= 0 || n <= 0) return;
-  const unsigned blocks = warp_blocks(n);
+  const bool fast = (k & 31) == 0 && q.block_shift >= 5;
+  const unsigned blocks = fast ? warp_blocks((n + kNf4Rows - 1) / kNf4Rows) : warp_blocks(n);
   switch (m) {
-#define MV_NF4_CASE(M)                                                                            \
-  case M:                                                                                         \
-    nf4_gemv_kernel<M><<<blocks, kWarps * 32, 0, s>>>(x, q, n, k, bias, y, ldy, accumulate); \
+#define MV_NF4_CASE(M)                                                                                 \
+  case M:                                                                                              \
+    if (fast)                                                                                          \
+      nf4_gemv_rows_kernel<M><<<blocks, kWarps * 32, 0, s>>>(x, q, n, k, bias, y, ldy, accumulate); \
+    else                                                                                               \
+      nf4_gemv_kernel<M><<<blocks, kWarps * 32, 0, s>>>(x, q, n, k, bias, y, ldy, accumulate);      \
     break;
     MV_NF4_CASE(1)
     MV_NF4_CASE(2)
