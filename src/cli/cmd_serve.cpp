@@ -71,7 +71,8 @@ void add_serve_command(CLI::App& app) {
   cmd->add_option("--port", o.port, "TCP port (0 = any free port)")->capture_default_str();
   cmd->add_option("--model", o.model_dir,
                   "Qwen2.5-VL checkpoint folder: enables /analyze and /v1/chat/completions");
-  cmd->add_option("--adapter", o.adapter, "PEFT LoRA adapter folder merged into the model at load (needs --model)");
+  cmd->add_option("--adapter", o.adapter,
+                  "PEFT LoRA adapter folder merged into the model at load (needs --model)");
   cmd->add_option("--backend", o.backend, "extraction backend: auto (vlm with --model, else ocr), ocr or vlm")
       ->capture_default_str();
   cmd->add_option("--device", o.device,
@@ -87,8 +88,8 @@ void add_serve_command(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option(
          "--max-batch", o.max_batch,
-         "vlm: sequences per decode step (1 until batched decode lands); ocr: concurrent extractions (0 = "
-         "cores)")
+         "sequences sharing each decode step of the model (0 = 8); also the concurrent extractions (ocr "
+         "backend: 0 = cores)")
       ->capture_default_str();
   cmd->add_option("--benchmarks", o.benchmarks_dir, "folder whose JSON files GET /benchmark returns")
       ->capture_default_str();

@@ -477,10 +477,17 @@ std::optional<ParsedLab> parse_lab_row(std::string_view text, const Vocabulary& 
   static const std::regex num_re(R"(^[<>]?=?\d+(?:[.,]\d+)?$)");
   static const std::regex range_re(R"(^[<>]=?\s?\d+(?:\.\d+)?$|^-?\d+(?:\.\d+)?-\d+(?:\.\d+)?$)");
   std::string lname = to_lower(p.lab.test);
+  static const std::regex loinc_re(R"(^\d{1,5}-\d$)");
   for (std::size_t k = 0; k < toks.size(); ++k) {
     const std::string& t = toks[k].t;
     std::string lt = to_lower(t);
-    if (t == ":" || t == "-") continue;
+    if (t == ":" || t == "-" || t == "|") continue;
+    // A LOINC code printed right after the name (before the value): "Sodium 2951-2  143 ...".
+    if (p.lab.value.empty() && !p.printed_loinc && std::regex_match(t, loinc_re)) {
+      p.printed_loinc = t;
+      p.spans["loinc"] = toks[k].sp;
+      continue;
+    }
     // value
     if (p.lab.value.empty()) {
       if (std::regex_match(t, num_re) && !(k + 1 < toks.size() && toks[k + 1].t == "-")) {

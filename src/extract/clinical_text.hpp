@@ -64,8 +64,9 @@ std::optional<ParsedMedication> parse_medication(std::string_view text, const Vo
 void parse_sig_into(std::string_view text, std::size_t offset, const Vocabulary& v, ParsedMedication& m);
 
 struct ParsedLab {
-  Lab lab;
+  Lab lab;  // lab.loinc: from the vocabulary for a known test
   std::map<std::string, Span> spans;
+  std::optional<std::string> printed_loinc;  // a LOINC code printed after the test name ("Sodium 2951-2")
 };
 // Parses a lab row "Potassium  5.8  H  mmol/L  3.5-5.1" (cells in any order after the test name).
 std::optional<ParsedLab> parse_lab_row(std::string_view text, const Vocabulary& v);

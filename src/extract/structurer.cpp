@@ -873,7 +873,7 @@ class Builder {
   // A vaccine name wrapped in its table cell ("Meningococcal conjugate vaccine" / "(MenACWY)"): the row
   // right under the item, with no date, whose first word starts where the vaccine name starts.
   bool immunization_continuation(const std::vector<RowView>& rows, std::size_t i) {
-    if (!immunization_open_ || i == 0 || !e_.immunizations[immunization_open_->item].vaccine) return false;
+    if (!immunization_open_ || i == 0) return false;
     const RowView& r = rows[i];
     const RowView& prev = rows[i - 1];
     if (r.cells.empty() || r.words.empty() || r.page != prev.page) return false;
@@ -884,7 +884,7 @@ class Builder {
       if (normalise_date(r.cell(c), false, nullptr)) return false;
     std::string extra = trim(r.cell(0));
     if (extra.empty() || extra.size() > 40) return false;
-    auto& vaccine = *e_.immunizations[immunization_open_->item].vaccine;
+    auto& vaccine = e_.immunizations[immunization_open_->item].vaccine;
     vaccine += " " + extra;
     immunization_open_.reset();
     return true;
@@ -930,16 +930,42 @@ class Builder {
   }
 
   bool lab(const RowView& r) {
-    auto p = parse_lab_row(r.text.substr(skip_marker(r.text)), v_);
-    if (!p) return prose_labs(r);
-    std::size_t off = skip_marker(r.text);
-    for (auto& [k, sp] : p->spans) sp = {sp.first + off, sp.second + off};
-    if (!p->lab.flag && o_.derive_flags && p->lab.reference_range)
-      if (auto f = derive_flag(p->lab.value, *p->lab.reference_range)) p->lab.flag = *f;  // no "flag" box
-    p->lab.loinc.reset();  // only a printed code belongs in the extraction; FHIR export adds known codes
-    p->lab.provenance = make_provenance(r, p->spans);
-    e_.labs.push_back(std::move(p->lab));
-    return true;
+    // Side-by-side result tables ("Test Result Units Range | Test Result Units Range") print two results
+    // in one row: the row is cut before each later cell that starts with a test name and is read piece
+    // by piece.
+    std::vector<std::size_t> cuts{skip_marker(r.text)};
+    for (std::size_t c = 1; c < r.cells.size(); ++c) {
+      std::string cell = r.cell(c);
+      auto f = find_longest(cell, v_.lab_tests);
+      if (!f || f->second.first != 0) continue;
+      // A test name as a whole word that is followed by a value in the same or the next cell.
+      const std::size_t e = f->second.second;
+      if (e < cell.size() && std::isalnum(static_cast<unsigned char>(cell[e]))) continue;
+      std::string after = trim(cell.substr(e));
+      if (after.empty() && c + 1 < r.cells.size()) after = trim(r.cell(c + 1));
+      if (after.empty() || !std::isdigit(static_cast<unsigned char>(after[0])) &&
+                               after[0] != '<' && after[0] != '>')
+        continue;
+      cuts.push_back(r.cells[c].first);
+    }
+    cuts.push_back(r.text.size());
+    bool any = false;
+    for (std::size_t k = 0; k + 1 < cuts.size(); ++k) {
+      const std::size_t off = cuts[k];
+      std::string piece = r.text.substr(off, cuts[k + 1] - off);
+      while (!piece.empty() && piece.back() == ' ') piece.pop_back();
+      auto p = parse_lab_row(piece, v_);
+      if (!p) continue;
+      for (auto& [name, sp] : p->spans) sp = {sp.first + off, sp.second + off};
+      if (!p->lab.flag && o_.derive_flags && p->lab.reference_range)
+        if (auto f = derive_flag(p->lab.value, *p->lab.reference_range)) p->lab.flag = *f;  // no "flag" box
+      // Only a printed code belongs in the extraction; the FHIR export adds the codes of known tests.
+      p->lab.loinc = p->printed_loinc;
+      p->lab.provenance = make_provenance(r, p->spans);
+      e_.labs.push_back(std::move(p->lab));
+      any = true;
+    }
+    return any || prose_labs(r);
   }
 
   // -------------------------------------------------------------------------------------------- vitals

@@ -20,7 +20,9 @@ void to_device(cudaStream_t s, cuda::Buffer& b, const T* src, std::size_t n) {
 template <typename T>
 void to_host(cudaStream_t s, const cuda::Buffer& b, std::vector<T>& dst, std::size_t n) {
   dst.resize(n);
-  if (n) cuda::check(cudaMemcpyAsync(dst.data(), b.data(), n * sizeof(T), cudaMemcpyDeviceToHost, s), "NF4 download");
+  if (n)
+    cuda::check(cudaMemcpyAsync(dst.data(), b.data(), n * sizeof(T), cudaMemcpyDeviceToHost, s),
+                "NF4 download");
 }
 
 int log2_exact(std::int64_t v, const char* what) {
@@ -39,7 +41,8 @@ cuda::ElemType elem_type(DType dt) {
     case DType::kBF16:
       return cuda::ElemType::kBF16;
     default:
-      fail(Errc::kUnsupported, "CUDA: dtype {} is not a floating weight type (F32, F16, BF16)", dtype_name(dt));
+      fail(Errc::kUnsupported, "CUDA: dtype {} is not a floating weight type (F32, F16, BF16)",
+           dtype_name(dt));
   }
 }
 
@@ -69,8 +72,8 @@ Nf4Device quantize_nf4_device(cudaStream_t s, const void* src, DType dt, std::in
   const std::int64_t nb2 = (nb + kNestedBlockSize - 1) / kNestedBlockSize;
   d.packed.resize(static_cast<std::size_t>(std::max<std::int64_t>((numel + 1) / 2, 1)));
   cuda::Buffer absmax(static_cast<std::size_t>(std::max<std::int64_t>(nb, 1)) * sizeof(float));
-  cuda::nf4_quantize_blocks(s, src, et, numel, log2_exact(kNf4BlockSize, "blocksize"), d.packed.as<std::uint8_t>(),
-                            absmax.as<float>());
+  cuda::nf4_quantize_blocks(s, src, et, numel, log2_exact(kNf4BlockSize, "blocksize"),
+                            d.packed.as<std::uint8_t>(), absmax.as<float>());
   // The offset: the mean of the fp32 maxima, summed in double in index order like double_quantize.
   std::vector<float> host;
   to_host(s, absmax, host, static_cast<std::size_t>(nb));
@@ -100,7 +103,8 @@ Nf4Device upload_nf4(cudaStream_t s, const Nf4View& v) {
   if (d.nested) {
     d.nested_blocksize = v.nested_blocksize;
     d.offset = v.offset;
-    const std::size_t nb2 = (nb + static_cast<std::size_t>(v.nested_blocksize) - 1) / static_cast<std::size_t>(v.nested_blocksize);
+    const std::size_t nb2 = (nb + static_cast<std::size_t>(v.nested_blocksize) - 1) /
+                            static_cast<std::size_t>(v.nested_blocksize);
     to_device(s, d.absmax_q, v.absmax_q, nb);
     to_device(s, d.nested_absmax, v.nested_absmax, nb2);
     to_device(s, d.nested_code, v.nested_code, 256);
@@ -149,7 +153,8 @@ Nf4Tensor CudaQuantizer::quantize(const void* data, DType dtype, std::vector<std
   for (auto v : shape) numel *= v;
   const std::size_t bytes = static_cast<std::size_t>(numel) * cuda::elem_size(elem_type(dtype));
   src_.ensure(std::max<std::size_t>(bytes, 1));
-  if (bytes) cuda::check(cudaMemcpyAsync(src_.data(), data, bytes, cudaMemcpyHostToDevice, stream_), "tensor upload");
+  if (bytes)
+    cuda::check(cudaMemcpyAsync(src_.data(), data, bytes, cudaMemcpyHostToDevice, stream_), "tensor upload");
   const Nf4Device d = quantize_nf4_device(stream_, src_.data(), dtype, numel);
   return download_nf4(stream_, d, std::move(shape), dtype);
 }

@@ -110,6 +110,7 @@ BatchScheduler::BatchScheduler(ChatModel& model, BatchOptions options, Metrics* 
   if (options_.max_queue < 0) fail(Errc::kUsage, "max_queue must be 0 or more");
   vocab_ = static_cast<std::size_t>(model_.model->config().text.vocab_size);
   logits_.resize(static_cast<std::size_t>(options_.max_batch) * vocab_);
+  next_.resize(static_cast<std::size_t>(options_.max_batch));
   piece_.reserve(256);
   engine_ = std::thread([this] { engine_main(); });
 }
@@ -378,9 +379,20 @@ void BatchScheduler::engine_main() {
       tokens.push_back(s->next);
     }
     const std::size_t n = decoding.size();
+    // Greedy sequences without a repetition penalty need only the argmax: when the engine picks on the
+    // device and every sequence of the step is such, no logits leave it (as in the serial generator).
+    const bool device_greedy =
+        model_.model->greedy_on_device() && std::all_of(decoding.begin(), decoding.end(), [](const auto& s) {
+          const auto& p = s->sampler->params();
+          return !p.do_sample && p.repetition_penalty == 1.0f;
+        });
     const auto t0 = Clock::now();
     try {
-      model_.model->decode_batch(sessions, tokens, std::span<float>(logits_.data(), n * vocab_));
+      if (device_greedy) {
+        model_.model->decode_batch_greedy(sessions, tokens, std::span<std::int32_t>(next_.data(), n));
+      } else {
+        model_.model->decode_batch(sessions, tokens, std::span<float>(logits_.data(), n * vocab_));
+      }
     } catch (...) {
       // The engine failed: every sequence of the step gets the error.
       const auto error = std::current_exception();
@@ -399,7 +411,14 @@ void BatchScheduler::engine_main() {
     for (std::size_t i = 0; i < n; ++i) {
       Sequence& s = *decoding[i];
       try {
-        if (on_token(s, s.sampler->sample(std::span<float>(logits_.data() + i * vocab_, vocab_)))) continue;
+        std::int32_t token;
+        if (device_greedy) {
+          token = next_[i];
+          s.sampler->add_history(token);
+        } else {
+          token = s.sampler->sample(std::span<float>(logits_.data() + i * vocab_, vocab_));
+        }
+        if (on_token(s, token)) continue;
       } catch (...) {
         retire(std::move(decoding[i]), std::current_exception());
         continue;

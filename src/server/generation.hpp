@@ -147,8 +147,9 @@ class BatchScheduler final : public GenerationScheduler {
   BatchOptions options_;
   Metrics* metrics_;
   std::size_t vocab_ = 0;
-  std::vector<float> logits_;  // [max_batch, vocab] outputs of one decode step
-  std::string piece_;          // scratch for decoded token bytes
+  std::vector<float> logits_;       // [max_batch, vocab] outputs of one decode step
+  std::vector<std::int32_t> next_;  // [max_batch] tokens picked on the device (greedy steps)
+  std::string piece_;               // scratch for decoded token bytes
 
   mutable std::mutex mutex_;
   std::condition_variable wake_;

@@ -27,11 +27,12 @@ struct ServerOptions {
   std::filesystem::path tls_cert, tls_key;
   int max_upload_mb = 20;  // per uploaded document / image
   int max_queue = 16;      // requests waiting for a worker, per queue
-  int max_batch = 0;       // vlm: sequences per decode step; ocr: concurrent extractions (0 = cores)
+  int max_batch =
+      0;  // model: sequences per decode step (0 = 8); also concurrent extractions (ocr: 0 = cores)
   std::filesystem::path benchmarks_dir = "benchmarks";
   int http_threads = 0;         // connection threads (0 = max(32, max_queue + workers + 8))
   int threads = 0;              // engine / OCR threads (0 = hardware concurrency)
-  int max_tokens_limit = 4096;  // largest max_tokens a client may ask for
+  int max_tokens_limit = 4096;  // largest max_tokens a client may ask for (also bounds a VLM extraction)
   int default_max_tokens = 512;
   int max_pages = 16;                                      // pages decoded per uploaded document
   std::optional<std::filesystem::path> allow_local_files;  // image_url file paths allowed below this folder

@@ -114,7 +114,11 @@ TEST(CudaOps, GemmWithBiasAndAccumulate) {
 TEST(CudaOps, GemvMatchesCpuInFp32) {
   SKIP_WITHOUT_GPU();
   std::mt19937 rng(9);
-  for (auto [m, n, k] : {std::array<std::int64_t, 3>{1, 4608, 3584}, {4, 37, 1000}, {2, 64, 36}}) {
+  for (auto [m, n, k] : {std::array<std::int64_t, 3>{1, 4608, 3584},
+                         {4, 37, 1000},
+                         {2, 64, 36},
+                         {8, 300, 1024},
+                         {7, 50, 72}}) {
     std::normal_distribution<float> d(0.0f, 1.0f);
     std::vector<float> x(static_cast<std::size_t>(m * k));
     for (auto& v : x) v = d(rng);  // not rounded: the GEMV keeps fp32 activations

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -113,7 +114,8 @@ void expect_identical_quantization(const std::vector<float>& values, DType dt, c
   ASSERT_EQ(gpu.nested_absmax.size(), cpu.nested_absmax.size()) << what;
   EXPECT_TRUE(same_bits(gpu.nested_absmax.data(), cpu.nested_absmax.data(), 4 * cpu.nested_absmax.size()))
       << what << ": nested scales differ";
-  EXPECT_TRUE(same_bits(&gpu.offset, &cpu.offset, 4)) << what << ": offset " << gpu.offset << " vs " << cpu.offset;
+  EXPECT_TRUE(same_bits(&gpu.offset, &cpu.offset, 4))
+      << what << ": offset " << gpu.offset << " vs " << cpu.offset;
   // Dequantized values: fp32 bit for bit; bf16 = the CPU's fp32 rounded to nearest even.
   std::vector<float> want(static_cast<std::size_t>(n));
   quant::dequantize(cpu.view(), want);
@@ -150,7 +152,8 @@ TEST(Nf4Cuda, HandMadeBlocksBitIdentical) {
   }
   ties.resize(64, 0.25f);
   std::vector<float> zeros(64, 0.0f), equal(64, -0.75f), mixed(130, 0.0f);
-  for (std::size_t i = 0; i < mixed.size(); ++i) mixed[i] = (i % 3 == 0) ? -1.5f : 0.5f * static_cast<float>(i % 7);
+  for (std::size_t i = 0; i < mixed.size(); ++i)
+    mixed[i] = (i % 3 == 0) ? -1.5f : 0.5f * static_cast<float>(i % 7);
   std::vector<float> nans(64, 0.3f);
   nans[5] = std::numeric_limits<float>::quiet_NaN();
   nans[6] = -2.0f;
@@ -202,7 +205,8 @@ void check_nf4_linear(std::int64_t n, std::int64_t k, std::mt19937& rng) {
     std::vector<float> want(static_cast<std::size_t>(m * n));
     ops::linear(x.data(), m, mq, bias.data(), want.data(), nullptr);
     for (int i = 0; i < m; ++i)
-      for (std::int64_t r = 0; r < n; ++r) want[static_cast<std::size_t>(i * n + r)] += y0[static_cast<std::size_t>(i * ldy + r)];
+      for (std::int64_t r = 0; r < n; ++r)
+        want[static_cast<std::size_t>(i * n + r)] += y0[static_cast<std::size_t>(i * ldy + r)];
     auto dy = upload(y0);
     cuda::nf4_gemv(nullptr, dx.as<float>(), m, dev.ref(), n, k, db.as<float>(), dy.as<float>(), ldy, true);
     const auto got_all = download<float>(dy, y0.size());
@@ -226,7 +230,8 @@ void check_nf4_linear(std::int64_t n, std::int64_t k, std::mt19937& rng) {
   ops::linear(xa.data(), rows, mq, bias.data(), want.data(), nullptr);
   quant::dequantize(view, wq);
   for (std::size_t i = 0; i < wq.size(); ++i) wq16[i] = bf16_round(wq[i]);
-  ops::linear(xa.data(), rows, ops::Matrix{wq16.data(), DType::kF32, n, k}, bias.data(), want16.data(), nullptr);
+  ops::linear(xa.data(), rows, ops::Matrix{wq16.data(), DType::kF32, n, k}, bias.data(), want16.data(),
+              nullptr);
   cudaStream_t s = nullptr;
   cuda::Gemm gemm;
   cuda::Buffer scratch;
@@ -351,7 +356,8 @@ TEST(CudaDense, F16AndF32WeightsKeepTheirPrecision) {
         ops::linear(x.data(), m, ops::Matrix{w.data(), DType::kF32, n, k}, bias.data(), want.data(), nullptr);
         cuda::Buffer dy(want.size() * 4);
         dl.gemv(lc, dx.as<float>(), m, dy.as<float>(), false);
-        EXPECT_LE(rel_l2(download<float>(dy, want.size()), want), 1e-5) << dtype_name(dt) << " gemv " << m << "x" << n << "x" << k;
+        EXPECT_LE(rel_l2(download<float>(dy, want.size()), want), 1e-5)
+            << dtype_name(dt) << " gemv " << m << "x" << n << "x" << k;
       }
       // GEMM on bf16 activations: converted exactly to f16 / fp32, so only fp32 accumulation differs.
       const std::int64_t rows = 33;
@@ -362,11 +368,13 @@ TEST(CudaDense, F16AndF32WeightsKeepTheirPrecision) {
         xb[i] = __float2bfloat16(xa[i]);
       }
       std::vector<float> want(static_cast<std::size_t>(rows * n));
-      ops::linear(xa.data(), rows, ops::Matrix{w.data(), DType::kF32, n, k}, bias.data(), want.data(), nullptr);
+      ops::linear(xa.data(), rows, ops::Matrix{w.data(), DType::kF32, n, k}, bias.data(), want.data(),
+                  nullptr);
       auto dxb = upload(xb);
       cuda::Buffer dy(want.size() * 4);
       dl.gemm(lc, dxb.as<cuda::bf16>(), rows, dy.as<float>(), false);
-      EXPECT_LE(rel_l2(download<float>(dy, want.size()), want), 1e-5) << dtype_name(dt) << " gemm " << n << "x" << k;
+      EXPECT_LE(rel_l2(download<float>(dy, want.size()), want), 1e-5)
+          << dtype_name(dt) << " gemm " << n << "x" << k;
     }
   }
 }
@@ -408,7 +416,8 @@ struct Expected {
   nlohmann::json j;
   std::vector<float> data;
   std::span<const float> array(const char* key) const {
-    const auto off = j["data"][key]["offset"].get<std::size_t>(), n = j["data"][key]["count"].get<std::size_t>();
+    const auto off = j["data"][key]["offset"].get<std::size_t>(),
+               n = j["data"][key]["count"].get<std::size_t>();
     return {data.data() + off, n};
   }
 };
@@ -435,7 +444,8 @@ std::vector<PixelValues> pixels(const Expected& e) {
     px.rows = px.grid_thw[0] * px.grid_thw[1] * px.grid_thw[2];
     px.cols = e.j["pixel_values"]["shape"][1].get<std::int64_t>();
     const auto n = static_cast<std::size_t>(px.rows * px.cols);
-    px.data.assign(all.begin() + static_cast<std::ptrdiff_t>(off), all.begin() + static_cast<std::ptrdiff_t>(off + n));
+    px.data.assign(all.begin() + static_cast<std::ptrdiff_t>(off),
+                   all.begin() + static_cast<std::ptrdiff_t>(off + n));
     off += n;
     out.push_back(std::move(px));
   }
@@ -613,7 +623,8 @@ TEST(Nf4Timings, KernelsAt7BShapes) {
     for (auto& v : w) v = g(rng);
     auto src = upload(encode(w, DType::kBF16));
     quant::Nf4Device d;
-    const float qms = time_ms([&] { d = quant::quantize_nf4_device(nullptr, src.data(), DType::kBF16, n * k); }, 3);
+    const float qms =
+        time_ms([&] { d = quant::quantize_nf4_device(nullptr, src.data(), DType::kBF16, n * k); }, 3);
     const cuda::Nf4Ref ref = d.ref();
     const double bytes = static_cast<double>(d.packed.size() + d.absmax_q.size());
     std::vector<float> xv(static_cast<std::size_t>(8 * k));
@@ -622,13 +633,16 @@ TEST(Nf4Timings, KernelsAt7BShapes) {
     cuda::Buffer y(static_cast<std::size_t>(8 * n) * sizeof(float)), wb(static_cast<std::size_t>(n * k) * 2);
     for (int m : {1, 4, cuda::kGemvMaxRows}) {
       const float ms = time_ms(
-          [&] { cuda::nf4_gemv(nullptr, x.as<float>(), m, ref, n, k, nullptr, y.as<float>(), n, false); }, 20);
+          [&] { cuda::nf4_gemv(nullptr, x.as<float>(), m, ref, n, k, nullptr, y.as<float>(), n, false); },
+          20);
       std::printf("[ timing   ] nf4 gemv %lldx%lld, %d rows: %.3f ms (%.0f GB/s of codes and scales)\n",
                   static_cast<long long>(n), static_cast<long long>(k), m, ms, bytes / ms / 1e6);
     }
     const float dms = time_ms([&] { cuda::nf4_dequantize(nullptr, ref, wb.as<cuda::bf16>()); }, 10);
-    std::printf("[ timing   ] nf4 %lldx%lld: quantize %.2f ms (with the host offset sum), dequantize to bf16 %.3f ms\n",
-                static_cast<long long>(n), static_cast<long long>(k), qms, dms);
+    std::printf(
+        "[ timing   ] nf4 %lldx%lld: quantize %.2f ms (with the host offset sum), dequantize to bf16 %.3f "
+        "ms\n",
+        static_cast<long long>(n), static_cast<long long>(k), qms, dms);
   }
   cudaEventDestroy(e0);
   cudaEventDestroy(e1);

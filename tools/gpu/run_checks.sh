@@ -3,7 +3,9 @@
 # the argument "bench" the 7B side-by-side benchmark; with "nf4" (NF4 only, no test_gpu run): quantizes the
 # 7B random checkpoint on the GPU (timed), benches the NF4 model and compares its logits with bf16; with
 # "decode": the decode tests (batched, graphs, greedy on the device) and the 7B decode benchmark at
-# concurrency 1, 8 and 32 (MV_CONCURRENCY overrides), plus concurrency 1 without CUDA graphs.
+# concurrency 1, 8 and 32 (MV_CONCURRENCY overrides), plus concurrency 1 without CUDA graphs; with "attn":
+# the prefill/vision attention tests (both kernels), the model parity tests with MV_ATTN=wmma, the kernel
+# timings and the vision/TTFT benchmark with each attention kernel.
 # Logs go to $OUT.
 set -o pipefail
 cd "$(dirname "$0")/../.."
@@ -13,7 +15,8 @@ if [ ! -e /work/main ]; then mkdir -p /work && ln -s "$PWD" /work/main; fi
 mkdir -p ~/.cache/medvision && xz -dc .carry/cuda/tokenizer.json.xz > ~/.cache/medvision/tokenizer.json
 nvidia-smi --query-gpu=name,driver_version,memory.used,memory.total,clocks.sm,clocks.mem --format=csv | tee "$OUT/gpu.txt"
 date -u | tee -a "$OUT/gpu.txt"
-if [ "${1:-}" != bench-only ] && [ "${1:-}" != logits ] && [ "${1:-}" != nf4 ] && [ "${1:-}" != decode ]; then
+if [ "${1:-}" != bench-only ] && [ "${1:-}" != logits ] && [ "${1:-}" != nf4 ] && [ "${1:-}" != decode ] &&
+  [ "${1:-}" != attn ]; then
   MV_GPU_TIMINGS=1 test_gpu 2>&1 | tee "$OUT/test_gpu.log"
 fi
 if [ "${1:-}" = logits ]; then
@@ -54,4 +57,19 @@ if [ "${1:-}" = decode ]; then
   MV_CUDA_GRAPHS=0 medvision bench --model "$M" --image /tmp/page.png --max-new-tokens "${MV_NEW_TOKENS:-256}" \
     --ignore-eos --runs "${MV_RUNS:-2}" --warmup 1 --device cuda --json "$OUT/bench_decode_c1_nographs.json" \
     2>&1 | grep '^bench' | tee -a "$OUT/bench_decode.log"
+fi
+if [ "${1:-}" = attn ]; then
+  test_gpu --gtest_filter='CudaAttention.*:CudaOps.Attention*:*CudaParity.VisionFeatures*:*CudaParity.TeacherForced*' \
+    2>&1 | tee "$OUT/test_attn.log"
+  MV_ATTN=wmma test_gpu --gtest_filter='*CudaParity.VisionFeatures*:*CudaParity.TeacherForced*' 2>&1 |
+    tee -a "$OUT/test_attn.log"
+  MV_GPU_TIMINGS=1 test_gpu --gtest_filter='CudaTimings.*' 2>&1 | tee -a "$OUT/test_attn.log"
+  M=/tmp/qwen25vl-7b-random
+  [ -f "$M/config.json" ] || medvision -q debug random-checkpoint --config 7b --out "$M" --json > "$OUT/random_checkpoint.json"
+  python3 -c "from PIL import Image; Image.open('docs/images/synth_discharge_summary_fax.png').convert('RGB').resize((1008, 1316), Image.BICUBIC).save('/tmp/page.png')"
+  for K in mma wmma; do
+    MV_ATTN=$K medvision bench --model "$M" --image /tmp/page.png --max-new-tokens 16 --ignore-eos \
+      --runs "${MV_RUNS:-3}" --warmup 1 --device cuda --json "$OUT/bench_attn_$K.json" 2>&1 | grep '^bench' |
+      tee -a "$OUT/bench_attn.log"
+  done
 fi

@@ -72,7 +72,8 @@ std::uint64_t DLinear::weight_bytes() const {
   return n;
 }
 
-void DLinear::gemm(const LinearContext& c, const bf16* a, std::int64_t rows, float* y, bool accumulate) const {
+void DLinear::gemm(const LinearContext& c, const bf16* a, std::int64_t rows, float* y,
+                   bool accumulate) const {
   if (rows <= 0) return;
   const auto n_act = static_cast<std::size_t>(rows * in);
   switch (format) {
@@ -99,9 +100,10 @@ void DLinear::gemm(const LinearContext& c, const bf16* a, std::int64_t rows, flo
       for (const Nf4Part& p : parts) {
         bf16* dst = wb + p.row0 * in;
         if (p.dense.size())
-          cuda::check(cudaMemcpyAsync(dst, p.dense.data(), static_cast<std::size_t>(p.rows * in) * sizeof(bf16),
-                                      cudaMemcpyDeviceToDevice, c.stream),
-                      "linear: copy unquantized part");
+          cuda::check(
+              cudaMemcpyAsync(dst, p.dense.data(), static_cast<std::size_t>(p.rows * in) * sizeof(bf16),
+                              cudaMemcpyDeviceToDevice, c.stream),
+              "linear: copy unquantized part");
         else
           cuda::nf4_dequantize(c.stream, p.ref, dst);
       }
@@ -126,8 +128,8 @@ void DLinear::gemv(const LinearContext& c, const float* x, int rows, float* y, b
       for (const Nf4Part& p : parts) {
         const float* pb = bs ? bs + p.row0 : nullptr;
         if (p.dense.size())
-          cuda::gemv_typed(c.stream, x, rows, p.dense.data(), cuda::ElemType::kBF16, p.rows, in, pb, y + p.row0,
-                           out, accumulate);
+          cuda::gemv_typed(c.stream, x, rows, p.dense.data(), cuda::ElemType::kBF16, p.rows, in, pb,
+                           y + p.row0, out, accumulate);
         else
           cuda::nf4_gemv(c.stream, x, rows, p.ref, p.rows, in, pb, y + p.row0, out, accumulate);
       }
@@ -176,7 +178,8 @@ void Uploader::put(const ops::Matrix& m, void* dst, bool to_bf16) {
   for (std::int64_t off = 0; off < n; off += per) {
     const std::int64_t cnt = std::min(per, n - off);
     cuda::check(cudaEventSynchronize(ev_[cur_]), "staging wait");
-    std::memcpy(pinned_[cur_], static_cast<const char*>(m.data) + off * esz, static_cast<std::size_t>(cnt) * esz);
+    std::memcpy(pinned_[cur_], static_cast<const char*>(m.data) + off * esz,
+                static_cast<std::size_t>(cnt) * esz);
     if (raw) {
       cuda::check(cudaMemcpyAsync(static_cast<char*>(dst) + off * esz, pinned_[cur_],
                                   static_cast<std::size_t>(cnt) * esz, cudaMemcpyHostToDevice, s_),

@@ -48,9 +48,9 @@ struct Nf4Part {
 
 struct DLinear {
   WeightFormat format = WeightFormat::kBF16;
-  Buffer w;                     // dense formats: the weight [out, in] in `format`
+  Buffer w;                    // dense formats: the weight [out, in] in `format`
   std::vector<Nf4Part> parts;  // kNF4
-  Buffer b;                     // fp32 bias [out] (empty when none)
+  Buffer b;                    // fp32 bias [out] (empty when none)
   std::int64_t out = 0, in = 0;
 
   const float* bias() const { return b.size() ? b.as<float>() : nullptr; }

@@ -1,16 +1,19 @@
-// cuBLASLt GEMM of the CUDA engine: bf16 operands, fp32 accumulation and output, optional fp32 bias in
-// the epilogue and accumulation into the output (beta = 1, used for residual adds). Row-major y = x·Wᵀ
-// is the column-major product yᵀ[n, m] = W[k, n]ᵀ · xᵀ[k, m]. The heuristic's choice is cached per shape.
+// cuBLASLt GEMM of the CUDA engine: bf16 operands (or f16 / fp32 ones), fp32 accumulation and output,
+// optional fp32 bias in the epilogue and accumulation into the output (beta = 1, used for residual adds).
+// Row-major y = x·Wᵀ is the column-major product yᵀ[n, m] = W[k, n]ᵀ · xᵀ[k, m]. The heuristic's choice is
+// cached per shape.
 #if MEDVISION_HAS_CUDA
 #include <cublasLt.h>
 
 #include <map>
 #include <mutex>
+#include <set>
 #include <tuple>
 
 #include "core/error.hpp"
 #include "ops/cuda/cublaslt_api.hpp"
 #include "ops/cuda/cuda_ops.hpp"
+#include "ops/cuda/weight_formats.hpp"
 
 namespace mv::cuda {
 
@@ -37,6 +40,8 @@ struct Gemm::Impl {
   Buffer workspace;
   std::mutex mutex;
   std::map<std::tuple<std::int64_t, std::int64_t, std::int64_t, bool, int>, Plan> plans;
+  // Shapes whose bias epilogue has no algorithm (the bias is then added by a kernel after the GEMM).
+  std::set<std::tuple<std::int64_t, std::int64_t, std::int64_t, int>> no_bias_epilogue;
 
   Plan& plan(std::int64_t m, std::int64_t n, std::int64_t k, bool bias, Gemm::Operands type) {
     auto key = std::make_tuple(m, n, k, bias, static_cast<int>(type));
@@ -56,12 +61,10 @@ struct Gemm::Impl {
       check_lt(lt.desc_set_attribute(p.op, CUBLASLT_MATMUL_DESC_EPILOGUE, &ep, sizeof ep), "epilogue");
       check_lt(lt.desc_set_attribute(p.op, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bt, sizeof bt), "bias type");
     }
-    check_lt(
-        lt.layout_create(&p.a, ab, static_cast<std::uint64_t>(k), static_cast<std::uint64_t>(n), k),
-        "layout A");
-    check_lt(
-        lt.layout_create(&p.b, ab, static_cast<std::uint64_t>(k), static_cast<std::uint64_t>(m), k),
-        "layout B");
+    check_lt(lt.layout_create(&p.a, ab, static_cast<std::uint64_t>(k), static_cast<std::uint64_t>(n), k),
+             "layout A");
+    check_lt(lt.layout_create(&p.b, ab, static_cast<std::uint64_t>(k), static_cast<std::uint64_t>(m), k),
+             "layout B");
     check_lt(
         lt.layout_create(&p.c, CUDA_R_32F, static_cast<std::uint64_t>(n), static_cast<std::uint64_t>(m), n),
         "layout C");
@@ -76,7 +79,9 @@ struct Gemm::Impl {
     lt.preference_destroy(pref);
     if (st != CUBLAS_STATUS_SUCCESS || found == 0)
       fail(Errc::kInternal, "cuBLASLt: no algorithm for a {}x{}x{} {} GEMM (status {})", m, n, k,
-           type == Gemm::Operands::kF32 ? "fp32" : type == Gemm::Operands::kF16 ? "f16" : "bf16",
+           type == Gemm::Operands::kF32   ? "fp32"
+           : type == Gemm::Operands::kF16 ? "f16"
+                                          : "bf16",
            static_cast<int>(st));
     p.algo = res.algo;
     return plans.emplace(key, p).first->second;
@@ -111,14 +116,25 @@ void Gemm::run_typed(cudaStream_t s, Operands type, const void* x, std::int64_t 
   if (m <= 0) return;
   std::lock_guard lock(impl_->mutex);
   const CublasLtApi& lt = impl_->lt;
-  Plan& p = impl_->plan(m, n, k, bias != nullptr, type);
-  if (bias)
-    check_lt(lt.desc_set_attribute(p.op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias),
+  const auto shape = std::make_tuple(m, n, k, static_cast<int>(type));
+  Plan* p = nullptr;
+  if (bias && !impl_->no_bias_epilogue.count(shape)) {
+    try {
+      p = &impl_->plan(m, n, k, true, type);
+    } catch (const Error&) {  // no algorithm with the bias epilogue for these operand types
+      impl_->no_bias_epilogue.insert(shape);
+    }
+  }
+  const bool bias_after = bias != nullptr && p == nullptr;
+  if (!p) p = &impl_->plan(m, n, k, false, type);
+  if (bias && !bias_after)
+    check_lt(lt.desc_set_attribute(p->op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias),
              "bias pointer");
   const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
-  check_lt(lt.matmul(impl_->handle, p.op, &alpha, w, p.a, x, p.b, &beta, y, p.c, y, p.c, &p.algo,
+  check_lt(lt.matmul(impl_->handle, p->op, &alpha, w, p->a, x, p->b, &beta, y, p->c, y, p->c, &p->algo,
                      impl_->workspace.data(), kWorkspace, s),
            "matmul");
+  if (bias_after) add_bias_rows(s, y, m, n, bias);
 }
 
 }  // namespace mv::cuda

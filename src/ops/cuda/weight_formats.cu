@@ -147,7 +147,8 @@ __global__ void __launch_bounds__(256) nf4_dequant_kernel(Nf4Ref q, T* dst) {
     const unsigned byte = q.packed[i];
     const std::int64_t e = 2 * i;
     put(dst + e, __fmul_rn(lut[byte >> 4], nf4_scale(q, ncode, e >> q.block_shift)));
-    if (e + 1 < q.numel) put(dst + e + 1, __fmul_rn(lut[byte & 15], nf4_scale(q, ncode, (e + 1) >> q.block_shift)));
+    if (e + 1 < q.numel)
+      put(dst + e + 1, __fmul_rn(lut[byte & 15], nf4_scale(q, ncode, (e + 1) >> q.block_shift)));
   }
 }
 
@@ -172,7 +173,8 @@ __global__ void __launch_bounds__(kWarps * 32)
     for (std::int64_t j = lane; j < k; j += 32) {
       const std::int64_t e = e0 + j;
       const unsigned byte = q.packed[e >> 1];
-      const float w = __fmul_rn(lut[(e & 1) ? (byte & 15u) : (byte >> 4)], nf4_scale(q, ncode, e >> q.block_shift));
+      const float w =
+          __fmul_rn(lut[(e & 1) ? (byte & 15u) : (byte >> 4)], nf4_scale(q, ncode, e >> q.block_shift));
 #pragma unroll
       for (int i = 0; i < M; ++i) acc[i] += w * x[i * k + j];
     }
@@ -245,8 +247,8 @@ __global__ void __launch_bounds__(kWarps * 32)
         }
 #pragma unroll
         for (int i = 0; i < M; ++i)
-          part[r][i] += wv[0] * xa[i].x + wv[1] * xa[i].y + wv[2] * xa[i].z + wv[3] * xa[i].w + wv[4] * xb[i].x +
-                        wv[5] * xb[i].y + wv[6] * xb[i].z + wv[7] * xb[i].w;
+          part[r][i] += wv[0] * xa[i].x + wv[1] * xa[i].y + wv[2] * xa[i].z + wv[3] * xa[i].w +
+                        wv[4] * xb[i].x + wv[5] * xb[i].y + wv[6] * xb[i].z + wv[7] * xb[i].w;
       }
     }
 #pragma unroll
@@ -374,6 +376,12 @@ __global__ void bf16_to_f32_kernel(const bf16* src, std::int64_t n, float* dst) 
     dst[i] = __bfloat162float(src[i]);
 }
 
+__global__ void add_bias_kernel(float* y, std::int64_t total, std::int64_t n, const float* bias) {
+  for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < total;
+       i += static_cast<std::int64_t>(gridDim.x) * blockDim.x)
+    y[i] += bias[i % n];
+}
+
 unsigned warp_blocks(std::int64_t n) { return static_cast<unsigned>((n + kWarps - 1) / kWarps); }
 
 }  // namespace
@@ -389,8 +397,8 @@ void nf4_quantize_blocks(cudaStream_t s, const void* src, ElemType t, std::int64
                                                          packed, absmax);
       break;
     case ElemType::kF16:
-      nf4_quantize_kernel<<<blocks, kWarps * 32, 0, s>>>(static_cast<const __half*>(src), numel,
-                                                         block_shift, packed, absmax);
+      nf4_quantize_kernel<<<blocks, kWarps * 32, 0, s>>>(static_cast<const __half*>(src), numel, block_shift,
+                                                         packed, absmax);
       break;
     case ElemType::kBF16:
       nf4_quantize_kernel<<<blocks, kWarps * 32, 0, s>>>(static_cast<const bf16*>(src), numel, block_shift,
@@ -404,7 +412,7 @@ void nf4_double_quantize(cudaStream_t s, const float* absmax, std::int64_t nb, f
                          const float* nested_map, std::uint8_t* absmax_q, float* nested_absmax) {
   if (nb <= 0) return;
   nf4_nested_kernel<<<static_cast<unsigned>((nb + 255) / 256), 256, 0, s>>>(absmax, nb, offset, nested_map,
-                                                                             absmax_q, nested_absmax);
+                                                                            absmax_q, nested_absmax);
   check_launch("nf4_double_quantize");
 }
 
@@ -426,11 +434,11 @@ void nf4_gemv(cudaStream_t s, const float* x, int m, const Nf4Ref& q, std::int64
   const bool fast = (k & 31) == 0 && q.block_shift >= 5;
   const unsigned blocks = fast ? warp_blocks((n + kNf4Rows - 1) / kNf4Rows) : warp_blocks(n);
   switch (m) {
-#define MV_NF4_CASE(M)                                                                                 \
-  case M:                                                                                              \
-    if (fast)                                                                                          \
+#define MV_NF4_CASE(M)                                                                              \
+  case M:                                                                                           \
+    if (fast)                                                                                       \
       nf4_gemv_rows_kernel<M><<<blocks, kWarps * 32, 0, s>>>(x, q, n, k, bias, y, ldy, accumulate); \
-    else                                                                                               \
+    else                                                                                            \
       nf4_gemv_kernel<M><<<blocks, kWarps * 32, 0, s>>>(x, q, n, k, bias, y, ldy, accumulate);      \
     break;
     MV_NF4_CASE(1)
@@ -454,8 +462,8 @@ void gemv_typed_launch(cudaStream_t s, const float* x, int m, const T* w, std::i
                        const float* bias, float* y, std::int64_t ldy, bool accumulate) {
   const unsigned blocks = warp_blocks(n);
   switch (m) {
-#define MV_GEMV_T_CASE(M)                                                                              \
-  case M:                                                                                              \
+#define MV_GEMV_T_CASE(M)                                                                         \
+  case M:                                                                                         \
     gemv_typed_kernel<T, M><<<blocks, kWarps * 32, 0, s>>>(x, w, n, k, bias, y, ldy, accumulate); \
     break;
     MV_GEMV_T_CASE(1)
@@ -516,6 +524,12 @@ void bf16_to_f16(cudaStream_t s, const bf16* src, std::int64_t n, std::uint16_t*
   if (n <= 0) return;
   bf16_to_f16_kernel<<<grid_for(n, 256), 256, 0, s>>>(src, n, reinterpret_cast<__half*>(dst));
   check_launch("bf16_to_f16");
+}
+
+void add_bias_rows(cudaStream_t s, float* y, std::int64_t rows, std::int64_t n, const float* bias) {
+  if (rows <= 0 || n <= 0) return;
+  add_bias_kernel<<<grid_for(rows * n, 256), 256, 0, s>>>(y, rows * n, n, bias);
+  check_launch("add_bias_rows");
 }
 
 void bf16_to_f32(cudaStream_t s, const bf16* src, std::int64_t n, float* dst) {

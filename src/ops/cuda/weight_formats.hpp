@@ -18,9 +18,9 @@ inline std::size_t elem_size(ElemType t) { return t == ElemType::kF32 ? 4 : 2; }
 struct Nf4Ref {
   const std::uint8_t* packed = nullptr;  // ceil(numel/2) bytes, even element in the high nibble
   std::int64_t numel = 0;
-  int block_shift = 6;            // blocksize = 1 << block_shift
-  const float* code = nullptr;    // 16 levels
-  const float* absmax = nullptr;  // fp32 scales (no double quantization), else null
+  int block_shift = 6;                     // blocksize = 1 << block_shift
+  const float* code = nullptr;             // 16 levels
+  const float* absmax = nullptr;           // fp32 scales (no double quantization), else null
   const std::uint8_t* absmax_q = nullptr;  // 8-bit scale codes (double quantization)
   const float* nested_absmax = nullptr;    // one per 2^nested_shift blocks
   const float* nested_code = nullptr;      // 256 entries
@@ -58,5 +58,7 @@ void embed_rows_typed(cudaStream_t s, const void* embed, ElemType t, std::int64_
 // bf16 activations to f16 (values beyond ±65504 saturate to ±65504) or to fp32 (exact).
 void bf16_to_f16(cudaStream_t s, const bf16* src, std::int64_t n, std::uint16_t* dst);
 void bf16_to_f32(cudaStream_t s, const bf16* src, std::int64_t n, float* dst);
+// y[r][c] += bias[c] for rows of n (used where a GEMM has no bias epilogue).
+void add_bias_rows(cudaStream_t s, float* y, std::int64_t rows, std::int64_t n, const float* bias);
 
 }  // namespace mv::cuda
