@@ -45,8 +45,7 @@ void add_eval_command(CLI::App& app) {
   cmd->add_option("--data", args->data, "dataset folder (documents + ground truth) to run an extractor over");
   cmd->add_option("--backend", args->backend, "extractor for --data: ocr|vlm");
   cmd->add_option("--model", args->model, "Qwen2.5-VL checkpoint folder (backend vlm)");
-  cmd->add_option("--adapter", args->adapter,
-                  "PEFT LoRA adapter folder merged into the model (backend vlm)");
+  cmd->add_option("--adapter", args->adapter, "PEFT LoRA adapter folder merged into the model (backend vlm)");
   cmd->add_option("--tessdata", args->tessdata, "Tesseract data folder (backend ocr; default: system)");
   cmd->add_option("--threads", args->threads, "extractor threads (0: all cores)")->capture_default_str();
   cmd->add_option("--save-pred", args->save_pred, "with --data: also write each extraction to this folder");

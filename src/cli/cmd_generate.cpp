@@ -164,8 +164,9 @@ void add_generate_command(CLI::App& app) {
   cmd->add_option("--quantize", args->quantize,
                   "nf4: quantize the 16-bit Linear weights to NF4 while loading (like load_in_4bit)")
       ->check(CLI::IsMember({"nf4"}));
-  cmd->add_option("--adapter", args->adapter,
-                  "PEFT LoRA adapter folder (adapter_config.json + adapter_model.safetensors), merged at load");
+  cmd->add_option(
+      "--adapter", args->adapter,
+      "PEFT LoRA adapter folder (adapter_config.json + adapter_model.safetensors), merged at load");
   cmd->add_flag("--json", args->json,
                 "print {prompt_ids, generated_ids, text, timings} as JSON instead of streaming");
   cmd->callback([args] { run_generate(*args); });

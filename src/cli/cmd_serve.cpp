@@ -93,7 +93,8 @@ void add_serve_command(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--benchmarks", o.benchmarks_dir, "folder whose JSON files GET /benchmark returns")
       ->capture_default_str();
-  cmd->add_option("--http-threads", o.http_threads, "connection threads (0 = max(32, queue + workers + 8))")
+  cmd->add_option("--http-threads", o.http_threads,
+                  "connection threads (0 = max(32, 2 x queue + workers + batch + 8))")
       ->capture_default_str();
   cmd->add_option("--threads", o.threads, "engine / OCR threads (0 = all cores)")->capture_default_str();
   cmd->add_option("--max-tokens-limit", o.max_tokens_limit, "largest max_tokens a client may ask for")

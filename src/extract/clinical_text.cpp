@@ -454,6 +454,8 @@ std::optional<ParsedLab> parse_lab_row(std::string_view text, const Vocabulary& 
   }
   ns.second = e;
   p.lab.test = s.substr(ns.first, ns.second - ns.first);
+  // A name that differs from the vocabulary's only in letter case was misread ("co2"): the vocabulary's.
+  if (ns.second == name->second.second && p.lab.test != name->first) p.lab.test = name->first;
   p.spans["test"] = ns;
   std::string rest = s.substr(ns.second);
   std::size_t off = ns.second;
@@ -478,6 +480,7 @@ std::optional<ParsedLab> parse_lab_row(std::string_view text, const Vocabulary& 
   static const std::regex range_re(R"(^[<>]=?\s?\d+(?:\.\d+)?$|^-?\d+(?:\.\d+)?-\d+(?:\.\d+)?$)");
   std::string lname = to_lower(p.lab.test);
   static const std::regex loinc_re(R"(^\d{1,5}-\d$)");
+  bool qualitative_range = false;
   for (std::size_t k = 0; k < toks.size(); ++k) {
     const std::string& t = toks[k].t;
     std::string lt = to_lower(t);
@@ -541,6 +544,16 @@ std::optional<ParsedLab> parse_lab_row(std::string_view text, const Vocabulary& 
         k += 2;
         continue;
       }
+      auto q = std::find_if(v.lab_results.begin(), v.lab_results.end(),
+                            [&](const std::string& r) { return to_lower(r) == lt; });
+      if (q != v.lab_results.end()) {
+        p.lab.reference_range = t;
+        p.spans["reference_range"] = toks[k].sp;
+        qualitative_range = true;
+        continue;
+      }
+    } else if (qualitative_range) {
+      // A later qualitative word replaces an earlier one: a prior-result column comes before the range.
       auto q = std::find_if(v.lab_results.begin(), v.lab_results.end(),
                             [&](const std::string& r) { return to_lower(r) == lt; });
       if (q != v.lab_results.end()) {

@@ -224,16 +224,21 @@ class Builder {
       auto prov = make_provenance(r, {{"facility", r.cells[0]}});
       add_field_box(enc.provenance, prov, "facility");
       // Department: the next left-aligned smaller row without digits that is not a title.
-      for (std::size_t j = i + 1; j < std::min(rows.size(), i + 3); ++j) {
+      // Address and telephone rows (digits) and the title may come first; a department named like a
+      // document type ("Cardiology", "Surgical ICU") is printed smaller than the title.
+      for (std::size_t j = i + 1; j < std::min(rows.size(), i + 5); ++j) {
         const RowView& d = rows[j];
         if (d.cells.empty()) continue;
         std::string t = d.cell(0);
-        bool title = false;
+        // A title: a multi-word title phrase ("ICU Flowsheet"), or a one-word one ("Cardiology") in large print.
+        bool title = false, one_word_title = false;
         for (const auto& [type, phrases] : v_.document_types)
           for (const auto& ph : phrases)
-            if (find_phrase(t, ph) != std::string::npos) title = true;
-        if (title || d.height > 1.25 * body) continue;
-        if (has_digit(t) || std::abs(d.box.x0 - r.box.x0) > 40 || t.find(':') != std::string::npos) break;
+            if (find_phrase(t, ph) != std::string::npos)
+              (ph.find(' ') != std::string::npos ? title : one_word_title) = true;
+        if (title || d.height > 1.25 * body || (one_word_title && d.height > 1.05 * body)) continue;
+        if (has_digit(t)) continue;
+        if (std::abs(d.box.x0 - r.box.x0) > 40 || t.find(':') != std::string::npos) break;
         if (trim(t).size() < 3) break;
         enc.department = trim(t);
         add_field_box(enc.provenance, make_provenance(d, {{"department", d.cells[0]}}), "department");
@@ -797,13 +802,24 @@ class Builder {
   // ------------------------------------------------------------------------------------- immunizations
   bool immunization(const RowView& r) {
     auto f = find_longest(r.text, v_.vaccines);
-    if (!f || f->second.first > 6) return false;
+    std::size_t cell0 = 0;
+    if (!f || f->second.first > 6) {
+      // In an immunization table, a row whose first cell is text and that holds a date is a vaccine given,
+      // even when the name is not in the vocabulary or wraps before the part that is.
+      if (section_ != "immunizations" || r.cells.size() < 3) return false;
+      const std::string c0 = r.cell(0);
+      if (std::count_if(c0.begin(), c0.end(), [](char ch) { return std::isalpha(static_cast<unsigned char>(ch)); }) < 3)
+        return false;
+      bool dated = false;
+      for (std::size_t c = 1; c < r.cells.size() && !dated; ++c) dated = normalise_date(r.cell(c), false).has_value();
+      if (!dated) return false;
+    } else {
+      // The whole cell that holds the name is the vaccine as printed.
+      for (std::size_t c = 0; c < r.cells.size(); ++c)
+        if (r.cells[c].first <= f->second.first && f->second.first < r.cells[c].second) cell0 = c;
+    }
     Immunization im;
     std::map<std::string, Span> spans;
-    // The whole first cell is the vaccine as printed.
-    std::size_t cell0 = 0;
-    for (std::size_t c = 0; c < r.cells.size(); ++c)
-      if (r.cells[c].first <= f->second.first && f->second.first < r.cells[c].second) cell0 = c;
     im.vaccine = trim(r.cell(cell0));
     spans["vaccine"] = r.cells[cell0];
     double vaccine_x0 = r.box.x1;
@@ -943,8 +959,8 @@ class Builder {
       if (e < cell.size() && std::isalnum(static_cast<unsigned char>(cell[e]))) continue;
       std::string after = trim(cell.substr(e));
       if (after.empty() && c + 1 < r.cells.size()) after = trim(r.cell(c + 1));
-      if (after.empty() || !std::isdigit(static_cast<unsigned char>(after[0])) &&
-                               after[0] != '<' && after[0] != '>')
+      if (after.empty() ||
+          (!std::isdigit(static_cast<unsigned char>(after[0])) && after[0] != '<' && after[0] != '>'))
         continue;
       cuts.push_back(r.cells[c].first);
     }

@@ -264,7 +264,8 @@ Server::Impl::Impl(ServerOptions o) : options(std::move(o)) {
   if (backend != "ocr" && backend != "vlm")
     fail(Errc::kUsage, "--backend must be auto, ocr or vlm (have '{}')", options.backend);
   if (backend == "vlm" && options.model_dir.empty()) fail(Errc::kUsage, "--backend vlm needs --model DIR");
-  if (!options.adapter.empty() && options.model_dir.empty()) fail(Errc::kUsage, "--adapter needs --model DIR");
+  if (!options.adapter.empty() && options.model_dir.empty())
+    fail(Errc::kUsage, "--adapter needs --model DIR");
 
   const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   const int engine_batch = options.max_batch > 0 ? options.max_batch : kDefaultEngineBatch;

@@ -30,7 +30,7 @@ struct ServerOptions {
   int max_batch =
       0;  // model: sequences per decode step (0 = 8); also concurrent extractions (ocr: 0 = cores)
   std::filesystem::path benchmarks_dir = "benchmarks";
-  int http_threads = 0;         // connection threads (0 = max(32, max_queue + workers + 8))
+  int http_threads = 0;         // connection threads (0 = max(32, 2 x max_queue + workers + batch + 8))
   int threads = 0;              // engine / OCR threads (0 = hardware concurrency)
   int max_tokens_limit = 4096;  // largest max_tokens a client may ask for (also bounds a VLM extraction)
   int default_max_tokens = 512;

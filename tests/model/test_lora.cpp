@@ -4,9 +4,11 @@
 // rank/alpha patterns; NF4 (quantized at load and NF4 checkpoints); and clear errors for bad adapters.
 #include <fmt/format.h>
 #include <gtest/gtest.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <functional>
@@ -621,6 +623,88 @@ TEST_F(LoraTest, ModulesToSaveReplaceWholeTensors) {
   EXPECT_EQ(code, Errc::kInvalidInput);
   EXPECT_NE(message.find("base_model.model.lm_head.weight"), std::string::npos) << message;
   EXPECT_NE(message.find("modules_to_save"), std::string::npos) << message;
+}
+
+struct CliResult {
+  int exit_code = -1;
+  std::string out;
+};
+// Runs the medvision binary (stderr merged into the output).
+CliResult run_cli(const std::string& args) {
+  CliResult r;
+  const std::string cmd = std::string(MV_BINARY) + " -q " + args + " 2>&1";
+  FILE* p = ::popen(cmd.c_str(), "r");
+  if (!p) return r;
+  char buf[4096];
+  std::size_t n = 0;
+  while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) r.out.append(buf, n);
+  const int status = ::pclose(p);
+  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return r;
+}
+
+TEST_F(LoraTest, CommandLineWritesAndAppliesAdapters) {
+  const fs::path model = dir("f32"), ad = dir("cli-adapter");
+  auto r = run_cli(
+      fmt::format("debug random-adapter --model {} --out {} --rank 2 --alpha 4 --targets q_proj,v_proj "
+                  "--layout legacy --seed 3 --json",
+                  model.string(), ad.string()));
+  ASSERT_EQ(r.exit_code, 0) << r.out;
+  const auto info = nlohmann::json::parse(r.out.substr(r.out.find('{')));
+  EXPECT_EQ(info["modules"], 2 * f32_config_->text.num_hidden_layers);  // q and v of each text layer
+  const auto cfg = nlohmann::json::parse(read_file(ad / "adapter_config.json"));
+  EXPECT_EQ(cfg["peft_type"], "LORA");
+  EXPECT_EQ(cfg["r"], 2);
+  const TensorStore st = TensorStore::open(ad / "adapter_model.safetensors");
+  ASSERT_TRUE(st.contains("base_model.model.model.layers.1.self_attn.v_proj.lora_B.weight"));
+  for (const auto& n : st.names()) {  // both A and B random and non-zero
+    const auto v = to_f32(st.view(n));
+    double sum = 0;
+    for (float x : v) sum += std::abs(x);
+    EXPECT_GT(sum / double(v.size()), 1e-3) << n;
+  }
+
+  const fs::path with = dir("cli-with.f32"), without = dir("cli-without.f32");
+  const std::string gen = fmt::format(
+      "generate --model {} --prompt hello --max-new-tokens 1 --device cpu --json ", model.string());
+  r = run_cli(gen + "--adapter " + ad.string() + " --logits-out " + with.string());
+  ASSERT_EQ(r.exit_code, 0) << r.out;
+  const auto ids =
+      nlohmann::json::parse(r.out.substr(r.out.find('{')))["prompt_ids"].get<std::vector<std::int32_t>>();
+  r = run_cli(gen + "--logits-out " + without.string());
+  ASSERT_EQ(r.exit_code, 0) << r.out;
+  auto read_f32 = [](const fs::path& f) {
+    const std::string b = read_file(f);
+    std::vector<float> v(b.size() / 4);
+    std::memcpy(v.data(), b.data(), v.size() * 4);
+    return v;
+  };
+  const auto a = read_f32(with), b = read_f32(without);
+  ASSERT_EQ(a.size(), static_cast<std::size_t>(f32_config_->text.vocab_size));
+  EXPECT_GT(rel_l2(b, a), 1e-3);
+  // The command's logits are the engine's with the adapter merged.
+  LoadOptions lo;
+  lo.threads = 2;
+  lo.adapter = ad;
+  auto m = Model::load(model, lo);
+  auto session = m->new_session(static_cast<std::int64_t>(ids.size() + 1));
+  std::vector<float> want(a.size());
+  m->prefill(*session, ids, {}, want);
+  EXPECT_LT(rel_l2(a, want), 1e-6);
+
+  // The other commands pass the adapter to the engine (its error shows), and check their options.
+  const fs::path missing = dir("no-adapter-here");
+  r = run_cli(fmt::format("extract {} --model {} --adapter {}",
+                          (kFixtures / "images" / "form_150x120.png").string(), model.string(),
+                          missing.string()));
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.out.find("no-adapter-here"), std::string::npos) << r.out;
+  r = run_cli("serve --port 0 --adapter " + ad.string());
+  EXPECT_EQ(r.exit_code, 2) << r.out;
+  EXPECT_NE(r.out.find("--adapter needs --model"), std::string::npos) << r.out;
+  r = run_cli(fmt::format("extract {} --adapter {}", (kFixtures / "images" / "form_150x120.png").string(),
+                          ad.string()));
+  EXPECT_EQ(r.exit_code, 2) << r.out;
 }
 
 TEST_F(LoraTest, TargetRulesFollowPeft) {

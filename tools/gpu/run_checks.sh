@@ -5,7 +5,8 @@
 # "decode": the decode tests (batched, graphs, greedy on the device) and the 7B decode benchmark at
 # concurrency 1, 8 and 32 (MV_CONCURRENCY overrides), plus concurrency 1 without CUDA graphs; with "attn":
 # the prefill/vision attention tests (both kernels), the model parity tests with MV_ATTN=wmma, the kernel
-# timings and the vision/TTFT benchmark with each attention kernel.
+# timings and the vision/TTFT benchmark with each attention kernel; with "lora" (no test_gpu run):
+# tools/reference/lora_reference.py (medvision --adapter against transformers + peft, CUDA against CPU).
 # Logs go to $OUT.
 set -o pipefail
 cd "$(dirname "$0")/../.."
@@ -16,6 +17,7 @@ mkdir -p ~/.cache/medvision && xz -dc .carry/cuda/tokenizer.json.xz > ~/.cache/m
 nvidia-smi --query-gpu=name,driver_version,memory.used,memory.total,clocks.sm,clocks.mem --format=csv | tee "$OUT/gpu.txt"
 date -u | tee -a "$OUT/gpu.txt"
 if [ "${1:-}" != bench-only ] && [ "${1:-}" != logits ] && [ "${1:-}" != nf4 ] && [ "${1:-}" != decode ] &&
+  [ "${1:-}" != lora ] &&
   [ "${1:-}" != attn ]; then
   MV_GPU_TIMINGS=1 test_gpu 2>&1 | tee "$OUT/test_gpu.log"
 fi
@@ -45,7 +47,7 @@ if [ "${1:-}" = nf4 ]; then
     test_gpu --gtest_filter='Nf4At7B.*:Nf4Cuda.*:Nf4ModelParity.*:CudaDense.*' 2>&1 | tee "$OUT/test_nf4.log"
 fi
 if [ "${1:-}" = decode ]; then
-  test_gpu --gtest_filter='CudaOps.*:CudaParity.*' 2>&1 | tee "$OUT/test_decode.log"
+  test_gpu --gtest_filter='CudaOps.*:CudaParity.*:CudaBatchScheduler.*' 2>&1 | tee "$OUT/test_decode.log"
   M=/tmp/qwen25vl-7b-random
   [ -f "$M/config.json" ] || medvision -q debug random-checkpoint --config 7b --out "$M" --json > "$OUT/random_checkpoint.json"
   python3 -c "from PIL import Image; Image.open('docs/images/synth_discharge_summary_fax.png').convert('RGB').resize((1008, 1316), Image.BICUBIC).save('/tmp/page.png')"
@@ -72,4 +74,8 @@ if [ "${1:-}" = attn ]; then
       --runs "${MV_RUNS:-3}" --warmup 1 --device cuda --json "$OUT/bench_attn_$K.json" 2>&1 | grep '^bench' |
       tee -a "$OUT/bench_attn.log"
   done
+fi
+if [ "${1:-}" = lora ]; then
+  PYTHONUNBUFFERED=1 python3 tools/reference/lora_reference.py --medvision medvision --cuda \
+    --out "$OUT/lora_reference.json" 2>&1 | tee "$OUT/lora.log"
 fi

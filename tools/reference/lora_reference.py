@@ -52,9 +52,6 @@ def main():
     ap.add_argument("--out", help="write the figures as JSON here")
     a = ap.parse_args()
 
-    from peft import PeftModel
-    from transformers import Qwen2_5_VLForConditionalGeneration
-
     fx = json.load(open(os.path.join(FIXTURES, a.fixture, "fixture.json")))
     tmp = tempfile.mkdtemp(prefix="mv-lora-ref-")
     ckpt, adapter = os.path.join(tmp, "ckpt"), os.path.join(tmp, "adapter")
@@ -83,15 +80,19 @@ def main():
             return m(input_ids=input_ids).logits[0, -1].float().numpy()
 
     figures = {"fixture": a.fixture, "rank": a.rank, "alpha": a.alpha, "layout": a.layout, "rslora": a.rslora}
+    figures["no_adapter"] = rel_l2(base, ours)
+    if a.cuda:
+        _, gpu = medvision_logits(a.medvision, ckpt, adapter, prompt, os.path.join(tmp, "gpu.f32"), "cuda")
+        figures["cuda_vs_cpu"] = rel_l2(gpu, ours)
+        print(json.dumps({"cuda_vs_cpu": figures["cuda_vs_cpu"]}), flush=True)
+    from peft import PeftModel
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
     peft_fp32 = PeftModel.from_pretrained(load(torch.float32), adapter).eval()
     figures["peft_unmerged_fp32"] = rel_l2(ours, last_logits(peft_fp32))
     merged = PeftModel.from_pretrained(load(dtype), adapter).merge_and_unload().float().eval()
     figures["peft_merged"] = rel_l2(ours, last_logits(merged))
-    figures["no_adapter"] = rel_l2(base, ours)
     figures["medvision_base_vs_transformers_base"] = rel_l2(base, last_logits(load(torch.float32).eval()))
-    if a.cuda:
-        _, gpu = medvision_logits(a.medvision, ckpt, adapter, prompt, os.path.join(tmp, "gpu.f32"), "cuda")
-        figures["cuda_vs_cpu"] = rel_l2(gpu, ours)
     print(json.dumps(figures, indent=1))
     if a.out:
         with open(a.out, "w") as f:
