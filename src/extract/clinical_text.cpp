@@ -622,6 +622,15 @@ std::optional<std::string> normalise_date(std::string_view text, bool with_time,
   std::string out = fmt::format("{:04d}-{:02d}-{:02d}", y, mo, d);
   if (with_time && !hh.empty()) {
     int h = std::stoi(hh), mi = std::stoi(mm);
+    // A 12-hour clock: "1:45 PM", "12:10 am".
+    static const std::regex ampm(R"(^\s?([AaPp])\.?[Mm]\.?\b)");
+    std::smatch am;
+    const std::string after = s.substr(pos + len);
+    if (h >= 1 && h <= 12 && std::regex_search(after, am, ampm)) {
+      const bool pm = am[1].str() == "P" || am[1].str() == "p";
+      h = pm ? (h % 12) + 12 : h % 12;
+      len += static_cast<std::size_t>(am.length(0));
+    }
     if (h <= 23 && mi <= 59) out += fmt::format("T{:02d}:{:02d}", h, mi);
   } else if (!hh.empty()) {
     len = static_cast<std::size_t>(m.position(4) - m.position(0));

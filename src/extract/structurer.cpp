@@ -4,6 +4,8 @@
 #include <cctype>
 #include <cmath>
 #include <regex>
+
+#include <fmt/format.h>
 #include <set>
 
 namespace mv::extract {
@@ -447,11 +449,25 @@ class Builder {
     static const std::regex hhmm(R"(^([01]?\d|2[0-3]):[0-5]\d$)");
     Grid g;
     for (std::size_t c = 0; c < r.cells.size(); ++c) {
-      for (const auto& [sp, w] : r.words) {
+      for (std::size_t k = 0; k < r.words.size(); ++k) {
+        const auto& [sp, w] = r.words[k];
         if (sp.first < r.cells[c].first || sp.second > r.cells[c].second) continue;
         std::string t = r.text.substr(sp.first, sp.second - sp.first);
-        if (std::regex_match(t, hhmm))
-          g.columns.push_back({(w->box.x0 + w->box.x1) / 2, t.size() == 4 ? "0" + t : t});
+        if (!std::regex_match(t, hhmm)) continue;
+        if (t.size() == 4) t = "0" + t;
+        double x1 = w->box.x1;
+        // "12:00 AM", "2:00 PM": a 12-hour clock, the marker in the next word of the cell.
+        if (k + 1 < r.words.size() && r.words[k + 1].first.second <= r.cells[c].second) {
+          std::string next = to_lower(r.text.substr(r.words[k + 1].first.first,
+                                                    r.words[k + 1].first.second - r.words[k + 1].first.first));
+          if (next == "am" || next == "pm") {
+            int h = std::stoi(t.substr(0, 2));
+            if (h >= 1 && h <= 12) h = next == "pm" ? (h % 12) + 12 : h % 12;
+            t = fmt::format("{:02d}{}", h, t.substr(2));
+            x1 = r.words[k + 1].second->box.x1;
+          }
+        }
+        g.columns.push_back({(w->box.x0 + x1) / 2, t});
       }
     }
     if (g.columns.size() < 2) return false;
@@ -524,6 +540,18 @@ class Builder {
         if (auto f = normalise_flag(t.substr(sp + 1), v_)) {
           v.flag = f;
           v.fs = {r.cells[c].first + sp + 1, r.cells[c].second};
+        }
+      } else {
+        // A flag printed against the number without a space ("31L", "115H", "7.1HH").
+        static const std::regex glued(R"(^([<>]?\d+(?:\.\d+)?)([A-Za-z]{1,2}|[HL][!*]{1,2})$)");
+        std::smatch gm;
+        if (std::regex_match(t, gm, glued)) {
+          if (auto f = normalise_flag(gm[2].str(), v_)) {
+            v.value = gm[1].str();
+            v.vs = {r.cells[c].first, r.cells[c].first + v.value.size()};
+            v.flag = f;
+            v.fs = {r.cells[c].first + gm.position(2), r.cells[c].second};
+          }
         }
       }
       vals.push_back(v);

@@ -84,7 +84,7 @@ double seconds_between(Clock::time_point a, Clock::time_point b) {
 }  // namespace
 
 struct BatchScheduler::Sequence {
-  Sequence(std::vector<std::string> stops) : matcher(std::move(stops)) {}
+  explicit Sequence(std::vector<std::string> stops) : matcher(std::move(stops)) {}
   std::vector<std::int32_t> ids;  // the prompt
   std::vector<PixelValues> pixels;
   int max_tokens = 0;
@@ -143,6 +143,10 @@ BatchScheduler::Stats BatchScheduler::stats() const {
 
 int BatchScheduler::retry_after_seconds() const {
   std::lock_guard lock(mutex_);
+  return retry_after_locked();
+}
+
+int BatchScheduler::retry_after_locked() const {
   const double mean = stats_.sequences ? total_seconds_ / static_cast<double>(stats_.sequences) : 1.0;
   const double pending = static_cast<double>(queue_.size()) + preparing_;
   const double wait = mean * (pending + 1.0) / options_.max_batch;
@@ -165,10 +169,7 @@ std::future<GenerationOutput> BatchScheduler::submit(GenerationRequest request, 
     const int free_slots = options_.max_batch - active_;
     if (pending >= free_slots + options_.max_queue) {
       if (metrics_) metrics_->observe_rejection("engine", 429);
-      const double mean = stats_.sequences ? total_seconds_ / static_cast<double>(stats_.sequences) : 1.0;
-      const double wait = mean * (pending + 1.0) / options_.max_batch;
-      throw Rejected(429, static_cast<int>(std::clamp(std::ceil(wait), 1.0, 120.0)),
-                     "the generation queue is full; retry later");
+      throw Rejected(429, retry_after_locked(), "the generation queue is full; retry later");
     }
     ++preparing_;
   }
@@ -176,6 +177,13 @@ std::future<GenerationOutput> BatchScheduler::submit(GenerationRequest request, 
   try {
     s = std::make_unique<Sequence>(std::move(request.stop));
     s->admitted = Clock::now();
+    std::size_t image_parts = 0;
+    for (const auto& m : request.messages)
+      for (const auto& p : m.parts)
+        if (p.kind == ChatPart::Kind::kImage) ++image_parts;
+    if (image_parts != request.images.size())
+      fail(Errc::kInvalidInput, "the messages have {} image parts but {} images were given", image_parts,
+           request.images.size());
     const int merge = model_.model->config().vision.spatial_merge_size;
     std::vector<std::int64_t> image_tokens;
     for (const auto& image : request.images) {

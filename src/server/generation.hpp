@@ -137,6 +137,7 @@ class BatchScheduler final : public GenerationScheduler {
  private:
   struct Sequence;
   void engine_main();
+  int retry_after_locked() const;  // mutex_ held
   void prefill(Sequence& s);
   bool on_token(Sequence& s, std::int32_t token);
   bool emit(Sequence& s, std::string_view piece);
