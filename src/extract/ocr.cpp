@@ -125,7 +125,6 @@ void serialise_openmp_once() {
 
 OcrEngine::OcrEngine(OcrOptions options) : options_(std::move(options)) {
   serialise_openmp_once();
-  if (const char* v = std::getenv("MV_OCR_MIN_DPI_EXPERIMENT")) options_.min_dpi = std::atof(v);
   release(acquire());  // fails early when the model cannot be loaded
 }
 

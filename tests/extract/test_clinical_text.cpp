@@ -122,6 +122,36 @@ TEST(Dates, PrintedFormsToIso) {
   EXPECT_EQ(normalise_date("no date here"), std::nullopt);
 }
 
+TEST(Dates, TwelveHourClock) {
+  EXPECT_EQ(normalise_date("01/27/2022 1:45 PM"), "2022-01-27T13:45");
+  EXPECT_EQ(normalise_date("01/27/2022 12:10 am"), "2022-01-27T00:10");
+  EXPECT_EQ(normalise_date("01/27/2022 12:10 PM"), "2022-01-27T12:10");
+  EXPECT_EQ(normalise_date("01/27/2022 9:05 AM"), "2022-01-27T09:05");
+  Span sp;
+  const std::string text = "Arrival: 01/27/2022 1:45 PM  Nurse";
+  ASSERT_TRUE(normalise_date(text, true, &sp));
+  EXPECT_EQ(text.substr(sp.first, sp.second - sp.first), "01/27/2022 1:45 PM");
+}
+
+TEST(LabRow, PrintedLoincAndPriorResultColumn) {
+  // "Test / LOINC  Result  Flag  Prior  Units  Reference": the code is kept, the prior value is not the range.
+  auto l = parse_lab_row("Potassium 2823-3  3.2  LOW  3.3  mmol/L  3.5-5.1", vocab());
+  ASSERT_TRUE(l);
+  EXPECT_EQ(l->lab.test, "Potassium");
+  EXPECT_EQ(l->printed_loinc, "2823-3");
+  EXPECT_EQ(l->lab.value, "3.2");
+  EXPECT_EQ(l->lab.flag, "L");
+  EXPECT_EQ(l->lab.unit, "mmol/L");
+  EXPECT_EQ(l->lab.reference_range, "3.5-5.1");
+  auto q = parse_lab_row("Urine Ketones 5797-6  Negative  Large  Negative", vocab());
+  ASSERT_TRUE(q);
+  EXPECT_EQ(q->lab.value, "Negative");
+  EXPECT_EQ(q->lab.reference_range, "Negative");
+  auto n = parse_lab_row("Sodium  140  mmol/L  136-145", vocab());
+  ASSERT_TRUE(n);
+  EXPECT_FALSE(n->printed_loinc);
+}
+
 TEST(PageRange, ParsesAndRejects) {
   auto r = parse_page_range("1-2,5,7-");
   EXPECT_TRUE(r.contains(1));

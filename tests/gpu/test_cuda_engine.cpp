@@ -532,11 +532,12 @@ std::pair<double, double> batched_vs_sequential(Pair& p, int count, int steps) {
 TEST_P(CudaParity, DecodeBatchMatchesOneAtATime) {
   SKIP_WITHOUT_GPU();
   auto& p = pair_for(GetParam());
-  // 3 sequences: the GEMV path, whose rows do not depend on the batch (same operations in the same order).
+  // 3 sequences: the GEMV path, whose rows do not depend on the batch (same operations in the same order;
+  // the bound leaves room only for a different contraction into FMAs between the kernel's instances).
   const auto [seq, cpu] = batched_vs_sequential(p, 3, 4);
   std::printf("[ cuda     ] %s: decode_batch of 3, worst rel L2 vs one at a time %.2e, vs CPU %.2e\n",
               GetParam().c_str(), seq, cpu);
-  EXPECT_LE(seq, 1e-6);
+  EXPECT_LE(seq, 1e-5);
   EXPECT_LE(cpu, kModelRelL2);
 }
 
