@@ -219,19 +219,10 @@ void check_nf4_linear(std::int64_t n, std::int64_t k, std::mt19937& rng) {
       for (std::int64_t r = n; r < ldy; ++r)
         EXPECT_EQ(got_all[static_cast<std::size_t>(i * ldy + r)], y0[static_cast<std::size_t>(i * ldy + r)]);
   }
-  // GEMM (many rows): the engine dequantizes to bf16 and runs a bf16 GEMM on bf16 activations. Exact
-  // up to fp32 rounding against the CPU on the same bf16 operands; against the CPU NF4 linear (fp32
-  // weights w'), the bf16 rounding of w' (≤ 2^-9 relative) bounds the difference.
-  const std::int64_t rows = 37;
-  std::vector<float> xa(static_cast<std::size_t>(rows * k));
-  for (auto& v : xa) v = bf16_round(g(rng));
-  std::vector<float> want(static_cast<std::size_t>(rows * n)), want16(want.size()), wq(w.size()),
-      wq16(w.size());
-  ops::linear(xa.data(), rows, mq, bias.data(), want.data(), nullptr);
-  quant::dequantize(view, wq);
-  for (std::size_t i = 0; i < wq.size(); ++i) wq16[i] = bf16_round(wq[i]);
-  ops::linear(xa.data(), rows, ops::Matrix{wq16.data(), DType::kF32, n, k}, bias.data(), want16.data(),
-              nullptr);
+  // GEMM through a DLinear, on bf16 activations. Up to kNf4GemvGemmRows rows (decode batches) it runs the
+  // fused GEMV in groups: exact up to fp32 rounding against the CPU NF4 linear. Above, it dequantizes to
+  // bf16 and runs a bf16 GEMM: exact up to fp32 rounding against the CPU on the same bf16 operands, and
+  // against the CPU NF4 linear (fp32 w') the bf16 rounding of w' (<= 2^-9 relative) bounds the difference.
   cudaStream_t s = nullptr;
   cuda::Gemm gemm;
   cuda::Buffer scratch;
@@ -245,17 +236,38 @@ void check_nf4_linear(std::int64_t n, std::int64_t k, std::mt19937& rng) {
     dl = cudaeng::single(up, lin);
   }
   ASSERT_EQ(dl.format, cudaeng::WeightFormat::kNF4);
-  std::vector<cuda::bf16> xb(xa.size());
-  for (std::size_t i = 0; i < xa.size(); ++i) xb[i] = __float2bfloat16(xa[i]);
-  auto dxa = upload(xb);
-  cuda::Buffer dy(want.size() * 4);
-  dl.gemm(lc, dxa.as<cuda::bf16>(), rows, dy.as<float>(), false);
-  const auto got = download<float>(dy, want.size());
-  const double e16 = rel_l2(got, want16), e = rel_l2(got, want);
-  std::printf("[ nf4      ] gemm %lldx%lldx%lld: rel L2 %.2e vs CPU on bf16 w', %.2e vs the CPU NF4 linear\n",
-              static_cast<long long>(rows), static_cast<long long>(n), static_cast<long long>(k), e16, e);
-  EXPECT_LE(e16, 1e-5);
-  EXPECT_LE(e, 4e-3);
+  std::vector<float> wq(w.size()), wq16(w.size());
+  quant::dequantize(view, wq);
+  for (std::size_t i = 0; i < wq.size(); ++i) wq16[i] = bf16_round(wq[i]);
+  for (const std::int64_t rows : {std::int64_t{37}, cudaeng::kNf4GemvGemmRows + 5}) {
+    std::vector<float> xa(static_cast<std::size_t>(rows * k));
+    for (auto& v : xa) v = bf16_round(g(rng));
+    std::vector<float> want(static_cast<std::size_t>(rows * n)), want16(want.size()), y0(want.size());
+    for (auto& v : y0) v = 0.1f * g(rng);  // small: the residual must not hide the product's error
+    ops::linear(xa.data(), rows, mq, bias.data(), want.data(), nullptr);
+    ops::linear(xa.data(), rows, ops::Matrix{wq16.data(), DType::kF32, n, k}, bias.data(), want16.data(),
+                nullptr);
+    for (std::size_t i = 0; i < want.size(); ++i) {  // accumulate = true
+      want[i] += y0[i];
+      want16[i] += y0[i];
+    }
+    std::vector<cuda::bf16> xb(xa.size());
+    for (std::size_t i = 0; i < xa.size(); ++i) xb[i] = __float2bfloat16(xa[i]);
+    auto dxa = upload(xb);
+    auto dy = upload(y0);
+    dl.gemm(lc, dxa.as<cuda::bf16>(), rows, dy.as<float>(), true);
+    const auto got = download<float>(dy, want.size());
+    const double e16 = rel_l2(got, want16), e = rel_l2(got, want);
+    std::printf(
+        "[ nf4      ] gemm %lldx%lldx%lld: rel L2 %.2e vs CPU on bf16 w', %.2e vs the CPU NF4 linear\n",
+        static_cast<long long>(rows), static_cast<long long>(n), static_cast<long long>(k), e16, e);
+    if (rows <= cudaeng::kNf4GemvGemmRows) {
+      EXPECT_LE(e, 1e-5) << "grouped GEMV path, " << rows << " rows";
+    } else {
+      EXPECT_LE(e16, 1e-5) << "bf16 GEMM path, " << rows << " rows";
+      EXPECT_LE(e, 4e-3) << "bf16 GEMM path, " << rows << " rows";
+    }
+  }
   // The DLinear GEMV (one part) matches the kernel called directly.
   std::vector<float> want1(static_cast<std::size_t>(n));
   ops::linear(x.data(), 1, mq, bias.data(), want1.data(), nullptr);

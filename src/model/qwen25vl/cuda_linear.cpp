@@ -95,6 +95,17 @@ void DLinear::gemm(const LinearContext& c, const bf16* a, std::int64_t rows, flo
       return;
     }
     case WeightFormat::kNF4: {
+      if (rows <= kNf4GemvGemmRows) {
+        // A decode batch: the fused GEMV over groups of kGemvMaxRows rows on the widened activations
+        // reads the packed weight rows/kGemvMaxRows times, less than writing and reading a bf16 copy.
+        auto* x32 = static_cast<float*>(scratch(c, n_act * 4));
+        cuda::bf16_to_f32(c.stream, a, rows * in, x32);
+        for (std::int64_t r0 = 0; r0 < rows; r0 += cuda::kGemvMaxRows) {
+          const int m = static_cast<int>(std::min<std::int64_t>(cuda::kGemvMaxRows, rows - r0));
+          gemv(c, x32 + r0 * in, m, y + r0 * out, accumulate);
+        }
+        return;
+      }
       // Dequantize the whole weight (every part at its rows) to bf16, then one bf16 GEMM.
       auto* wb = static_cast<bf16*>(scratch(c, static_cast<std::size_t>(out * in) * sizeof(bf16)));
       for (const Nf4Part& p : parts) {

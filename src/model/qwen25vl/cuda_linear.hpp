@@ -25,6 +25,7 @@ enum class WeightFormat {
   kF16,   // f16 [out, in]: activations converted to f16 for a cuBLASLt f16 GEMM; f16 GEMV
   kF32,   // f32 [out, in]: activations converted to fp32 for a cuBLASLt fp32 GEMM (no TF32); f32 GEMV
   kNF4,   // NF4 parts (see Nf4Part): fused NF4 GEMV; GEMM on a bf16 dequantization in the scratch buffer
+          // (up to kNf4GemvGemmRows rows: the GEMV in groups)
 };
 const char* format_name(WeightFormat f);
 
@@ -45,6 +46,9 @@ struct Nf4Part {
   cuda::Nf4Ref ref;
   Buffer dense;  // bf16 [rows, in] for an unquantized part
 };
+
+// NF4 gemm() calls with at most this many rows run the fused GEMV in groups of kGemvMaxRows rows.
+inline constexpr std::int64_t kNf4GemvGemmRows = 64;
 
 struct DLinear {
   WeightFormat format = WeightFormat::kBF16;
