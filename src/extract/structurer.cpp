@@ -226,21 +226,16 @@ class Builder {
       auto prov = make_provenance(r, {{"facility", r.cells[0]}});
       add_field_box(enc.provenance, prov, "facility");
       // Department: the next left-aligned smaller row without digits that is not a title.
-      // Address and telephone rows (digits) and the title may come first; a department named like a
-      // document type ("Cardiology", "Surgical ICU") is printed smaller than the title.
-      for (std::size_t j = i + 1; j < std::min(rows.size(), i + 5); ++j) {
+      for (std::size_t j = i + 1; j < std::min(rows.size(), i + 3); ++j) {
         const RowView& d = rows[j];
         if (d.cells.empty()) continue;
         std::string t = d.cell(0);
-        // A title: a multi-word title phrase ("ICU Flowsheet"), or a one-word one ("Cardiology") in large print.
-        bool title = false, one_word_title = false;
+        bool title = false;
         for (const auto& [type, phrases] : v_.document_types)
           for (const auto& ph : phrases)
-            if (find_phrase(t, ph) != std::string::npos)
-              (ph.find(' ') != std::string::npos ? title : one_word_title) = true;
-        if (title || d.height > 1.25 * body || (one_word_title && d.height > 1.05 * body)) continue;
-        if (has_digit(t)) continue;
-        if (std::abs(d.box.x0 - r.box.x0) > 40 || t.find(':') != std::string::npos) break;
+            if (find_phrase(t, ph) != std::string::npos) title = true;
+        if (title || d.height > 1.25 * body) continue;
+        if (has_digit(t) || std::abs(d.box.x0 - r.box.x0) > 40 || t.find(':') != std::string::npos) break;
         if (trim(t).size() < 3) break;
         enc.department = trim(t);
         add_field_box(enc.provenance, make_provenance(d, {{"department", d.cells[0]}}), "department");

@@ -198,6 +198,8 @@ TEST(CudaOps, AttentionMatchesCpu) {
       q2.insert(q2.end(), q.begin() + last * nq, q.begin() + (last + 1) * nq);
       auto dq2 = upload(to_bf16(q2));
       cuda::Buffer dout1(static_cast<std::size_t>(2 * nq) * sizeof(float));
+      cuda::Buffer dwork(cuda::decode_attention_workspace(c.heads, c.kv, c.hd, 2));
+      cuda::check(cudaMemset(dwork.data(), 0, dwork.size()), "decode workspace");
       cuda::DecodeAttnArgs d{dq2.as<cuda::bf16>(),
                              nq,
                              dseq.as<cuda::DecodeSeq>(),
@@ -208,6 +210,8 @@ TEST(CudaOps, AttentionMatchesCpu) {
                              c.heads,
                              c.kv,
                              c.hd,
+                             2,
+                             dwork.data(),
                              2};
       cuda::decode_attention(nullptr, d);
       cuda::check(cudaDeviceSynchronize(), "decode attention");

@@ -2,8 +2,9 @@
 # On the GPU machine (from the repository root): unpacks the carried build, runs the CUDA tests, and with
 # the argument "bench" the 7B side-by-side benchmark; with "nf4" (NF4 only, no test_gpu run): quantizes the
 # 7B random checkpoint on the GPU (timed), benches the NF4 model and compares its logits with bf16; with
-# "decode": the decode tests (batched, graphs, greedy on the device) and the 7B decode benchmark at
-# concurrency 1, 8 and 32 (MV_CONCURRENCY overrides), plus concurrency 1 without CUDA graphs; with "attn":
+# "decode": the decode tests (batched, graphs, greedy on the device, decode attention and its timing) and
+# the 7B decode benchmark at concurrency 1, 8 and 32 (MV_CONCURRENCY overrides), plus concurrency 1
+# without CUDA graphs; with "attn":
 # the prefill/vision attention tests (both kernels), the model parity tests with MV_ATTN=wmma, the kernel
 # timings and the vision/TTFT benchmark with each attention kernel; with "lora" (no test_gpu run):
 # tools/reference/lora_reference.py (medvision --adapter against transformers + peft, CUDA against CPU).
@@ -47,7 +48,9 @@ if [ "${1:-}" = nf4 ]; then
     test_gpu --gtest_filter='Nf4At7B.*:Nf4Cuda.*:Nf4ModelParity.*:CudaDense.*' 2>&1 | tee "$OUT/test_nf4.log"
 fi
 if [ "${1:-}" = decode ]; then
-  test_gpu --gtest_filter='CudaOps.*:CudaParity.*:CudaBatchScheduler.*' 2>&1 | tee "$OUT/test_decode.log"
+  test_gpu --gtest_filter='CudaOps.*:CudaParity.*:CudaBatchScheduler.*:CudaDecodeAttention.*' 2>&1 |
+    tee "$OUT/test_decode.log"
+  MV_GPU_TIMINGS=1 test_gpu --gtest_filter='CudaTimings.DecodeAttention*' 2>&1 | tee -a "$OUT/test_decode.log"
   M=/tmp/qwen25vl-7b-random
   [ -f "$M/config.json" ] || medvision -q debug random-checkpoint --config 7b --out "$M" --json > "$OUT/random_checkpoint.json"
   python3 -c "from PIL import Image; Image.open('docs/images/synth_discharge_summary_fax.png').convert('RGB').resize((1008, 1316), Image.BICUBIC).save('/tmp/page.png')"

@@ -601,12 +601,16 @@ class CudaModel final : public Model {
       dcs_.resize(static_cast<std::size_t>(rows * hd_) * sizeof(float));  // cos and sin, [rows][hd/2] each
       dlogits_.resize(static_cast<std::size_t>(rows * V_) * sizeof(float));
       dtok_.resize(static_cast<std::size_t>(rows) * sizeof(std::int32_t));
+      // Split partials and merge counters of decode attention; the counters start at zero.
+      dattn_.resize(cuda::decode_attention_workspace(static_cast<int>(nh_), static_cast<int>(nkv_),
+                                                     static_cast<int>(hd_), static_cast<int>(rows)));
+      cuda::check(cudaMemsetAsync(dattn_.data(), 0, dattn_.size(), stream_), "decode attention workspace");
       dec_rows_ = rows;
     }
     // The graphs hold these addresses (and the linear layers' scratch buffer, which may grow).
-    const std::vector<const void*> now{din_.data(),  dx_.data(),         dh_.data(),  da_.data(),
-                                       dy_.data(),   dq_.data(),         dcs_.data(), dlogits_.data(),
-                                       dtok_.data(), lin_scratch_.data()};
+    const std::vector<const void*> now{din_.data(),  dx_.data(),    dh_.data(),         da_.data(),
+                                       dy_.data(),   dq_.data(),    dcs_.data(),        dlogits_.data(),
+                                       dtok_.data(), dattn_.data(), lin_scratch_.data()};
     if (now != graph_buffers_) {
       drop_graphs();
       graph_buffers_ = now;
@@ -712,9 +716,9 @@ class CudaModel final : public Model {
       throw;
     }
     cuda::check(cudaStreamEndCapture(stream_, &graph), "end graph capture");
-    const std::vector<const void*> after{din_.data(),  dx_.data(),         dh_.data(),  da_.data(),
-                                         dy_.data(),   dq_.data(),         dcs_.data(), dlogits_.data(),
-                                         dtok_.data(), lin_scratch_.data()};
+    const std::vector<const void*> after{din_.data(),  dx_.data(),    dh_.data(),         da_.data(),
+                                         dy_.data(),   dq_.data(),    dcs_.data(),        dlogits_.data(),
+                                         dtok_.data(), dattn_.data(), lin_scratch_.data()};
     cudaGraphExec_t exec = nullptr;
     if (after == before) {
       const cudaError_t e = cudaGraphInstantiate(&exec, graph, 0);
@@ -795,7 +799,9 @@ class CudaModel final : public Model {
                                     static_cast<int>(nh_),
                                     static_cast<int>(nkv_),
                                     static_cast<int>(hd_),
-                                    rows};
+                                    rows,
+                                    dattn_.data(),
+                                    static_cast<int>(dec_rows_)};
       cuda::decode_attention(stream_, da);
       if (!gemv) cuda::f32_to_bf16(stream_, h32, B * nq, a);
       linear(L.o, x, true);
@@ -836,7 +842,7 @@ class CudaModel final : public Model {
   Buffer tin_, tx_, ta_, ty_, tq_, tcs_, th32_, logits_dev_;
   HostStage vstage_, tstage_, lstage_;
   // Decode step: its own buffers (fixed addresses while graphs use them) and the captured graphs.
-  Buffer din_, dx_, dh_, da_, dy_, dq_, dcs_, dlogits_, dtok_;
+  Buffer din_, dx_, dh_, da_, dy_, dq_, dcs_, dlogits_, dtok_, dattn_;
   HostStage dstage_;
   std::int64_t dec_rows_ = 0;  // rows the decode buffers hold
   bool use_graphs_ = true;

@@ -208,7 +208,13 @@ struct QkvDecodeSplit {
 void rope_split_qkv_decode(cudaStream_t s, const QkvDecodeSplit& a);
 
 // Decode attention: for each sequence b, one query row q[b] (bf16 [n_heads][hd], row stride q_stride)
-// against keys [0, seqs[b].len) of its cache at `layer`.
+// against keys [0, seqs[b].len) of its cache at `layer`; a sequence of length 0 gives zeros.
+// Flash-decoding: each sequence's keys are split over several blocks (the split count depends only on
+// n_heads, n_kv, hd, batch and the device, never on the lengths, so the launch can be captured in a graph
+// and replayed for other lengths) and merged exactly on the device. `work` is a device workspace of
+// decode_attention_workspace(n_heads, n_kv, hd, work_batch) bytes for batches up to work_batch,
+// zero-filled once before its first use (the launches leave its counters at zero again); one workspace
+// serves launches on one stream at a time. head_dim 1..256; n_heads a multiple of n_kv.
 struct DecodeAttnArgs {
   const bf16* q;
   std::int64_t q_stride;
@@ -218,7 +224,12 @@ struct DecodeAttnArgs {
   float* out;  // fp32 (it feeds the fp32 decode GEMV)
   std::int64_t out_stride;
   int n_heads, n_kv, hd, batch;
+  void* work;
+  int work_batch;
 };
+std::size_t decode_attention_workspace(int n_heads, int n_kv, int hd, int max_batch);
+// Blocks per (sequence, kv head) that decode_attention uses on the current device (for reports).
+int decode_attention_splits(int n_heads, int n_kv, int hd, int batch);
 void decode_attention(cudaStream_t s, const DecodeAttnArgs& a);
 
 // out[b] = argmax of logits row b (first index on ties, as torch.argmax); −1 when the row holds a NaN or

@@ -1,4 +1,4 @@
-// Element-wise, row and decode-attention kernels of the CUDA engine (see cuda_ops.hpp).
+// Element-wise and row kernels of the CUDA engine (see cuda_ops.hpp).
 #include <cuda_fp16.h>
 
 #include <cfloat>
@@ -212,98 +212,6 @@ __global__ void rope_split_decode_kernel(QkvDecodeSplit a) {
                  a.q_out + r * a.n_heads * a.hd, sq.k + kv_off, sq.v + kv_off, sq.head_stride);
 }
 
-// Decode attention: one block of kDecodeWarps warps per (head, sequence). Each warp takes tiles of 32 keys
-// (tile t goes to warp t mod kDecodeWarps): lane j scores key j of the tile (16-byte loads of its key row),
-// the warp updates its own running max / sum, then accumulates p·V with lanes over head dims (rows read
-// coalesced, 32 independent loads in flight). The warps' partial results are merged at the end.
-constexpr int kDecodeWarps = 16;
-constexpr int kMaxHeadDim = 256;
-constexpr int kPerLane = kMaxHeadDim / 32;
-
-__global__ void __launch_bounds__(kDecodeWarps * 32) decode_attention_kernel(DecodeAttnArgs a, float scale) {
-  const int h = blockIdx.x, b = blockIdx.y;
-  const int g = h / (a.n_heads / a.n_kv);
-  const DecodeSeq sq = a.seqs[b];
-  const int len = sq.len;
-  const std::int64_t off = (static_cast<std::int64_t>(a.layer) * a.n_kv + g) * sq.head_stride;
-  const bf16* k = sq.k + off;
-  const bf16* v = sq.v + off;
-  __shared__ float qs[kMaxHeadDim];
-  __shared__ float wm[kDecodeWarps], wl[kDecodeWarps];
-  __shared__ float wacc[kDecodeWarps][kMaxHeadDim];
-  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const int hd = a.hd;
-  const bf16* q = a.q + b * a.q_stride + h * hd;
-  for (int d = tid; d < hd; d += blockDim.x) qs[d] = __bfloat162float(q[d]) * scale;
-  __syncthreads();
-  float acc[kPerLane];
-#pragma unroll
-  for (int i = 0; i < kPerLane; ++i) acc[i] = 0.0f;
-  float m = -FLT_MAX, l = 0.0f;
-  const bool vec = (hd & 7) == 0 && (a.kv_row_stride & 7) == 0;
-  for (int t0 = warp * 32; t0 < len; t0 += kDecodeWarps * 32) {
-    const int j = t0 + lane;
-    float sc = -FLT_MAX;
-    if (j < len) {
-      const bf16* kr = k + static_cast<std::int64_t>(j) * a.kv_row_stride;
-      float dot = 0.0f;
-      if (vec) {
-        for (int d = 0; d < hd; d += 8) {
-          const uint4 raw = *reinterpret_cast<const uint4*>(kr + d);
-          const __nv_bfloat162* h2 = reinterpret_cast<const __nv_bfloat162*>(&raw);
-#pragma unroll
-          for (int u = 0; u < 4; ++u) {
-            const float2 f = __bfloat1622float2(h2[u]);
-            dot += f.x * qs[d + 2 * u] + f.y * qs[d + 2 * u + 1];
-          }
-        }
-      } else {
-        for (int d = 0; d < hd; ++d) dot += __bfloat162float(kr[d]) * qs[d];
-      }
-      sc = dot;
-    }
-    const float m_new = fmaxf(m, warp_max(sc));
-    const float corr = __expf(m - m_new);
-    const float p = j < len ? __expf(sc - m_new) : 0.0f;
-    l = l * corr + warp_sum(p);
-    m = m_new;
-#pragma unroll
-    for (int i = 0; i < kPerLane; ++i) acc[i] *= corr;
-    const int nk = min(32, len - t0);
-#pragma unroll 8
-    for (int jj = 0; jj < nk; ++jj) {
-      const float pj = __shfl_sync(0xffffffffu, p, jj);
-      const bf16* vr = v + static_cast<std::int64_t>(t0 + jj) * a.kv_row_stride;
-#pragma unroll
-      for (int i = 0; i < kPerLane; ++i) {
-        const int d = lane + 32 * i;
-        if (d < hd) acc[i] += pj * __bfloat162float(vr[d]);
-      }
-    }
-  }
-  if (lane == 0) {
-    wm[warp] = m;
-    wl[warp] = l;
-  }
-#pragma unroll
-  for (int i = 0; i < kPerLane; ++i) {
-    const int d = lane + 32 * i;
-    if (d < hd) wacc[warp][d] = acc[i];
-  }
-  __syncthreads();
-  float M = -FLT_MAX;
-  for (int w = 0; w < kDecodeWarps; ++w) M = fmaxf(M, wm[w]);
-  float L = 0.0f;
-  for (int w = 0; w < kDecodeWarps; ++w) L += wl[w] * __expf(wm[w] - M);
-  const float inv = L > 0.0f ? 1.0f / L : 0.0f;
-  float* o = a.out + b * a.out_stride + h * hd;
-  for (int d = tid; d < hd; d += blockDim.x) {
-    float s = 0.0f;
-    for (int w = 0; w < kDecodeWarps; ++w) s += wacc[w][d] * __expf(wm[w] - M);
-    o[d] = s * inv;
-  }
-}
-
 __global__ void argmax_kernel(const float* logits, std::int64_t cols, std::int32_t* out) {
   const float* x = logits + blockIdx.x * cols;
   float best = -INFINITY;
@@ -445,14 +353,6 @@ void rope_split_qkv_decode(cudaStream_t s, const QkvDecodeSplit& a) {
   if (a.rows <= 0) return;
   rope_split_decode_kernel<<<static_cast<unsigned>(a.rows), 256, 0, s>>>(a);
   check_launch("rope_split_qkv_decode");
-}
-
-void decode_attention(cudaStream_t s, const DecodeAttnArgs& a) {
-  if (a.batch <= 0) return;
-  if (a.hd > kMaxHeadDim) check(cudaErrorInvalidValue, "decode_attention: head_dim above 256");
-  const float scale = 1.0f / sqrtf(static_cast<float>(a.hd));
-  decode_attention_kernel<<<dim3(a.n_heads, a.batch), kDecodeWarps * 32, 0, s>>>(a, scale);
-  check_launch("decode_attention");
 }
 
 void argmax_rows(cudaStream_t s, const float* logits, std::int64_t rows, std::int64_t cols,
