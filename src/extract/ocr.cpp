@@ -1,10 +1,9 @@
 #include "extract/ocr.hpp"
 
+#include <dlfcn.h>
 #include <leptonica/allheaders.h>
 #include <tesseract/baseapi.h>
 #include <tesseract/resultiterator.h>
-
-#include <dlfcn.h>
 
 #include <algorithm>
 #include <chrono>
@@ -276,10 +275,11 @@ OcrPage OcrEngine::recognize(const Page& page) {
   }
   std::erase_if(lines, [](const auto& l) { return l.empty(); });
   out.rows = build_rows(out.words, lines);
-  spdlog::debug("ocr: page {}: {} words, {} rows, skew {:.2f} deg{}, scale {:.2f}; {:.0f} ms (prepare {:.0f}, "
-                "recognise {:.0f})",
-                page.number, out.words.size(), out.rows.size(), angle,
-                out.normalised ? ", background normalised" : "", scale, ms_since(t_start), prep_ms, rec_ms);
+  spdlog::debug(
+      "ocr: page {}: {} words, {} rows, skew {:.2f} deg{}, scale {:.2f}; {:.0f} ms (prepare {:.0f}, "
+      "recognise {:.0f})",
+      page.number, out.words.size(), out.rows.size(), angle, out.normalised ? ", background normalised" : "",
+      scale, ms_since(t_start), prep_ms, rec_ms);
   return out;
 }
 

@@ -1,11 +1,11 @@
 #include "extract/structurer.hpp"
 
+#include <fmt/format.h>
+
 #include <algorithm>
 #include <cctype>
 #include <cmath>
 #include <regex>
-
-#include <fmt/format.h>
 #include <set>
 
 namespace mv::extract {
@@ -453,8 +453,8 @@ class Builder {
         double x1 = w->box.x1;
         // "12:00 AM", "2:00 PM": a 12-hour clock, the marker in the next word of the cell.
         if (k + 1 < r.words.size() && r.words[k + 1].first.second <= r.cells[c].second) {
-          std::string next = to_lower(r.text.substr(r.words[k + 1].first.first,
-                                                    r.words[k + 1].first.second - r.words[k + 1].first.first));
+          std::string next = to_lower(r.text.substr(
+              r.words[k + 1].first.first, r.words[k + 1].first.second - r.words[k + 1].first.first));
           if (next == "am" || next == "pm") {
             int h = std::stoi(t.substr(0, 2));
             if (h >= 1 && h <= 12) h = next == "pm" ? (h % 12) + 12 : h % 12;
@@ -749,8 +749,10 @@ class Builder {
     if (role && !role->empty()) d.role = role;
     d.provenance = make_provenance(r, spans);
     e_.diagnoses.push_back(std::move(d));
-    // A text that runs to the end of the row may continue on the next row ("... of left" / "lower extremity").
-    diagnosis_open_ = text_end == t.size() ? std::optional<std::size_t>(e_.diagnoses.size() - 1) : std::nullopt;
+    // A text that runs to the end of the row may continue on the next row ("... of left" / "lower
+    // extremity").
+    diagnosis_open_ =
+        text_end == t.size() ? std::optional<std::size_t>(e_.diagnoses.size() - 1) : std::nullopt;
     return true;
   }
 
@@ -831,10 +833,12 @@ class Builder {
       // even when the name is not in the vocabulary or wraps before the part that is.
       if (section_ != "immunizations" || r.cells.size() < 3) return false;
       const std::string c0 = r.cell(0);
-      if (std::count_if(c0.begin(), c0.end(), [](char ch) { return std::isalpha(static_cast<unsigned char>(ch)); }) < 3)
+      if (std::count_if(c0.begin(), c0.end(),
+                        [](char ch) { return std::isalpha(static_cast<unsigned char>(ch)); }) < 3)
         return false;
       bool dated = false;
-      for (std::size_t c = 1; c < r.cells.size() && !dated; ++c) dated = normalise_date(r.cell(c), false).has_value();
+      for (std::size_t c = 1; c < r.cells.size() && !dated; ++c)
+        dated = normalise_date(r.cell(c), false).has_value();
       if (!dated) return false;
     } else {
       // The whole cell that holds the name is the vaccine as printed.
@@ -872,8 +876,9 @@ class Builder {
       }
       if (!im.route) {
         // A route column holds an abbreviation alone; OCR may lower its case ("sc").
-        auto it = std::find_if(v_.route_abbr.begin(), v_.route_abbr.end(),
-                               [&](const std::string& a) { return a.size() == t.size() && to_lower(a) == to_lower(t); });
+        auto it = std::find_if(v_.route_abbr.begin(), v_.route_abbr.end(), [&](const std::string& a) {
+          return a.size() == t.size() && to_lower(a) == to_lower(t);
+        });
         if (it != v_.route_abbr.end()) {
           im.route = *it;
           spans["route"] = r.cells[c];

@@ -134,7 +134,8 @@ TEST(Dates, TwelveHourClock) {
 }
 
 TEST(LabRow, PrintedLoincAndPriorResultColumn) {
-  // "Test / LOINC  Result  Flag  Prior  Units  Reference": the code is kept, the prior value is not the range.
+  // "Test / LOINC  Result  Flag  Prior  Units  Reference": the code is kept, the prior value is not the
+  // range.
   auto l = parse_lab_row("Potassium 2823-3  3.2  LOW  3.3  mmol/L  3.5-5.1", vocab());
   ASSERT_TRUE(l);
   EXPECT_EQ(l->lab.test, "Potassium");

@@ -48,13 +48,14 @@ OcrPage page_of(const std::vector<std::string>& lines) {
   return p;
 }
 
-Extraction run(const std::vector<std::string>& lines) { return structure_document({page_of(lines)}, vocab()); }
+Extraction run(const std::vector<std::string>& lines) {
+  return structure_document({page_of(lines)}, vocab());
+}
 
 TEST(Structurer, FollowUpsWithSymbolBulletsAndColonTiming) {
   auto e = run({"Follow-up",
                 "\xC2\xA2\xC2\xAB  Repeat CBC - in 1 week",  // "¢«" for a bullet
-                "*  Colonoscopy: in 5 years",
-                "SARH | Printed Jan 14, 2022 20:30  SYNTHETIC  Page 1 of 2"});
+                "*  Colonoscopy: in 5 years", "SARH | Printed Jan 14, 2022 20:30  SYNTHETIC  Page 1 of 2"});
   ASSERT_EQ(e.followups.size(), 2u);
   EXPECT_EQ(e.followups[0].text, "Repeat CBC");
   EXPECT_EQ(e.followups[0].when, "in 1 week");
@@ -63,12 +64,11 @@ TEST(Structurer, FollowUpsWithSymbolBulletsAndColonTiming) {
 }
 
 TEST(Structurer, DiagnosisCodesWithLetterIReadAsOne) {
-  auto e = run({"Diagnoses",
-                "Principal diagnosis: 182.402 Acute embolism and thrombosis of unspecified deep veins of left",
-                "lower extremity",
-                "\xC2\xA2  Secondary: 110 Essential (primary) hypertension",
-                "PAST MEDICAL HISTORY",
-                "e  Nonrheumatic aortic (valve) stenosis (135.0) - history of"});
+  auto e =
+      run({"Diagnoses",
+           "Principal diagnosis: 182.402 Acute embolism and thrombosis of unspecified deep veins of left",
+           "lower extremity", "\xC2\xA2  Secondary: 110 Essential (primary) hypertension",
+           "PAST MEDICAL HISTORY", "e  Nonrheumatic aortic (valve) stenosis (135.0) - history of"});
   ASSERT_EQ(e.diagnoses.size(), 3u);
   EXPECT_EQ(e.diagnoses[0].icd10, "I82.402");
   EXPECT_EQ(e.diagnoses[0].role, "principal");
@@ -88,8 +88,7 @@ TEST(Structurer, NumbersInParenthesesOutsideDiagnosesAreNotCodes) {
 }
 
 TEST(Structurer, SideBySideLabTable) {
-  auto e = run({"Basic Metabolic Panel",
-                "Test  Result  Units  Range  Test  Result  Units  Range",
+  auto e = run({"Basic Metabolic Panel", "Test  Result  Units  Range  Test  Result  Units  Range",
                 "Sodium  132 LOW  mmol/L  136-145  Potassium  4.4  mmol/L  3.5-5.1"});
   ASSERT_EQ(e.labs.size(), 2u);
   EXPECT_EQ(e.labs[0].test, "Sodium");
@@ -102,8 +101,7 @@ TEST(Structurer, SideBySideLabTable) {
 }
 
 TEST(Structurer, WrappedVaccineNameAndLotDigitZero) {
-  auto e = run({"Vaccines Administered",
-                "Vaccine  Date  Dose  Manufacturer  Lot #  Route  Site",
+  auto e = run({"Vaccines Administered", "Vaccine  Date  Dose  Manufacturer  Lot #  Route  Site",
                 "Meningococcal conjugate vaccine  10/21/2015  1  Sanofi Pasteur  YLO61  sc  L deltoid",
                 "(MenACWY)"});
   ASSERT_EQ(e.immunizations.size(), 1u);

@@ -379,7 +379,9 @@ TEST(ServerBatching, VlmExtractionAndChatShareOneEngine) {
   o.model_dir = tiny_model();
   o.backend = "vlm";
   o.max_batch = 4;
-  o.max_tokens_limit = 160;  // also the extraction's answer budget
+  // Also the extraction's answer budget. The chat stream below gets the whole budget and is stopped by
+  // the test, so it is still running when the extraction reaches the engine even on a loaded machine.
+  o.max_tokens_limit = 1000;
   auto s = std::make_unique<Running>(o);
   spdlog::set_default_logger(previous);
   spdlog::set_level(level);
@@ -394,7 +396,7 @@ TEST(ServerBatching, VlmExtractionAndChatShareOneEngine) {
   auto c = s->client();
   EXPECT_EQ(parse(c.Get("/health"))["backend"], "vlm");
   // A chat stream with the same budget, started first: the extraction joins it.
-  Holder holder(s->port, "Go on and on", 160);
+  Holder holder(s->port, "Go on and on", 1000);
   ASSERT_TRUE(holder.ok);
   const double generations = metric(*s, "medvision_generations_total");
   const double prompt_tokens = metric(*s, "medvision_prompt_tokens_total");

@@ -9,8 +9,6 @@
 // keys. A block writes its unnormalised output, max and sum (fp32) to the workspace; the last block of a
 // (sequence, kv head) to arrive (a counter in the workspace, reset by that block) merges the splits,
 // rescaling each by 2^(m_s − m).
-#include <cuda_pipeline_primitives.h>
-
 #include <algorithm>
 #include <atomic>
 #include <cfloat>
@@ -61,6 +59,18 @@ __device__ __forceinline__ float warp_sum(float v) {
 __device__ __forceinline__ float warp_max(float v) {
   for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
   return v;
+}
+
+// 16-byte global → shared copy (cp.async, L2 only); zero-fills the 16 bytes instead when !valid.
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
+  const auto s = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+  const int n = valid ? 16 : 0;
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(src), "r"(n) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int kN>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(kN) : "memory");
 }
 
 template <int kN>
@@ -148,7 +158,7 @@ __global__ void __launch_bounds__(kThreads, 2) decode_attn_kernel(const DecodeAt
           const int key = key0 + row;
           const bf16* src =
               (kv ? vb : kb) + static_cast<std::int64_t>(min(key, k1 - 1)) * a.kv_row_stride + col;
-          __pipeline_memcpy_async(dst0 + kv * tile_elems + row * stride + col, src, 16, key < k1 ? 0 : 16);
+          cp_async16(dst0 + kv * tile_elems + row * stride + col, src, key < k1);
         }
       } else {
         for (int e = tid; e < 2 * kTileKeys * hd8; e += kThreads) {
@@ -164,7 +174,7 @@ __global__ void __launch_bounds__(kThreads, 2) decode_attn_kernel(const DecodeAt
 #pragma unroll
     for (int s = 0; s < kStages - 1; ++s) {
       if (s < ntiles) load_tile(s, s);
-      __pipeline_commit();
+      cp_async_commit();
     }
     float m = -FLT_MAX, l = 0.0f;  // running max / sum of head `warp` (warps < nh)
     float acc[kGroup][kPL];
@@ -175,10 +185,10 @@ __global__ void __launch_bounds__(kThreads, 2) decode_attn_kernel(const DecodeAt
     const bool lane_dims = lane * kPL < hd;
 
     for (int t = 0; t < ntiles; ++t) {
-      __pipeline_wait_prior(kStages - 2);
+      cp_async_wait<kStages - 2>();
       __syncthreads();  // tile t is in place for all threads; tile t − 1's stage is free
       if (t + kStages - 1 < ntiles) load_tile(t + kStages - 1, (t + kStages - 1) % kStages);
-      __pipeline_commit();
+      cp_async_commit();
       const bf16* kt = tiles + (t % kStages) * 2 * tile_elems;
       const bf16* vt = kt + tile_elems;
       const int nk = min(kTileKeys, k1 - (k0 + t * kTileKeys));
@@ -236,7 +246,7 @@ __global__ void __launch_bounds__(kThreads, 2) decode_attn_kernel(const DecodeAt
         }
       }
     }
-    __pipeline_wait_prior(0);
+    cp_async_wait<0>();
     __syncthreads();  // every warp is done with the tiles: their space holds the warps' partial sums now
 
     float* red = reinterpret_cast<float*>(smem);  // [kWarps][kGroup][hd8]
