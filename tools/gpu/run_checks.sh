@@ -48,7 +48,7 @@ if [ "${1:-}" = nf4 ]; then
     test_gpu --gtest_filter='Nf4At7B.*:Nf4Cuda.*:Nf4ModelParity.*:CudaDense.*' 2>&1 | tee "$OUT/test_nf4.log"
 fi
 if [ "${1:-}" = decode ]; then
-  test_gpu --gtest_filter='CudaOps.*:CudaParity.*:CudaBatchScheduler.*:CudaDecodeAttention.*' 2>&1 |
+  test_gpu --gtest_filter='CudaOps.*:*CudaParity.*:CudaBatchScheduler.*:CudaDecodeAttention.*' 2>&1 |
     tee "$OUT/test_decode.log"
   MV_GPU_TIMINGS=1 test_gpu --gtest_filter='CudaTimings.DecodeAttention*' 2>&1 | tee -a "$OUT/test_decode.log"
   M=/tmp/qwen25vl-7b-random

@@ -125,6 +125,27 @@ void DLinear::gemm(const LinearContext& c, const bf16* a, std::int64_t rows, flo
   fail(Errc::kInternal, "linear: unknown weight format");
 }
 
+void DLinear::gemm_f32(const LinearContext& c, const float* x, std::int64_t rows, float* y,
+                       bool accumulate) const {
+  if (rows <= 0) return;
+  if (format == WeightFormat::kBF16) {
+    const std::size_t a_bytes =
+        (static_cast<std::size_t>(2 * rows * in) * sizeof(bf16) + 255) & ~std::size_t{255};
+    const std::size_t y_bytes = static_cast<std::size_t>(2 * rows * out) * sizeof(float);
+    auto* base = static_cast<char*>(scratch(c, a_bytes + y_bytes));
+    auto* hi = reinterpret_cast<bf16*>(base);
+    auto* y2 = reinterpret_cast<float*>(base + a_bytes);
+    cuda::split_bf16(c.stream, x, rows * in, hi, hi + rows * in);
+    c.gemm->run(c.stream, hi, 2 * rows, w.as<bf16>(), out, in, nullptr, y2, false);
+    cuda::add_row_halves(c.stream, y2, rows, out, bias(), y, accumulate);
+    return;
+  }
+  for (std::int64_t r0 = 0; r0 < rows; r0 += cuda::kGemvMaxRows) {
+    const int m = static_cast<int>(std::min<std::int64_t>(cuda::kGemvMaxRows, rows - r0));
+    gemv(c, x + r0 * in, m, y + r0 * out, accumulate);
+  }
+}
+
 void DLinear::gemv(const LinearContext& c, const float* x, int rows, float* y, bool accumulate) const {
   switch (format) {
     case WeightFormat::kBF16:

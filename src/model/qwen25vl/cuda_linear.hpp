@@ -67,6 +67,10 @@ struct DLinear {
   void gemm(const LinearContext& c, const bf16* a, std::int64_t rows, float* y, bool accumulate) const;
   // The same for a few rows (rows <= cuda::kGemvMaxRows) with fp32 activations (no rounding).
   void gemv(const LinearContext& c, const float* x, int rows, float* y, bool accumulate) const;
+  // Any number of rows with fp32 activations, nearly unrounded (decode batches above kGemvMaxRows):
+  // bf16 weights run one tensor-core GEMM over the two-term bf16 split of x ([hi; lo], 2·rows rows, so the
+  // weight is still read once) and sum the halves; other formats run the fp32 GEMV in groups of rows.
+  void gemm_f32(const LinearContext& c, const float* x, std::int64_t rows, float* y, bool accumulate) const;
   // Embedding lookup (cuda::embed_rows) from this matrix as a table [vocab, hidden] (dense formats).
   void embed_rows(cudaStream_t s, const std::int32_t* ids, const std::int32_t* feature_row,
                   const float* features, std::int64_t rows, float* x) const;

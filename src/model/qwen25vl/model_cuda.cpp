@@ -749,24 +749,19 @@ class CudaModel final : public Model {
     const auto* ids = reinterpret_cast<const std::int32_t*>(d + lay.ids);
     float* x = dx_.as<float>();
     float* h32 = dh_.as<float>();
-    bf16* a = da_.as<bf16>();
     float* y = dy_.as<float>();
     bf16* q = dq_.as<bf16>();
     float* cos = dcs_.as<float>();
     float* sin = cos + B * half;
 
-    // The normalised input of a linear layer: fp32 for the GEMV, bf16 for the GEMM.
-    auto norm = [&](const Buffer& w) {
-      if (gemv)
-        cuda::rms_norm_f32(stream_, x, B, H_, H_, w.as<float>(), eps, h32);
-      else
-        cuda::rms_norm(stream_, x, B, H_, H_, w.as<float>(), eps, a);
-    };
+    // Activations stay fp32 at every batch size: the GEMV reads them as they are, larger batches run the
+    // two-term bf16 split GEMM (DLinear::gemm_f32), so a sequence's logits barely depend on its batch.
+    auto norm = [&](const Buffer& w) { cuda::rms_norm_f32(stream_, x, B, H_, H_, w.as<float>(), eps, h32); };
     auto linear = [&](const DLinear& lin, float* out, bool accumulate) {
       if (gemv)
         lin.gemv(lc_, h32, rows, out, accumulate);
       else
-        lin.gemm(lc_, a, B, out, accumulate);
+        lin.gemm_f32(lc_, h32, B, out, accumulate);
     };
 
     embed_.embed_rows(stream_, ids, nullptr, nullptr, B, x);
@@ -803,14 +798,10 @@ class CudaModel final : public Model {
                                     dattn_.data(),
                                     static_cast<int>(dec_rows_)};
       cuda::decode_attention(stream_, da);
-      if (!gemv) cuda::f32_to_bf16(stream_, h32, B * nq, a);
       linear(L.o, x, true);
       norm(L.post_norm);
       linear(L.gate_up, y, false);
-      if (gemv)
-        cuda::silu_mul_f32(stream_, y, B, I_, h32);
-      else
-        cuda::silu_mul(stream_, y, B, I_, a);
+      cuda::silu_mul_f32(stream_, y, B, I_, h32);
       linear(L.down, x, true);
     }
     norm(norm_);

@@ -115,6 +115,12 @@ void gelu(cudaStream_t s, const float* x, std::int64_t n, bf16* out);
 // dst[i] = bf16(src[i]) for fp32 / fp16 sources.
 void f32_to_bf16(cudaStream_t s, const float* src, std::int64_t n, bf16* dst);
 void f16_to_bf16(cudaStream_t s, const std::uint16_t* src, std::int64_t n, bf16* dst);
+// Two-term bf16 split of fp32 values: hi[i] = bf16(x[i]), lo[i] = bf16(x[i] − hi[i]) (about 16 significant
+// bits together), so that a bf16 tensor-core GEMM over [hi; lo] computes x·Wᵀ nearly unrounded.
+void split_bf16(cudaStream_t s, const float* src, std::int64_t n, bf16* hi, bf16* lo);
+// out[r] (+)= y2[r] + y2[rows + r] + bias for rows of n (sums the two halves of a split GEMM).
+void add_row_halves(cudaStream_t s, const float* y2, std::int64_t rows, std::int64_t n, const float* bias,
+                    float* out, bool accumulate);
 // Row permutation of fp32 rows of `cols`: dst[i] = src[idx[i]] (gather) or dst[idx[i]] = src[i] (scatter).
 void gather_rows(cudaStream_t s, const float* src, const std::int64_t* idx, std::int64_t rows,
                  std::int64_t cols, float* dst);

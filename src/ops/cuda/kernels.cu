@@ -119,6 +119,29 @@ __global__ void f32_to_bf16_kernel(const float* src, std::int64_t n, bf16* dst) 
     dst[i] = __float2bfloat16(src[i]);
 }
 
+// hi = bf16(x), lo = bf16(x − hi): hi + lo carries about 16 significant bits of x.
+__global__ void split_bf16_kernel(const float* src, std::int64_t n, bf16* hi, bf16* lo) {
+  for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+    const float x = src[i];
+    const bf16 h = __float2bfloat16(x);
+    hi[i] = h;
+    lo[i] = __float2bfloat16(x - __bfloat162float(h));
+  }
+}
+
+// out[r][j] (+)= y2[r][j] + y2[rows + r][j] + bias[j].
+__global__ void add_row_halves_kernel(const float* y2, std::int64_t rows, std::int64_t n, const float* bias,
+                                      float* out, bool accumulate) {
+  const std::int64_t total = rows * n;
+  for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < total;
+       i += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+    float v = y2[i] + y2[total + i];
+    if (bias) v += bias[i % n];
+    out[i] = accumulate ? out[i] + v : v;
+  }
+}
+
 __global__ void f16_to_bf16_kernel(const std::uint16_t* src, std::int64_t n, bf16* dst) {
   for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
@@ -304,6 +327,19 @@ void gelu(cudaStream_t s, const float* x, std::int64_t n, bf16* out) {
 void f32_to_bf16(cudaStream_t s, const float* src, std::int64_t n, bf16* dst) {
   f32_to_bf16_kernel<<<grid_for(n, 256), 256, 0, s>>>(src, n, dst);
   check_launch("f32_to_bf16");
+}
+
+void split_bf16(cudaStream_t s, const float* src, std::int64_t n, bf16* hi, bf16* lo) {
+  if (n <= 0) return;
+  split_bf16_kernel<<<grid_for(n, 256), 256, 0, s>>>(src, n, hi, lo);
+  check_launch("split_bf16");
+}
+
+void add_row_halves(cudaStream_t s, const float* y2, std::int64_t rows, std::int64_t n, const float* bias,
+                    float* out, bool accumulate) {
+  if (rows <= 0 || n <= 0) return;
+  add_row_halves_kernel<<<grid_for(rows * n, 256), 256, 0, s>>>(y2, rows, n, bias, out, accumulate);
+  check_launch("add_row_halves");
 }
 
 void f16_to_bf16(cudaStream_t s, const std::uint16_t* src, std::int64_t n, bf16* dst) {
