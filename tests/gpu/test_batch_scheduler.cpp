@@ -80,7 +80,7 @@ TEST(CudaBatchScheduler, SharedDecodeStepsGiveTheSerialGreedyAndSampledText) {
       // lone sequence, so the batched text must equal the serial one token for token. (Larger steps run
       // the split bf16 GEMM, within ~5e-4 of a lone sequence: tests CudaParity.DecodeBatchAboveGemvRows*;
       // on this random-weight model that can flip near-ties, so exact text is not a property there.)
-      BatchOptions bo;
+      mv::server::BatchOptions bo;
       bo.max_batch = 4;
       BatchScheduler s(*model, bo, nullptr);
       std::promise<void> gate;
