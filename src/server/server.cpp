@@ -1,7 +1,11 @@
 #include "server/server.hpp"
 
 #include <httplib.h>
+#include <netdb.h>
+#include <poll.h>
 #include <spdlog/spdlog.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -10,6 +14,7 @@
 #include <condition_variable>
 #include <ctime>
 #include <deque>
+#include <filesystem>
 #include <fstream>
 #include <future>
 #include <mutex>
@@ -131,6 +136,12 @@ struct ModelOutputError : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// The client closed its connection before the answer was ready; the work was cancelled (499, as the access
+// log and metrics record it; nobody reads the body).
+struct ClientGone : std::runtime_error {
+  ClientGone() : std::runtime_error("the client closed the connection") {}
+};
+
 }  // namespace
 
 // Client-caused errors (4xx) carry their message: those messages name fields and limits, never document
@@ -151,6 +162,8 @@ ErrorReply error_reply(std::exception_ptr ep, const std::string& request_id, con
     return e;
   } catch (const ModelOutputError& e) {
     return reply(502, e.what());
+  } catch (const ClientGone& e) {
+    return reply(499, e.what());
   } catch (const Error& e) {
     const int status = e.code() == Errc::kNotFound ? 400 : http_status(e.code());
     if (status >= 500) {
@@ -187,6 +200,86 @@ std::uint64_t resident_bytes() {
   if (!(f >> size >> resident)) return 0;
   return resident * static_cast<std::uint64_t>(::sysconf(_SC_PAGESIZE));
 }
+
+// The numeric host and port of a socket address, as httplib reports them in Request::remote_addr/port.
+bool numeric_address(const sockaddr_storage& addr, socklen_t len, std::string& host, int& port) {
+  char h[NI_MAXHOST], p[NI_MAXSERV];
+  if (::getnameinfo(reinterpret_cast<const sockaddr*>(&addr), len, h, sizeof h, p, sizeof p,
+                    NI_NUMERICHOST | NI_NUMERICSERV) != 0)
+    return false;
+  host = h;
+  port = std::atoi(p);
+  return true;
+}
+
+// The connection socket of `req`: httplib 0.11 gives a handler no handle on it, so it is found among the
+// process's open descriptors as the socket whose local and peer addresses are the request's. The
+// connection (and so the descriptor) stays open while its handler runs. -1 when not found.
+int connection_socket(const httplib::Request& req) {
+  if (req.remote_port <= 0 || req.local_port <= 0) return -1;
+  std::error_code ec;
+  for (std::filesystem::directory_iterator it("/proc/self/fd", ec), end; !ec && it != end; it.increment(ec)) {
+    const std::string name = it->path().filename().string();
+    if (name.empty() || !std::all_of(name.begin(), name.end(), [](char c) { return c >= '0' && c <= '9'; }))
+      continue;
+    const int fd = std::atoi(name.c_str());
+    struct stat st {};
+    if (::fstat(fd, &st) != 0 || !S_ISSOCK(st.st_mode)) continue;
+    sockaddr_storage addr{};
+    socklen_t len = sizeof addr;
+    std::string host;
+    int port = 0;
+    if (::getpeername(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0 ||
+        !numeric_address(addr, len, host, port) || port != req.remote_port || host != req.remote_addr)
+      continue;
+    len = sizeof addr;
+    if (::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0 ||
+        !numeric_address(addr, len, host, port) || port != req.local_port || host != req.local_addr)
+      continue;
+    return fd;
+  }
+  return -1;
+}
+
+// Watches the connection of a non-streamed request while its answer is being computed. httplib only
+// notices a departed client when it writes, and a plain handler writes once, at the end; so the handler
+// waits for its work here, and polls the socket: an orderly close (FIN), a reset or an error from the
+// client's side sets `gone`, which the work's cancellation check reads (the engine then drops the sequence
+// before its next step and its place in the batch goes to the next request). The socket is only polled,
+// never read, so a request that follows on a kept-alive connection is left for httplib.
+class ClientWatch {
+ public:
+  explicit ClientWatch(const httplib::Request& req)
+      : gone_(std::make_shared<std::atomic<bool>>(false)), fd_(connection_socket(req)) {}
+  std::shared_ptr<std::atomic<bool>> flag() const { return gone_; }
+  bool gone() const { return gone_->load(); }
+
+  // Waits for `future`, cancelling through the flag when the client leaves meanwhile; the work still
+  // finishes (quickly, once cancelled) before this returns, so nothing outlives the request.
+  template <typename T>
+  T wait(std::future<T>& future) {
+    while (future.wait_for(std::chrono::milliseconds(20)) != std::future_status::ready)
+      if (!gone_->load() && closed()) {
+        gone_->store(true);
+        spdlog::debug("request {}: the client closed the connection; cancelling", t_request_id);
+      }
+    return future.get();
+  }
+
+ private:
+  bool closed() const {
+    if (fd_ < 0) return false;
+    pollfd p{fd_, POLLRDHUP, 0};
+    if (::poll(&p, 1, 0) <= 0) return false;
+    return (p.revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL)) != 0;
+  }
+  std::shared_ptr<std::atomic<bool>> gone_;
+  int fd_;
+};
+
+// Set on an extraction worker while it runs a job: the job's client-gone flag, read by the VLM extractor's
+// generation callback.
+thread_local std::shared_ptr<std::atomic<bool>> t_client_gone;
 
 // Live state of one streamed chat completion, shared by the engine (producer) and the connection (consumer).
 struct StreamState {
@@ -245,7 +338,7 @@ struct Server::Impl {
   void check_accepting() const;
   std::vector<extract::Page> decode_upload(const std::string& bytes, const std::string& pages_spec) const;
   template <typename T>
-  T run_on(WorkQueue& queue, std::function<T()> job);
+  T run_on(WorkQueue& queue, std::function<T()> job, ClientWatch* watch = nullptr);
   std::vector<Metrics::Gauge> gauges();
 };
 
@@ -294,7 +387,16 @@ Server::Impl::Impl(ServerOptions o) : options(std::move(o)) {
           g.messages = std::move(messages);
           g.images = std::move(images);
           g.max_tokens = max_new_tokens;
-          return scheduler->submit(std::move(g), nullptr).get().text;
+          // On an extraction worker: the request's client-gone flag (see run_on), so a client that
+          // leaves cancels the page being generated and the pages after it.
+          auto gone = t_client_gone;
+          if (gone) {
+            if (gone->load()) throw ClientGone();
+            g.cancelled = [gone] { return gone->load(); };
+          }
+          GenerationOutput out = scheduler->submit(std::move(g), nullptr).get();
+          if (gone && gone->load() && out.finish_reason == "cancelled") throw ClientGone();
+          return std::move(out.text);
         });
   } else {
     extractor = extract::make_extractor(backend, config);
@@ -463,15 +565,23 @@ std::vector<extract::Page> Server::Impl::decode_upload(const std::string& bytes,
   return pages;
 }
 
+// Runs `job` on `queue` and waits for it; with a watch, a job whose client left before it started is
+// skipped, and one that runs sees the client's flag in t_client_gone.
 template <typename T>
-T Server::Impl::run_on(WorkQueue& queue, std::function<T()> job) {
+T Server::Impl::run_on(WorkQueue& queue, std::function<T()> job, ClientWatch* watch) {
   check_accepting();
   auto promise = std::make_shared<std::promise<T>>();
   auto future = promise->get_future();
-  const auto admit = queue.try_submit([promise, job = std::move(job)] {
+  auto gone = watch ? watch->flag() : nullptr;
+  const auto admit = queue.try_submit([promise, gone, job = std::move(job)] {
     try {
-      promise->set_value(job());
+      if (gone && gone->load()) throw ClientGone();
+      t_client_gone = gone;
+      T value = job();
+      t_client_gone = nullptr;
+      promise->set_value(std::move(value));
     } catch (...) {
+      t_client_gone = nullptr;
       promise->set_exception(std::current_exception());
     }
   });
@@ -484,7 +594,7 @@ T Server::Impl::run_on(WorkQueue& queue, std::function<T()> job) {
     metrics.observe_rejection(queue.name(), 503);
     throw Rejected(503, 5, "the server is shutting down");
   }
-  return future.get();
+  return watch ? watch->wait(future) : future.get();
 }
 
 void Server::Impl::handle_health(const httplib::Request&, httplib::Response& res) {
@@ -536,22 +646,28 @@ void Server::Impl::handle_extract(const httplib::Request& req, httplib::Response
   eo.max_new_tokens = std::min(eo.max_new_tokens, options.max_tokens_limit);  // vlm: the answer's budget
   const auto t0 = Clock::now();
   const bool want_fhir = format == "fhir";
-  json result = run_on<json>(*extract_queue, [this, bytes = std::move(bytes), pages_spec, eo, want_fhir] {
-    auto pages = decode_upload(bytes, pages_spec);
-    extract::Extraction e;
-    try {
-      e = extractor->extract(pages, eo);
-    } catch (const Error& error) {
-      // The pages were decoded above, so what the VLM extractor still rejects as invalid is the model's
-      // answer (not JSON, not the schema): a bad gateway, not a bad request.
-      if (backend == "vlm" && error.code() == Errc::kInvalidInput)
-        throw ModelOutputError("the model's answer is not a valid extraction; retry or use the OCR backend");
-      throw;
-    }
-    json r = {{"extraction", extract::to_json(e)}};
-    if (want_fhir) r["fhir"] = extract::to_fhir_bundle(e);
-    return r;
-  });
+  ClientWatch watch(req);
+  json result = run_on<json>(
+      *extract_queue,
+      [this, bytes = std::move(bytes), pages_spec, eo, want_fhir] {
+        auto pages = decode_upload(bytes, pages_spec);
+        extract::Extraction e;
+        try {
+          e = extractor->extract(pages, eo);
+        } catch (const Error& error) {
+          // The pages were decoded above, so what the VLM extractor still rejects as invalid is the model's
+          // answer (not JSON, not the schema): a bad gateway, not a bad request.
+          if (backend == "vlm" && error.code() == Errc::kInvalidInput)
+            throw ModelOutputError(
+                "the model's answer is not a valid extraction; retry or use the OCR backend");
+          throw;
+        }
+        json r = {{"extraction", extract::to_json(e)}};
+        if (want_fhir) r["fhir"] = extract::to_fhir_bundle(e);
+        return r;
+      },
+      &watch);
+  if (watch.gone()) throw ClientGone();  // OCR work is not interrupted, but nobody is there to answer
   json& extraction = result["extraction"];
   const double seconds = std::chrono::duration<double>(Clock::now() - t0).count();
   json body = {{"extracted_content", extraction.dump(2)},
@@ -602,8 +718,12 @@ void Server::Impl::handle_analyze(const httplib::Request& req, httplib::Response
   user.parts.push_back({ChatPart::Kind::kText, std::move(prompt)});
   g.messages.push_back(std::move(user));
   g.max_tokens = max_tokens;
+  ClientWatch watch(req);
+  g.cancelled = [gone = watch.flag()] { return gone->load(); };
   const auto t0 = Clock::now();
-  GenerationOutput out = scheduler->submit(std::move(g), nullptr).get();
+  auto future = scheduler->submit(std::move(g), nullptr);
+  GenerationOutput out = watch.wait(future);
+  if (watch.gone() && out.finish_reason == "cancelled") throw ClientGone();
   json body = {{"answer", out.text},
                {"finish_reason", out.finish_reason},
                {"inference_latency_seconds", std::chrono::duration<double>(Clock::now() - t0).count()},
@@ -677,7 +797,11 @@ void Server::Impl::handle_chat(const httplib::Request& req, httplib::Response& r
   const std::string model = chat->id;
 
   if (!chat_req.stream) {
-    GenerationOutput out = scheduler->submit(std::move(chat_req.generation), nullptr).get();
+    ClientWatch watch(req);
+    chat_req.generation.cancelled = [gone = watch.flag()] { return gone->load(); };
+    auto future = scheduler->submit(std::move(chat_req.generation), nullptr);
+    GenerationOutput out = watch.wait(future);
+    if (watch.gone() && out.finish_reason == "cancelled") throw ClientGone();
     std::string content = out.text;
     if (chat_req.json_object) {
       auto j = find_json_object(out.text);

@@ -136,6 +136,38 @@ TEST(CudaOps, GemvMatchesCpuInFp32) {
   }
 }
 
+// Row i of a GEMV with m rows equals the same row computed alone, bit for bit (the same products added in
+// the same order for every m), with n not a multiple of the rows per block and both k paths.
+TEST(CudaOps, GemvRowsDoNotDependOnBatchSize) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937 rng(21);
+  for (auto [n, k] : {std::array<std::int64_t, 2>{77, 3584}, {13, 1000}, {45, 36}}) {
+    const int M = cuda::kGemvMaxRows;
+    const auto x = random_vec(static_cast<std::size_t>(M * k), rng),
+               w = random_vec(static_cast<std::size_t>(n * k), rng, 0.05f),
+               bias = random_vec(static_cast<std::size_t>(n), rng),
+               y0 = random_vec(static_cast<std::size_t>(M * n), rng);
+    auto dx = upload(x), dw = upload(to_bf16(w)), db = upload(bias);
+    // Each row alone.
+    std::vector<float> single(static_cast<std::size_t>(M * n));
+    for (int i = 0; i < M; ++i) {
+      auto dy = upload(std::vector<float>(y0.begin() + i * n, y0.begin() + (i + 1) * n));
+      cuda::gemv(nullptr, dx.as<float>() + i * k, 1, dw.as<cuda::bf16>(), n, k, db.as<float>(),
+                 dy.as<float>(), true);
+      const auto got = download<float>(dy, static_cast<std::size_t>(n));
+      std::copy(got.begin(), got.end(), single.begin() + i * n);
+    }
+    for (int m = 2; m <= M; ++m) {
+      auto dy = upload(std::vector<float>(y0.begin(), y0.begin() + m * n));
+      cuda::gemv(nullptr, dx.as<float>(), m, dw.as<cuda::bf16>(), n, k, db.as<float>(), dy.as<float>(), true);
+      const auto got = download<float>(dy, static_cast<std::size_t>(m * n));
+      for (std::int64_t j = 0; j < m * n; ++j)
+        ASSERT_EQ(got[static_cast<std::size_t>(j)], single[static_cast<std::size_t>(j)])
+            << "m=" << m << " row " << j / n << " col " << j % n << " (" << n << "x" << k << ")";
+    }
+  }
+}
+
 // Prefill attention (causal over a cache with earlier tokens, GQA) and vision varlen attention against
 // the CPU kernels on the same bf16-rounded inputs.
 TEST(CudaOps, AttentionMatchesCpu) {
@@ -761,6 +793,24 @@ TEST(CudaTimings, KernelsAt7BShapes) {
     std::printf("[ timing   ] decode %lldx%lld: gemv %.3f ms (%.0f GB/s), cuBLASLt m=1 %.3f ms (%.0f GB/s)\n",
                 static_cast<long long>(n), static_cast<long long>(k), ms, w.size() / ms / 1e6, ms2,
                 w.size() / ms2 / 1e6);
+  }
+  // Decode GEMV with several rows at 37888x3584: the weights are read once whatever m is, so the time
+  // should stay near the m = 1 time.
+  {
+    const std::int64_t n = 37888, k = 3584;
+    cuda::Buffer w(static_cast<std::size_t>(n * k) * sizeof(cuda::bf16));
+    cudaMemset(w.data(), 0x3f, w.size());
+    auto x = upload(random_vec(static_cast<std::size_t>(8 * k), rng));
+    cuda::Buffer y(static_cast<std::size_t>(8 * n) * sizeof(float));
+    for (const int m : {1, 2, 4, 8}) {
+      const float ms = time_ms(
+          [&] {
+            cuda::gemv(nullptr, x.as<float>(), m, w.as<cuda::bf16>(), n, k, nullptr, y.as<float>(), false);
+          },
+          20);
+      std::printf("[ timing   ] decode gemv %lldx%lld, m=%d: %.3f ms (%.0f GB/s of weights)\n",
+                  static_cast<long long>(n), static_cast<long long>(k), m, ms, w.size() / ms / 1e6);
+    }
   }
   // Prefill GEMM: 1727 x 37888 x 3584.
   {

@@ -2,10 +2,14 @@
 // same text whether a sequence runs alone or shares decode steps), cancellation freeing a place in the batch,
 // admission control, and through HTTP: concurrent chat requests batching, a client hanging up, and the VLM
 // extractor sharing the one engine with the chat routes.
+#include <arpa/inet.h>
 #include <gtest/gtest.h>
 #include <httplib.h>
+#include <netinet/in.h>
 #include <spdlog/sinks/ostream_sink.h>
 #include <spdlog/spdlog.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <chrono>
@@ -144,6 +148,28 @@ struct Holder {
   std::thread thread;
   bool ok = false;
 };
+
+// A non-streamed chat completion sent over a plain socket; the test closes the socket (the client hangs up
+// before the answer is ready). -1 when the connection fails.
+int post_chat_raw(int port, const json& body) {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) return -1;
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<std::uint16_t>(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  const std::string payload = body.dump();
+  const std::string request =
+      "POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer " + kKey +
+      "\r\nContent-Type: application/json\r\nContent-Length: " + std::to_string(payload.size()) + "\r\n\r\n" +
+      payload;
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 ||
+      ::send(fd, request.data(), request.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(request.size())) {
+    ::close(fd);
+    return -1;
+  }
+  return fd;
+}
 
 // Waits until `key` reads `value` (the engine's gauges move between decode steps).
 bool wait_for_metric(Running& s, const std::string& key, double value) {
@@ -366,6 +392,32 @@ TEST(ServerBatching, AClientThatHangsUpFreesItsPlaceInTheBatch) {
   EXPECT_TRUE(wait_for_metric(s, "medvision_queue_running{queue=\"engine\"}", 0.0));
   EXPECT_EQ(metric(s, "medvision_sequences_total{finish_reason=\"cancelled\"}"), 2.0);
   EXPECT_LT(metric(s, "medvision_generated_tokens_total"), 4000.0);
+}
+
+TEST(ServerBatching, ANonStreamedClientThatHangsUpFreesItsPlaceInTheBatch) {
+  ServerOptions o = base_options();
+  o.model_dir = tiny_model();
+  o.max_batch = 1;
+  o.max_queue = 4;
+  Running s(o);
+  // A long non-streamed completion takes the one place in the batch.
+  const int fd = post_chat_raw(s.port, chat_body("Go on and on", 3000));
+  ASSERT_GE(fd, 0);
+  ASSERT_TRUE(wait_for_metric(s, "medvision_queue_running{queue=\"engine\"}", 1.0));
+  // A second request waits for that place.
+  auto second = std::async(std::launch::async, [&s] {
+    auto r = s.client().Post("/v1/chat/completions", chat_body("Hello there", 4).dump(), "application/json");
+    return r ? r->status : -1;
+  });
+  ASSERT_TRUE(wait_for_metric(s, "medvision_queue_depth{queue=\"engine\"}", 1.0));
+  ::close(fd);  // hang up: the first sequence is cancelled and the waiting request gets the place
+  EXPECT_EQ(second.get(), 200);
+  EXPECT_EQ(metric(s, "medvision_sequences_total{finish_reason=\"cancelled\"}"), 1.0);
+  EXPECT_LT(metric(s, "medvision_generated_tokens_total"), 3000.0);
+  // The abandoned request is recorded as 499 (client closed the request), not as an answer or a fault.
+  EXPECT_TRUE(wait_for_metric(
+      s, "medvision_http_requests_total{route=\"/v1/chat/completions\",status=\"499\"}", 1.0));
+  EXPECT_TRUE(wait_for_metric(s, "medvision_queue_running{queue=\"engine\"}", 0.0));
 }
 
 TEST(ServerBatching, VlmExtractionAndChatShareOneEngine) {

@@ -190,80 +190,130 @@ __global__ void __launch_bounds__(kWarps * 32)
   }
 }
 
-// Fused NF4 GEMV, fast path (k % 32 == 0, blocks of >= 32): a warp takes kNf4Rows output rows; each lane
-// loads 16 bytes = 32 codes per row, which always lie in one block, so the block scale a' is computed
-// once per 16 bytes and multiplies the chunk's partial sums. The activations loaded for a chunk serve
-// all the warp's rows (otherwise x would be read from L1 8 times per weight byte).
+// Fused NF4 GEMV, fast path (k % 32 == 0, blocks of >= 32 elements). A team of G warps (G = 1, 2, 4 or 8,
+// chosen by the launch so that short rows keep every SM busy) takes kNf4Rows output rows; each lane loads
+// 16 bytes = 32 codes per row per step, which always lie in one block, so the block scale a' is computed
+// once per 16 bytes. The lanes of the team walk the row's 32-code chunks together (chunk = lane index in
+// the team + step · 32G). Decoding: the nibbles of a 32-bit word are masked once into byte offsets of the
+// 16-entry level table in shared memory (4 · code), so each level costs one byte extraction and one
+// shared load. The 8 levels of each row are decoded first, then each activation row's 8 values (two
+// 16-byte loads) serve all kNf4Rows weight rows. With M <= 4 rows the chunk's partial sums are multiplied
+// by a' once; with more rows the decoded levels are multiplied by a' instead (fewer registers). Warp sums
+// of a team meet in shared memory and are added in warp order.
 constexpr int kNf4Rows = 4;
-template <int M>
-__global__ void __launch_bounds__(kWarps * 32)
+template <int M, int G>
+__global__ void __launch_bounds__(kWarps * 32, 2)
     nf4_gemv_rows_kernel(const float* __restrict__ x, Nf4Ref q, std::int64_t n, std::int64_t k,
                          const float* __restrict__ bias, float* y, std::int64_t ldy, bool accumulate) {
+  static_assert(kWarps % G == 0, "a team is a divisor of the block's warps");
+  constexpr bool kScaleLevels = M > 4;
   __shared__ float lut[16];
   __shared__ float ncode[256];
+  __shared__ float red[G > 1 ? kWarps : 1][kNf4Rows][M];
   load_tables(q, lut, ncode);
-  const int lane = threadIdx.x & 31;
-  const std::int64_t row0 = (static_cast<std::int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5)) * kNf4Rows;
-  if (row0 >= n) return;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int team = warp / G, wt = warp % G;
+  const std::int64_t row0 = (static_cast<std::int64_t>(blockIdx.x) * (kWarps / G) + team) * kNf4Rows;
   const std::int64_t chunks = k >> 5;
+  const char* lb = reinterpret_cast<const char*>(lut);
+  std::int64_t base[kNf4Rows];  // first code of each row; rows past n read row 0's codes, never written
+#pragma unroll
+  for (int r = 0; r < kNf4Rows; ++r) base[r] = (row0 + r < n ? row0 + r : (row0 < n ? row0 : 0)) * k;
   float acc[kNf4Rows][M];
 #pragma unroll
   for (int r = 0; r < kNf4Rows; ++r)
 #pragma unroll
     for (int i = 0; i < M; ++i) acc[r][i] = 0.0f;
-  for (std::int64_t c = lane; c < chunks; c += 32) {
+  for (std::int64_t c = wt * 32 + lane; c < chunks; c += 32 * G) {
     uint4 raw[kNf4Rows];
     float s[kNf4Rows];
 #pragma unroll
-    for (int r = 0; r < kNf4Rows; ++r) {  // rows past n read row 0's bytes and are never written
-      const std::int64_t row = row0 + r < n ? row0 + r : row0;
-      const std::int64_t e = row * k + (c << 5);
-      raw[r] = __ldg(reinterpret_cast<const uint4*>(q.packed + (e >> 1)));
-      s[r] = nf4_scale(q, ncode, e >> q.block_shift);
-    }
-    float part[kNf4Rows][M];
+    for (int r = 0; r < kNf4Rows; ++r)
+      raw[r] = __ldg(reinterpret_cast<const uint4*>(q.packed + ((base[r] + (c << 5)) >> 1)));
+#pragma unroll
+    for (int r = 0; r < kNf4Rows; ++r) s[r] = nf4_scale(q, ncode, (base[r] + (c << 5)) >> q.block_shift);
+    float part[kNf4Rows][M];  // unused (and removed by the compiler) when the levels carry a'
 #pragma unroll
     for (int r = 0; r < kNf4Rows; ++r)
 #pragma unroll
       for (int i = 0; i < M; ++i) part[r][i] = 0.0f;
-#pragma unroll
+    const float* xc = x + (c << 5);
+    // One 32-bit word (8 codes) of each row per pass, not unrolled: the words move down one place per
+    // pass (raw[r].x is always the current one), which keeps the decoded levels of one pass in registers.
+#pragma unroll 1
     for (int wi = 0; wi < 4; ++wi) {
-      float4 xa[M], xb[M];
-#pragma unroll
-      for (int i = 0; i < M; ++i) {
-        const float4* xv = reinterpret_cast<const float4*>(x + i * k + (c << 5) + wi * 8);
-        xa[i] = __ldg(xv);
-        xb[i] = __ldg(xv + 1);
-      }
+      float wv[kNf4Rows][8];
 #pragma unroll
       for (int r = 0; r < kNf4Rows; ++r) {
-        const unsigned word = wi == 0 ? raw[r].x : wi == 1 ? raw[r].y : wi == 2 ? raw[r].z : raw[r].w;
-        float wv[8];
+        const unsigned word = raw[r].x;
+        raw[r].x = raw[r].y;
+        raw[r].y = raw[r].z;
+        raw[r].z = raw[r].w;
+        const unsigned hi = (word >> 2) & 0x3c3c3c3cu;  // byte b: 4 · code of element 2b (high nibble)
+        const unsigned lo = (word << 2) & 0x3c3c3c3cu;  // byte b: 4 · code of element 2b + 1
 #pragma unroll
-        for (int b = 0; b < 4; ++b) {  // little endian: the lowest byte holds elements 2b (high) and 2b + 1
-          const unsigned byte = (word >> (8 * b)) & 0xffu;
-          wv[2 * b] = lut[byte >> 4];
-          wv[2 * b + 1] = lut[byte & 15u];
+        for (int b = 0; b < 4; ++b) {  // little endian: the lowest byte holds elements 0 and 1
+          wv[r][2 * b] = *reinterpret_cast<const float*>(lb + __byte_perm(hi, 0u, 0x4440u | b));
+          wv[r][2 * b + 1] = *reinterpret_cast<const float*>(lb + __byte_perm(lo, 0u, 0x4440u | b));
         }
+        if constexpr (kScaleLevels) {
 #pragma unroll
-        for (int i = 0; i < M; ++i)
-          part[r][i] += wv[0] * xa[i].x + wv[1] * xa[i].y + wv[2] * xa[i].z + wv[3] * xa[i].w +
-                        wv[4] * xb[i].x + wv[5] * xb[i].y + wv[6] * xb[i].z + wv[7] * xb[i].w;
+          for (int j = 0; j < 8; ++j) wv[r][j] *= s[r];
+        }
+      }
+#pragma unroll
+      for (int i = 0; i < M; ++i) {
+        const float4* xv = reinterpret_cast<const float4*>(xc + i * k + wi * 8);
+        const float4 xa = __ldg(xv), xb = __ldg(xv + 1);
+#pragma unroll
+        for (int r = 0; r < kNf4Rows; ++r) {
+          const float d = wv[r][0] * xa.x + wv[r][1] * xa.y + wv[r][2] * xa.z + wv[r][3] * xa.w +
+                          wv[r][4] * xb.x + wv[r][5] * xb.y + wv[r][6] * xb.z + wv[r][7] * xb.w;
+          if constexpr (kScaleLevels)
+            acc[r][i] += d;
+          else
+            part[r][i] += d;
+        }
       }
     }
+    if constexpr (!kScaleLevels) {
 #pragma unroll
-    for (int r = 0; r < kNf4Rows; ++r)
+      for (int r = 0; r < kNf4Rows; ++r)
 #pragma unroll
-      for (int i = 0; i < M; ++i) acc[r][i] += part[r][i] * s[r];
+        for (int i = 0; i < M; ++i) acc[r][i] += part[r][i] * s[r];
+    }
   }
 #pragma unroll
-  for (int r = 0; r < kNf4Rows; ++r) {
-    const std::int64_t row = row0 + r;
+  for (int r = 0; r < kNf4Rows; ++r)
 #pragma unroll
-    for (int i = 0; i < M; ++i) {
-      const float v = warp_sum(acc[r][i]);
-      if (lane == 0 && row < n) {
-        float o = v + (bias ? bias[row] : 0.0f);
+    for (int i = 0; i < M; ++i) acc[r][i] = warp_sum(acc[r][i]);
+  if constexpr (G > 1) {
+    if (lane == 0) {
+#pragma unroll
+      for (int r = 0; r < kNf4Rows; ++r)
+#pragma unroll
+        for (int i = 0; i < M; ++i) red[warp][r][i] = acc[r][i];
+    }
+    __syncthreads();
+    if (wt != 0 || lane >= kNf4Rows * M) return;
+    const int r = lane / M, i = lane % M;
+    float v = red[warp][r][i];
+    for (int g = 1; g < G; ++g) v += red[warp + g][r][i];
+    const std::int64_t row = row0 + r;
+    if (row < n) {
+      float o = v + (bias ? bias[row] : 0.0f);
+      if (accumulate) o += y[i * ldy + row];
+      y[i * ldy + row] = o;
+    }
+  } else {
+    if (lane != 0) return;
+#pragma unroll
+    for (int r = 0; r < kNf4Rows; ++r) {
+      const std::int64_t row = row0 + r;
+      if (row >= n) continue;
+#pragma unroll
+      for (int i = 0; i < M; ++i) {
+        float o = acc[r][i] + (bias ? bias[row] : 0.0f);
         if (accumulate) o += y[i * ldy + row];
         y[i * ldy + row] = o;
       }
@@ -271,76 +321,120 @@ __global__ void __launch_bounds__(kWarps * 32)
   }
 }
 
-// 16 bytes of weights as floats.
-__device__ __forceinline__ void unpack16(const uint4& raw, const float*, float* out) {
-  out[0] = __uint_as_float(raw.x);
-  out[1] = __uint_as_float(raw.y);
-  out[2] = __uint_as_float(raw.z);
-  out[3] = __uint_as_float(raw.w);
+// Dense GEMV on a weight of type T, laid out like the bf16 GEMV in kernels.cu: a block of kWarps warps
+// computes gemv_typed_rows<M>() output rows for all m inputs, k split over its threads in chunks of 16
+// bytes of weights (one load per output row and chunk), each x piece loaded once per thread and reused
+// for every row of the block. Thread t always takes chunks t, t + 256, ... and adds the products in order
+// with fmaf, and the reduction tree does not depend on m, so row i of a call with m rows equals the same
+// row computed alone.
+template <int M>
+__host__ __device__ constexpr int gemv_typed_rows() {
+  return M <= 4 ? 8 : 4;
 }
-__device__ __forceinline__ void unpack16(const uint4& raw, const __half*, float* out) {
-  const __half2* h = reinterpret_cast<const __half2*>(&raw);
+
+template <int O, int V>
+__device__ __forceinline__ void reduce_scatter_step(float (&v)[V], int lane) {
+  if constexpr (O >= 1) {
+    constexpr int half = (V * O) / 32;
+    const bool up = (lane & O) != 0;
 #pragma unroll
-  for (int j = 0; j < 4; ++j) {
-    const float2 f = __half22float2(h[j]);
-    out[2 * j] = f.x;
-    out[2 * j + 1] = f.y;
-  }
-}
-__device__ __forceinline__ void unpack16(const uint4& raw, const bf16*, float* out) {
-  const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&raw);
-#pragma unroll
-  for (int j = 0; j < 4; ++j) {
-    const float2 f = __bfloat1622float2(h[j]);
-    out[2 * j] = f.x;
-    out[2 * j + 1] = f.y;
+    for (int j = 0; j < half; ++j) {
+      const float lo = v[j], hi = v[j + half];
+      const float send = up ? lo : hi;
+      const float keep = up ? hi : lo;
+      v[j] = keep + __shfl_xor_sync(0xffffffffu, send, O);
+    }
+    reduce_scatter_step<O / 2>(v, lane);
   }
 }
 
-// Dense GEMV on a weight of type T: one warp per output row, 16-byte loads.
+// Pair h of the 16 bytes of weights as floats.
+__device__ __forceinline__ unsigned word(const uint4& raw, int h) {
+  return h == 0 ? raw.x : h == 1 ? raw.y : h == 2 ? raw.z : raw.w;
+}
+__device__ __forceinline__ float2 weight_pair(const uint4& raw, int h, const float*) {
+  return make_float2(__uint_as_float(word(raw, 2 * h)), __uint_as_float(word(raw, 2 * h + 1)));
+}
+__device__ __forceinline__ float2 weight_pair(const uint4& raw, int h, const __half*) {
+  const unsigned p = word(raw, h);
+  return __half22float2(*reinterpret_cast<const __half2*>(&p));
+}
+__device__ __forceinline__ float2 weight_pair(const uint4& raw, int h, const bf16*) {
+  const unsigned p = word(raw, h);
+  return make_float2(__uint_as_float(p << 16), __uint_as_float(p & 0xffff0000u));
+}
+
 template <typename T, int M>
-__global__ void __launch_bounds__(kWarps * 32)
+__global__ void __launch_bounds__(kWarps * 32, 2)
     gemv_typed_kernel(const float* __restrict__ x, const T* __restrict__ w, std::int64_t n, std::int64_t k,
                       const float* __restrict__ bias, float* y, std::int64_t ldy, bool accumulate) {
   constexpr int E = 16 / sizeof(T);  // weights per 16 bytes
-  const int lane = threadIdx.x & 31;
-  const std::int64_t row = static_cast<std::int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5);
-  if (row >= n) return;
-  const T* wr = w + row * k;
-  float acc[M];
+  constexpr int P = E / 2;           // pairs per 16 bytes
+  constexpr int R = gemv_typed_rows<M>();
+  constexpr int V = ((R * M + 31) / 32) * 32;
+  constexpr int kThreads = kWarps * 32;
+  __shared__ float red[kWarps][V];
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const std::int64_t row0 = static_cast<std::int64_t>(blockIdx.x) * R;
+  float acc[V];  // acc[r * M + i]: output row row0 + r, input i
 #pragma unroll
-  for (int i = 0; i < M; ++i) acc[i] = 0.0f;
+  for (int j = 0; j < V; ++j) acc[j] = 0.0f;
+  // Rows past n (last block) load row n - 1 and are not stored.
+  const T* wb = w + row0 * k;
+  const int last = static_cast<int>(n - 1 - row0 < R - 1 ? n - 1 - row0 : R - 1);
   if (k % E == 0) {
-    const uint4* w4 = reinterpret_cast<const uint4*>(wr);
     const std::int64_t kv = k / E;
-#pragma unroll 4
-    for (std::int64_t c = lane; c < kv; c += 32) {
-      float wf[E];
-      unpack16(__ldg(w4 + c), static_cast<const T*>(nullptr), wf);
+    for (std::int64_t c = tid; c < kv; c += kThreads) {
+      uint4 raw[R];
 #pragma unroll
-      for (int i = 0; i < M; ++i) {
-        const float4* xv = reinterpret_cast<const float4*>(x + i * k + c * E);
+      for (int r = 0; r < R; ++r)
+        raw[r] = __ldg(reinterpret_cast<const uint4*>(wb) + (r < last ? r : last) * kv + c);
 #pragma unroll
-        for (int j = 0; j < E / 4; ++j) {
-          const float4 a = __ldg(xv + j);
-          acc[i] += wf[4 * j] * a.x + wf[4 * j + 1] * a.y + wf[4 * j + 2] * a.z + wf[4 * j + 3] * a.w;
+      for (int h = 0; h < P; ++h) {
+        float2 wf[R];
+#pragma unroll
+        for (int r = 0; r < R; ++r) wf[r] = weight_pair(raw[r], h, static_cast<const T*>(nullptr));
+#pragma unroll
+        for (int i = 0; i < M; ++i) {
+          const float2 a = __ldg(reinterpret_cast<const float2*>(x + i * k) + P * c + h);
+#pragma unroll
+          for (int r = 0; r < R; ++r) {
+            float s = acc[r * M + i];
+            s = fmaf(wf[r].x, a.x, s);
+            s = fmaf(wf[r].y, a.y, s);
+            acc[r * M + i] = s;
+          }
         }
       }
     }
   } else {
-    for (std::int64_t c = lane; c < k; c += 32) {
-      const float wv = to_f32(wr[c]);
+    for (std::int64_t c = tid; c < k; c += kThreads) {
+      float xv[M];
 #pragma unroll
-      for (int i = 0; i < M; ++i) acc[i] += wv * x[i * k + c];
+      for (int i = 0; i < M; ++i) xv[i] = __ldg(x + i * k + c);
+#pragma unroll
+      for (int r = 0; r < R; ++r) {
+        const float wv = to_f32(wb[(r < last ? r : last) * k + c]);
+#pragma unroll
+        for (int i = 0; i < M; ++i) acc[r * M + i] = fmaf(wv, xv[i], acc[r * M + i]);
+      }
     }
   }
+  reduce_scatter_step<16>(acc, lane);  // lane L now holds the warp's sums of values L * V / 32 + j
+  constexpr int per_lane = V / 32;
 #pragma unroll
-  for (int i = 0; i < M; ++i) {
-    const float v = warp_sum(acc[i]);
-    if (lane == 0) {
-      float r = v + (bias ? bias[row] : 0.0f);
-      if (accumulate) r += y[i * ldy + row];
-      y[i * ldy + row] = r;
+  for (int j = 0; j < per_lane; ++j) red[warp][lane * per_lane + j] = acc[j];
+  __syncthreads();
+  if (tid < R * M) {
+    const int r = tid / M, i = tid - r * M;
+    const std::int64_t row = row0 + r;
+    if (row < n) {
+      float v = red[0][tid];
+#pragma unroll
+      for (int q = 1; q < kWarps; ++q) v += red[q][tid];
+      if (bias) v += bias[row];
+      if (accumulate) v += y[i * ldy + row];
+      y[i * ldy + row] = v;
     }
   }
 }
@@ -431,28 +525,60 @@ void nf4_dequantize(cudaStream_t s, const Nf4Ref& q, bf16* dst) {
 void nf4_gemv(cudaStream_t s, const float* x, int m, const Nf4Ref& q, std::int64_t n, std::int64_t k,
               const float* bias, float* y, std::int64_t ldy, bool accumulate) {
   if (m <= 0 || n <= 0) return;
+  if (m > 8) check(cudaErrorInvalidValue, "nf4_gemv: more than 8 rows");
   const bool fast = (k & 31) == 0 && q.block_shift >= 5;
-  const unsigned blocks = fast ? warp_blocks((n + kNf4Rows - 1) / kNf4Rows) : warp_blocks(n);
-  switch (m) {
-#define MV_NF4_CASE(M)                                                                              \
-  case M:                                                                                           \
-    if (fast)                                                                                       \
-      nf4_gemv_rows_kernel<M><<<blocks, kWarps * 32, 0, s>>>(x, q, n, k, bias, y, ldy, accumulate); \
-    else                                                                                            \
-      nf4_gemv_kernel<M><<<blocks, kWarps * 32, 0, s>>>(x, q, n, k, bias, y, ldy, accumulate);      \
+  if (!fast) {
+    const unsigned blocks = warp_blocks(n);
+    switch (m) {
+#define MV_NF4_CASE(M)                                                                       \
+  case M:                                                                                    \
+    nf4_gemv_kernel<M><<<blocks, kWarps * 32, 0, s>>>(x, q, n, k, bias, y, ldy, accumulate); \
     break;
-    MV_NF4_CASE(1)
-    MV_NF4_CASE(2)
-    MV_NF4_CASE(3)
-    MV_NF4_CASE(4)
-    MV_NF4_CASE(5)
-    MV_NF4_CASE(6)
-    MV_NF4_CASE(7)
-    MV_NF4_CASE(8)
+      MV_NF4_CASE(1)
+      MV_NF4_CASE(2)
+      MV_NF4_CASE(3)
+      MV_NF4_CASE(4)
+      MV_NF4_CASE(5)
+      MV_NF4_CASE(6)
+      MV_NF4_CASE(7)
+      MV_NF4_CASE(8)
 #undef MV_NF4_CASE
-    default:
-      check(cudaErrorInvalidValue, "nf4_gemv: more than 8 rows");
+    }
+    check_launch("nf4_gemv");
+    return;
   }
+  // Team size: more warps per row group while there are too few warps to fill the GPU (about 32 per SM
+  // on 132 SMs) and the row still has chunks for the extra lanes.
+  const std::int64_t groups = (n + kNf4Rows - 1) / kNf4Rows, chunks = k >> 5;
+  int g = 1;
+  while (g < kWarps && groups * g < 4096 && chunks > 32 * g) g *= 2;
+  const std::int64_t per_block = kWarps / g;
+  const auto blocks = static_cast<unsigned>((groups + per_block - 1) / per_block);
+#define MV_NF4_LAUNCH(M, G) \
+  nf4_gemv_rows_kernel<M, G><<<blocks, kWarps * 32, 0, s>>>(x, q, n, k, bias, y, ldy, accumulate)
+#define MV_NF4_TEAM(M)     \
+  case M:                  \
+    if (g == 1)            \
+      MV_NF4_LAUNCH(M, 1); \
+    else if (g == 2)       \
+      MV_NF4_LAUNCH(M, 2); \
+    else if (g == 4)       \
+      MV_NF4_LAUNCH(M, 4); \
+    else                   \
+      MV_NF4_LAUNCH(M, 8); \
+    break;
+  switch (m) {
+    MV_NF4_TEAM(1)
+    MV_NF4_TEAM(2)
+    MV_NF4_TEAM(3)
+    MV_NF4_TEAM(4)
+    MV_NF4_TEAM(5)
+    MV_NF4_TEAM(6)
+    MV_NF4_TEAM(7)
+    MV_NF4_TEAM(8)
+  }
+#undef MV_NF4_TEAM
+#undef MV_NF4_LAUNCH
   check_launch("nf4_gemv");
 }
 
@@ -460,11 +586,11 @@ namespace {
 template <typename T>
 void gemv_typed_launch(cudaStream_t s, const float* x, int m, const T* w, std::int64_t n, std::int64_t k,
                        const float* bias, float* y, std::int64_t ldy, bool accumulate) {
-  const unsigned blocks = warp_blocks(n);
   switch (m) {
-#define MV_GEMV_T_CASE(M)                                                                         \
-  case M:                                                                                         \
-    gemv_typed_kernel<T, M><<<blocks, kWarps * 32, 0, s>>>(x, w, n, k, bias, y, ldy, accumulate); \
+#define MV_GEMV_T_CASE(M)                                                                                   \
+  case M:                                                                                                   \
+    gemv_typed_kernel<T, M><<<static_cast<unsigned>((n + gemv_typed_rows<M>() - 1) / gemv_typed_rows<M>()), \
+                              kWarps * 32, 0, s>>>(x, w, n, k, bias, y, ldy, accumulate);                   \
     break;
     MV_GEMV_T_CASE(1)
     MV_GEMV_T_CASE(2)
