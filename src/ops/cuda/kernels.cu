@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "ops/cuda/cuda_ops.hpp"
+#include "ops/cuda/weight_formats.hpp"
 
 namespace mv::cuda {
 namespace {
@@ -49,125 +50,6 @@ __global__ void silu_mul_kernel(const float* gu, std::int64_t rows, std::int64_t
     const std::int64_t r = i / inter, c = i - r * inter;
     const float g = gu[r * 2 * inter + c], u = gu[r * 2 * inter + inter + c];
     store(out + i, g / (1.0f + __expf(-g)) * u);
-  }
-}
-
-// GEMV: a block of kGemvWarps warps computes gemv_rows_per_block<m>() output rows for all m inputs, the k
-// dimension split over its threads in chunks of 8 (16-byte weight loads, one per output row and chunk, so
-// that many loads are in flight per thread). Each x chunk is loaded once per thread and reused for
-// every output row of the block, which keeps the activation traffic at 2m/(rows per block) bytes per
-// weight byte (2m with one warp per row). The partial sums are reduced by a warp reduce-scatter and
-// then across warps in a fixed order. Thread t always takes chunks t, t + 256, ... and adds each chunk's
-// 8 products in order with fmaf, and the reduction tree does not depend on m, so output row i of a call
-// with m rows equals the same row computed alone.
-constexpr int kGemvWarps = 8;
-constexpr int kGemvThreads = kGemvWarps * 32;
-// Output rows per block: 8 up to 4 inputs, 4 above (the accumulators then fill the registers).
-template <int M>
-__host__ __device__ constexpr int gemv_rows_per_block() {
-  return M <= 4 ? 8 : 4;
-}
-
-__device__ __forceinline__ float bf16_lo(unsigned v) { return __uint_as_float(v << 16); }
-__device__ __forceinline__ float bf16_hi(unsigned v) { return __uint_as_float(v & 0xffff0000u); }
-
-// Sums V values (V a multiple of 32) over the warp: afterwards lane L holds in v[0..V/32) the sums of
-// values L·V/32 + j. Every sum is the same addition tree as warp_sum's, whatever V is.
-template <int O, int V>
-__device__ __forceinline__ void warp_reduce_scatter_step(float (&v)[V], int lane) {
-  if constexpr (O >= 1) {
-    constexpr int half = (V * O) / 32;  // values still held at this step: 2 * half
-    const bool up = (lane & O) != 0;
-#pragma unroll
-    for (int j = 0; j < half; ++j) {
-      const float lo = v[j], hi = v[j + half];
-      const float send = up ? lo : hi;
-      const float keep = up ? hi : lo;
-      v[j] = keep + __shfl_xor_sync(0xffffffffu, send, O);
-    }
-    warp_reduce_scatter_step<O / 2>(v, lane);
-  }
-}
-
-template <int V>
-__device__ __forceinline__ void warp_reduce_scatter(float (&v)[V], int lane) {
-  static_assert(V % 32 == 0, "V must be a multiple of 32");
-  warp_reduce_scatter_step<16>(v, lane);
-}
-
-template <int M>
-__global__ void __launch_bounds__(kGemvThreads, 2)
-    gemv_kernel(const float* __restrict__ x, const bf16* __restrict__ w, std::int64_t n, std::int64_t k,
-                const float* bias, float* y, bool accumulate) {
-  constexpr int R = gemv_rows_per_block<M>();
-  constexpr int V = ((R * M + 31) / 32) * 32;  // accumulators, padded for the reduce-scatter
-  __shared__ float red[kGemvWarps][V];
-  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const std::int64_t row0 = static_cast<std::int64_t>(blockIdx.x) * R;
-  float acc[V];  // acc[r * M + i]: output row row0 + r, input i
-#pragma unroll
-  for (int j = 0; j < V; ++j) acc[j] = 0.0f;
-  // Rows past n (last block) load row n - 1 and are not stored.
-  const bf16* wb = w + row0 * k;
-  const int last = static_cast<int>(n - 1 - row0 < R - 1 ? n - 1 - row0 : R - 1);
-  if ((k & 7) == 0) {
-    const std::int64_t k8 = k >> 3;
-    for (std::int64_t c = tid; c < k8; c += kGemvThreads) {
-      uint4 raw[R];
-#pragma unroll
-      for (int r = 0; r < R; ++r)
-        raw[r] = __ldg(reinterpret_cast<const uint4*>(wb) + (r < last ? r : last) * k8 + c);
-#pragma unroll
-      for (int h = 0; h < 4; ++h) {  // elements 2h, 2h + 1 of the chunk
-        float wf[R][2];
-#pragma unroll
-        for (int r = 0; r < R; ++r) {
-          const unsigned p = h == 0 ? raw[r].x : h == 1 ? raw[r].y : h == 2 ? raw[r].z : raw[r].w;
-          wf[r][0] = bf16_lo(p);
-          wf[r][1] = bf16_hi(p);
-        }
-#pragma unroll
-        for (int i = 0; i < M; ++i) {
-          const float2 a = __ldg(reinterpret_cast<const float2*>(x + i * k) + 4 * c + h);
-#pragma unroll
-          for (int r = 0; r < R; ++r) {
-            float s = acc[r * M + i];
-            s = fmaf(wf[r][0], a.x, s);
-            s = fmaf(wf[r][1], a.y, s);
-            acc[r * M + i] = s;
-          }
-        }
-      }
-    }
-  } else {
-    for (std::int64_t c = tid; c < k; c += kGemvThreads) {
-      float xv[M];
-#pragma unroll
-      for (int i = 0; i < M; ++i) xv[i] = __ldg(x + i * k + c);
-#pragma unroll
-      for (int r = 0; r < R; ++r) {
-        const float wv = __bfloat162float(wb[(r < last ? r : last) * k + c]);
-#pragma unroll
-        for (int i = 0; i < M; ++i) acc[r * M + i] = fmaf(wv, xv[i], acc[r * M + i]);
-      }
-    }
-  }
-  warp_reduce_scatter(acc, lane);
-  constexpr int per_lane = V / 32;
-#pragma unroll
-  for (int j = 0; j < per_lane; ++j) red[warp][lane * per_lane + j] = acc[j];
-  __syncthreads();
-  if (tid < R * M) {
-    const int r = tid / M, i = tid - r * M;
-    const std::int64_t row = row0 + r;
-    if (row < n) {
-      float v = red[0][tid];
-#pragma unroll
-      for (int q = 1; q < kGemvWarps; ++q) v += red[q][tid];
-      if (bias) v += bias[row];
-      if (accumulate) v += y[i * n + row];
-      y[i * n + row] = v;
-    }
   }
 }
 
@@ -363,27 +245,8 @@ void rms_norm_f32(cudaStream_t s, const float* x, std::int64_t rows, std::int64_
 
 void gemv(cudaStream_t s, const float* x, int m, const bf16* w, std::int64_t n, std::int64_t k,
           const float* bias, float* y, bool accumulate) {
-  if (m <= 0) return;
-
-  switch (m) {
-#define MV_GEMV_CASE(M)                                                                                    \
-  case M:                                                                                                  \
-    gemv_kernel<M><<<static_cast<unsigned>((n + gemv_rows_per_block<M>() - 1) / gemv_rows_per_block<M>()), \
-                     kGemvThreads, 0, s>>>(x, w, n, k, bias, y, accumulate);                               \
-    break;
-    MV_GEMV_CASE(1)
-    MV_GEMV_CASE(2)
-    MV_GEMV_CASE(3)
-    MV_GEMV_CASE(4)
-    MV_GEMV_CASE(5)
-    MV_GEMV_CASE(6)
-    MV_GEMV_CASE(7)
-    MV_GEMV_CASE(8)
-#undef MV_GEMV_CASE
-    default:
-      check(cudaErrorInvalidValue, "gemv: more than kGemvMaxRows rows");
-  }
-  check_launch("gemv");
+  // One GEMV kernel serves every dense weight type (weight_formats.cu); output rows are contiguous here.
+  gemv_typed(s, x, m, w, ElemType::kBF16, n, k, bias, y, n, accumulate);
 }
 
 void gelu(cudaStream_t s, const float* x, std::int64_t n, bf16* out) {
