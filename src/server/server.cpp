@@ -52,6 +52,9 @@ using Clock = std::chrono::steady_clock;
 thread_local std::string t_route = "other";
 thread_local Clock::time_point t_start;
 thread_local std::string t_request_id;
+// True once this request's metrics are recorded; false for a streamed response until its stream ends.
+thread_local bool t_observed = false;
+thread_local bool t_streamed = false;  // the handler answered with a streamed (chunked) body
 
 std::string iso_timestamp() {
   const auto now = std::chrono::system_clock::now();
@@ -835,6 +838,7 @@ void Server::Impl::handle_chat(const httplib::Request& req, httplib::Response& r
   ++active_streams;
   res.set_header("Cache-Control", "no-cache");
   res.set_header("X-Accel-Buffering", "no");
+  t_streamed = true;
   res.set_chunked_content_provider(
       "text/event-stream",
       [this, state, future, id, model, created, include_usage, json_object, request_id, started = false,
@@ -924,6 +928,8 @@ void Server::Impl::setup_routes() {
   http->set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
     t_start = Clock::now();
     t_route = "other";
+    t_observed = false;
+    t_streamed = false;
     const auto client_id = req.get_header_value("X-Request-Id");
     t_request_id = valid_client_request_id(client_id) ? client_id : random_hex(8);
     res.set_header("X-Request-Id", t_request_id);
@@ -975,9 +981,18 @@ void Server::Impl::setup_routes() {
   http->set_exception_handler([](const httplib::Request&, httplib::Response& res, std::exception_ptr ep) {
     send_exception(res, ep);
   });
+  // A response with a body is counted before it is written, so a client that reads /metrics right after
+  // its own request finds that request counted; a streamed response is counted when its stream has ended
+  // (its duration is the whole stream).
+  http->set_post_routing_handler([this](const httplib::Request&, httplib::Response& res) {
+    if (t_streamed) return;
+    metrics.observe_request(t_route, res.status,
+                            std::chrono::duration<double>(Clock::now() - t_start).count());
+    t_observed = true;
+  });
   http->set_logger([this](const httplib::Request& req, const httplib::Response& res) {
     const double seconds = std::chrono::duration<double>(Clock::now() - t_start).count();
-    metrics.observe_request(t_route, res.status, seconds);
+    if (!t_observed) metrics.observe_request(t_route, res.status, seconds);
     // Route pattern, status, sizes and time only: no paths with parameters, no names, no content.
     spdlog::info(
         "request {} {} {} -> {} ({} bytes in, {:.1f} ms)", t_request_id, req.method, t_route, res.status,
