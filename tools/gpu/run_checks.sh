@@ -7,7 +7,9 @@
 # without CUDA graphs; with "attn":
 # the prefill/vision attention tests (both kernels), the model parity tests with MV_ATTN=wmma, the kernel
 # timings and the vision/TTFT benchmark with each attention kernel; with "lora" (no test_gpu run):
-# tools/reference/lora_reference.py (medvision --adapter against transformers + peft, CUDA against CPU).
+# tools/reference/lora_reference.py (medvision --adapter against transformers + peft, CUDA against CPU);
+# with "profile": Nsight Compute kernel durations of one 7B generate (vision, prefill, MV_NEW_TOKENS decode
+# steps without CUDA graphs), written to $OUT/ncu.csv, and tools/gpu/kernel_profile.py's summary.
 # Logs go to $OUT.
 set -o pipefail
 cd "$(dirname "$0")/../.."
@@ -18,7 +20,7 @@ mkdir -p ~/.cache/medvision && xz -dc .carry/cuda/tokenizer.json.xz > ~/.cache/m
 nvidia-smi --query-gpu=name,driver_version,memory.used,memory.total,clocks.sm,clocks.mem --format=csv | tee "$OUT/gpu.txt"
 date -u | tee -a "$OUT/gpu.txt"
 if [ "${1:-}" != bench-only ] && [ "${1:-}" != logits ] && [ "${1:-}" != nf4 ] && [ "${1:-}" != decode ] &&
-  [ "${1:-}" != lora ] &&
+  [ "${1:-}" != lora ] && [ "${1:-}" != profile ] &&
   [ "${1:-}" != attn ]; then
   MV_GPU_TIMINGS=1 test_gpu 2>&1 | tee "$OUT/test_gpu.log"
 fi
@@ -81,4 +83,13 @@ fi
 if [ "${1:-}" = lora ]; then
   PYTHONUNBUFFERED=1 python3 tools/reference/lora_reference.py --medvision medvision --cuda \
     --out "$OUT/lora_reference.json" 2>&1 | tee "$OUT/lora.log"
+fi
+if [ "${1:-}" = profile ]; then
+  M=/tmp/qwen25vl-7b-random
+  [ -f "$M/config.json" ] || medvision -q debug random-checkpoint --config 7b --out "$M" --json > "$OUT/random_checkpoint.json"
+  python3 -c "from PIL import Image; Image.open('docs/images/synth_discharge_summary_fax.png').convert('RGB').resize((1008, 1316), Image.BICUBIC).save('/tmp/page.png')"
+  MV_CUDA_GRAPHS=0 ncu --clock-control none --metrics gpu__time_duration.sum --csv --log-file "$OUT/ncu.csv" \
+    medvision -q generate --model "$M" --image /tmp/page.png --prompt "Extract the document." --device cuda \
+    --max-new-tokens "${MV_NEW_TOKENS:-3}" --ignore-eos --greedy > /dev/null 2> "$OUT/ncu_stderr.txt"
+  python3 tools/gpu/kernel_profile.py "$OUT/ncu.csv" 2>&1 | tee "$OUT/profile.txt"
 fi
