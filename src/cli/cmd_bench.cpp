@@ -76,7 +76,7 @@ ConcurrentRun run_concurrent(qwen25vl::Model& model, const Tokenizer& tokenizer,
   r.prompt_tokens = static_cast<std::int64_t>(ids.size());
   r.preprocess_ms = ms_since(t0);
   auto t = Clock::now();
-  const std::vector<float> features = model.encode_images(std::span<const PixelValues>(&px, 1));
+  const auto features = model.encode_images_resident(std::span<const PixelValues>(&px, 1));
   r.vision_ms = ms_since(t);
 
   const auto n = static_cast<std::size_t>(concurrency);
@@ -93,7 +93,7 @@ ConcurrentRun run_concurrent(qwen25vl::Model& model, const Tokenizer& tokenizer,
   t = Clock::now();
   for (std::size_t i = 0; i < n; ++i) {
     sessions.push_back(model.new_session(r.prompt_tokens + opt.max_new_tokens));
-    model.prefill_with_features(*sessions.back(), ids, grids, features, logits);
+    model.prefill_with_features(*sessions.back(), ids, grids, *features, logits);
     qwen25vl::Sampler sampler(opt.sampling, vocab);
     cur[i] = sampler.sample(logits);
     done[i] = is_stop(cur[i]) || opt.max_new_tokens <= 1;

@@ -288,10 +288,14 @@ void BatchScheduler::prefill(Sequence& s) {
     fail(Errc::kInvalidInput, "the prompt has {} image-pad tokens but the images give {} merged tokens", pads,
          image_tokens);
   s.session = model.new_session(static_cast<std::int64_t>(s.ids.size()) + s.max_tokens);
-  std::vector<float> features;
-  if (!s.pixels.empty()) features = model.encode_images(s.pixels);
   std::span<float> logits(logits_.data(), vocab_);
-  model.prefill_with_features(*s.session, s.ids, grids, features, logits);
+  if (!s.pixels.empty()) {
+    // Features stay on the engine's device between the vision tower and the prompt's pass.
+    const auto features = model.encode_images_resident(s.pixels);
+    model.prefill_with_features(*s.session, s.ids, grids, *features, logits);
+  } else {
+    model.prefill_with_features(*s.session, s.ids, grids, std::span<const float>(), logits);
+  }
   s.pixels.clear();
   s.pixels.shrink_to_fit();
   on_token(s, s.sampler->sample(logits));

@@ -332,7 +332,8 @@ TEST(CudaOps, ArgmaxFirstOnTies) {
   l[151936 + 151935] = 60.0f;
   auto dl = upload(l);
   cuda::Buffer out(2 * sizeof(std::int32_t));
-  cuda::argmax_rows(nullptr, dl.as<float>(), 2, 151936, out.as<std::int32_t>());
+  cuda::Buffer work(cuda::argmax_workspace(3, 151936));
+  cuda::argmax_rows(nullptr, dl.as<float>(), 2, 151936, out.as<std::int32_t>(), work.data());
   const auto got = download<std::int32_t>(out, 2);
   EXPECT_EQ(got[0], 1234);
   EXPECT_EQ(got[1], 151935);
@@ -344,7 +345,7 @@ TEST(CudaOps, ArgmaxFirstOnTies) {
   bad[2000 + 998] = INFINITY;
   auto db = upload(bad);
   cuda::Buffer out3(3 * sizeof(std::int32_t));
-  cuda::argmax_rows(nullptr, db.as<float>(), 3, 1000, out3.as<std::int32_t>());
+  cuda::argmax_rows(nullptr, db.as<float>(), 3, 1000, out3.as<std::int32_t>(), work.data());
   const auto got3 = download<std::int32_t>(out3, 3);
   EXPECT_EQ(got3[0], -1);
   EXPECT_EQ(got3[1], -1);

@@ -146,14 +146,14 @@ void DLinear::gemm_f32(const LinearContext& c, const float* x, std::int64_t rows
   }
 }
 
-void DLinear::gemv(const LinearContext& c, const float* x, int rows, float* y, bool accumulate) const {
+void DLinear::gemv(const LinearContext& c, const float* x, int rows, float* y, bool accumulate,
+                   const cuda::GemvInput& input) const {
   switch (format) {
     case WeightFormat::kBF16:
-      cuda::gemv(c.stream, x, rows, w.as<bf16>(), out, in, bias(), y, accumulate);
-      return;
     case WeightFormat::kF16:
     case WeightFormat::kF32:
-      cuda::gemv_typed(c.stream, x, rows, w.data(), dense_type(format), out, in, bias(), y, out, accumulate);
+      cuda::gemv_typed(c.stream, x, rows, w.data(), dense_type(format), out, in, bias(), y, out, accumulate,
+                       input);
       return;
     case WeightFormat::kNF4: {
       const float* bs = bias();
@@ -161,14 +161,29 @@ void DLinear::gemv(const LinearContext& c, const float* x, int rows, float* y, b
         const float* pb = bs ? bs + p.row0 : nullptr;
         if (p.dense.size())
           cuda::gemv_typed(c.stream, x, rows, p.dense.data(), cuda::ElemType::kBF16, p.rows, in, pb,
-                           y + p.row0, out, accumulate);
+                           y + p.row0, out, accumulate, input);
         else
-          cuda::nf4_gemv(c.stream, x, rows, p.ref, p.rows, in, pb, y + p.row0, out, accumulate);
+          cuda::nf4_gemv(c.stream, x, rows, p.ref, p.rows, in, pb, y + p.row0, out, accumulate, input);
       }
       return;
     }
   }
   fail(Errc::kInternal, "linear: unknown weight format");
+}
+
+void DLinear::pad_in(cudaStream_t s, std::int64_t new_in) {
+  if (format == WeightFormat::kNF4 || new_in <= in || out <= 0) return;
+  const std::size_t es = cuda::elem_size(dense_type(format));
+  Buffer wide;
+  wide.resize(static_cast<std::size_t>(out * new_in) * es);
+  cuda::check(cudaMemsetAsync(wide.data(), 0, wide.size(), s), "linear: zero the padded weight");
+  cuda::check(cudaMemcpy2DAsync(wide.data(), static_cast<std::size_t>(new_in) * es, w.data(),
+                                static_cast<std::size_t>(in) * es, static_cast<std::size_t>(in) * es,
+                                static_cast<std::size_t>(out), cudaMemcpyDeviceToDevice, s),
+              "linear: copy the weight into its padded rows");
+  cuda::check(cudaStreamSynchronize(s), "linear: pad the weight");  // before the old buffer is freed
+  w = std::move(wide);
+  in = new_in;
 }
 
 void DLinear::embed_rows(cudaStream_t s, const std::int32_t* ids, const std::int32_t* feature_row,

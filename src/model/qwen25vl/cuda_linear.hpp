@@ -65,12 +65,20 @@ struct DLinear {
 
   // y[rows, out] = a[rows, in]·Wᵀ + bias (+ y when accumulate); a is bf16, y fp32.
   void gemm(const LinearContext& c, const bf16* a, std::int64_t rows, float* y, bool accumulate) const;
-  // The same for a few rows (rows <= cuda::kGemvMaxRows) with fp32 activations (no rounding).
-  void gemv(const LinearContext& c, const float* x, int rows, float* y, bool accumulate) const;
+  // The same for a few rows (rows <= cuda::kGemvMaxRows) with fp32 activations (no rounding); `input` says
+  // how x is read (plain, RMS-normalised, or the SwiGLU product of a gate/up output: cuda::GemvInput; the
+  // fused kinds take rows <= cuda::kGemvFusedMaxRows).
+  void gemv(const LinearContext& c, const float* x, int rows, float* y, bool accumulate,
+            const cuda::GemvInput& input = {}) const;
   // Any number of rows with fp32 activations, nearly unrounded (decode batches above kGemvMaxRows):
   // bf16 weights run one tensor-core GEMM over the two-term bf16 split of x ([hi; lo], 2·rows rows, so the
   // weight is still read once) and sum the halves; other formats run the fp32 GEMV in groups of rows.
   void gemm_f32(const LinearContext& c, const float* x, std::int64_t rows, float* y, bool accumulate) const;
+  // Dense formats: widens the weight to [out, new_in] with zero columns from `in` on (`in` becomes new_in;
+  // callers then pass activation rows of new_in elements, whose padding must be finite, e.g. zero), so that
+  // a GEMM's inner dimension is 16-byte aligned: cuBLASLt picks its fast kernels only then (the vision
+  // MLP's 3420 is not). No-op for NF4 or when new_in <= in.
+  void pad_in(cudaStream_t s, std::int64_t new_in);
   // Embedding lookup (cuda::embed_rows) from this matrix as a table [vocab, hidden] (dense formats).
   void embed_rows(cudaStream_t s, const std::int32_t* ids, const std::int32_t* feature_row,
                   const float* features, std::int64_t rows, float* x) const;

@@ -156,13 +156,16 @@ GenerateResult run(Model& model, const Tokenizer& tokenizer, std::vector<std::in
   auto session = model.new_session(static_cast<std::int64_t>(prompt_ids.size()) + options.max_new_tokens);
 
   auto t = Clock::now();
-  std::vector<float> features;
+  std::unique_ptr<ImageFeatures> features;
   if (!images.empty()) {
-    features = model.encode_images(images);
+    features = model.encode_images_resident(images);
     result.timings.vision_ms = ms_since(t);
   }
   t = Clock::now();
-  model.prefill_with_features(*session, prompt_ids, result.image_grids_thw, features, logits);
+  if (features)
+    model.prefill_with_features(*session, prompt_ids, result.image_grids_thw, *features, logits);
+  else
+    model.prefill_with_features(*session, prompt_ids, result.image_grids_thw, std::span<const float>(), logits);
   result.timings.prefill_ms = ms_since(t);
   if (options.keep_prompt_logits) result.prompt_logits = logits;
   spdlog::debug("generate: prompt {} tokens ({} image tokens), vision {:.1f} ms, prefill {:.1f} ms",

@@ -119,6 +119,7 @@ class ModelImpl final : public Model {
     prefill_locked(session, ids, grids, features, logits);
   }
 
+  using Model::prefill_with_features;
   void prefill_with_features(Session& session, std::span<const std::int32_t> ids,
                              std::span<const std::array<std::int64_t, 3>> image_grids_thw,
                              std::span<const float> image_features, std::span<float> logits) override {
@@ -276,6 +277,32 @@ class ModelImpl final : public Model {
 };
 
 }  // namespace
+
+namespace {
+class HostImageFeatures final : public ImageFeatures {
+ public:
+  HostImageFeatures(std::vector<float> f, std::int64_t rows) : f_(std::move(f)), rows_(rows) {}
+  std::int64_t rows() const override { return rows_; }
+  std::span<const float> host() const override { return f_; }
+
+ private:
+  std::vector<float> f_;
+  std::int64_t rows_;
+};
+}  // namespace
+
+std::unique_ptr<ImageFeatures> Model::encode_images_resident(std::span<const PixelValues> images) {
+  std::vector<float> f = encode_images(images);
+  const auto width = static_cast<std::size_t>(config().vision.out_hidden_size);
+  const auto rows = static_cast<std::int64_t>(width ? f.size() / width : 0);
+  return std::make_unique<HostImageFeatures>(std::move(f), rows);
+}
+
+void Model::prefill_with_features(Session& session, std::span<const std::int32_t> ids,
+                                  std::span<const std::array<std::int64_t, 3>> image_grids_thw,
+                                  const ImageFeatures& image_features, std::span<float> logits) {
+  prefill_with_features(session, ids, image_grids_thw, image_features.host(), logits);
+}
 
 void Model::decode_batch(std::span<Session* const> sessions, std::span<const std::int32_t> tokens,
                          std::span<float> logits) {

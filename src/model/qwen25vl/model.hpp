@@ -47,6 +47,17 @@ struct RopeIndex {
 RopeIndex get_rope_index(const ModelConfig& config, std::span<const std::int32_t> ids,
                          std::span<const std::array<std::int64_t, 3>> image_grids_thw);
 
+// Image features as Model::encode_images_resident returns them: on the host (CPU engine), or kept on the
+// device of the CUDA engine that computed them, so that its prefill reads them in place instead of
+// through host memory (a 1692-token page's features are 24 MB).
+class ImageFeatures {
+ public:
+  virtual ~ImageFeatures() = default;
+  virtual std::int64_t rows() const = 0;
+  // [rows, out_hidden_size] row-major on the host; a device copy is downloaded on the first call.
+  virtual std::span<const float> host() const = 0;
+};
+
 class Model {
  public:
   static std::unique_ptr<Model> load(const std::filesystem::path& model_dir, const LoadOptions& options = {});
@@ -57,6 +68,8 @@ class Model {
   // Vision tower over several images; returns the merged features of all images concatenated in order,
   // [sum_k grid_t*gh*gw/4, out_hidden_size] row-major.
   virtual std::vector<float> encode_images(std::span<const PixelValues> images) = 0;
+  // The same, left where the engine computed them (for prefill_with_features below).
+  virtual std::unique_ptr<ImageFeatures> encode_images_resident(std::span<const PixelValues> images);
 
   // Runs the prompt (ids may contain image-pad tokens; their count must equal the images' merged
   // tokens) and appends it to the session's cache. Writes the logits of the last position
@@ -67,6 +80,10 @@ class Model {
   virtual void prefill_with_features(Session& session, std::span<const std::int32_t> ids,
                                      std::span<const std::array<std::int64_t, 3>> image_grids_thw,
                                      std::span<const float> image_features, std::span<float> logits) = 0;
+  // Same, with features from encode_images_resident (of this model or another; the default reads host()).
+  virtual void prefill_with_features(Session& session, std::span<const std::int32_t> ids,
+                                     std::span<const std::array<std::int64_t, 3>> image_grids_thw,
+                                     const ImageFeatures& image_features, std::span<float> logits);
   // One token: appends it to the cache and writes the next-token logits.
   virtual void decode(Session& session, std::int32_t token, std::span<float> logits) = 0;
   // One decode step for several sequences: tokens[i] is appended to sessions[i] (all distinct, all made

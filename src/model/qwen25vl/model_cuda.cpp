@@ -39,6 +39,7 @@ using cudaeng::Uploader;
 // step of 8 sequences took 18.7 ms on it against 10.4 ms for 32 on the split GEMM); larger batches run
 // the two-term split bf16 GEMM (DLinear::gemm_f32), which reads the weights once for any batch.
 constexpr std::int64_t kDecodeGemvRows = 4;
+static_assert(kDecodeGemvRows <= cuda::kGemvFusedMaxRows, "the decode GEMV fuses the norms and SwiGLU");
 constexpr std::int64_t kPrefillChunk = 2048;  // prompt rows per forward pass on the GPU
 constexpr std::int64_t kMlpRows = 512;        // rows per MLP sub-chunk of a prefill pass
 
@@ -147,6 +148,9 @@ class CudaModel final : public Model {
         D.proj = single(up, B.proj);
         D.gate_up = fuse(up, {&B.gate, &B.up});
         D.down = single(up, B.down);
+        // The MLP's inner size (3420 in the released models) padded to a multiple of 64: the down
+        // projection's GEMM then runs cuBLASLt's aligned kernels (docs/benchmarks.md, vision encoder).
+        D.down.pad_in(up.stream(), (D.down.in + 63) / 64 * 64);
       }
       ln_q_ = upload_vec(vw.ln_q);
       mlp0_ = single(up, vw.mlp0);
@@ -204,6 +208,63 @@ class CudaModel final : public Model {
           cudaMemcpy(out.data(), features_.data(), out.size() * sizeof(float), cudaMemcpyDeviceToHost),
           "features download");
     return out;
+  }
+
+  // Features left on this model's device; downloaded only when host() is called.
+  class DeviceFeatures final : public ImageFeatures {
+   public:
+    DeviceFeatures(const CudaModel* owner, Buffer buf, std::int64_t rows, std::int64_t cols)
+        : owner_(owner), buf_(std::move(buf)), rows_(rows), cols_(cols) {}
+    std::int64_t rows() const override { return rows_; }
+    std::span<const float> host() const override {
+      std::lock_guard lock(mu_);
+      if (host_.empty() && rows_ > 0) {
+        std::vector<float> h(static_cast<std::size_t>(rows_ * cols_));
+        cuda::check(cudaSetDevice(owner_->device_), "select device");
+        cuda::check(cudaMemcpy(h.data(), buf_.data(), h.size() * sizeof(float), cudaMemcpyDeviceToHost),
+                    "features download");
+        host_ = std::move(h);
+      }
+      return host_;
+    }
+    const CudaModel* owner() const { return owner_; }
+    const float* device() const { return buf_.as<float>(); }
+
+   private:
+    const CudaModel* owner_;
+    Buffer buf_;
+    std::int64_t rows_, cols_;
+    mutable std::mutex mu_;
+    mutable std::vector<float> host_;
+  };
+
+  std::unique_ptr<ImageFeatures> encode_images_resident(std::span<const PixelValues> images) override {
+    std::lock_guard lock(mutex_);
+    cuda::check(cudaSetDevice(device_), "select device");
+    const std::int64_t tokens = encode_locked(images);
+    Buffer out;
+    if (tokens > 0) {
+      const std::size_t bytes = static_cast<std::size_t>(tokens * H_) * sizeof(float);
+      out.resize(bytes);
+      cuda::check(cudaMemcpyAsync(out.data(), features_.data(), bytes, cudaMemcpyDeviceToDevice, stream_),
+                  "features copy");
+      cuda::check(cudaStreamSynchronize(stream_), "features copy");
+    }
+    return std::make_unique<DeviceFeatures>(this, std::move(out), tokens, H_);
+  }
+
+  using Model::prefill_with_features;
+  void prefill_with_features(Session& session, std::span<const std::int32_t> ids,
+                             std::span<const std::array<std::int64_t, 3>> image_grids_thw,
+                             const ImageFeatures& image_features, std::span<float> logits) override {
+    const auto* dev = dynamic_cast<const DeviceFeatures*>(&image_features);
+    if (dev == nullptr || dev->owner() != this) {
+      prefill_with_features(session, ids, image_grids_thw, image_features.host(), logits);
+      return;
+    }
+    std::lock_guard lock(mutex_);
+    cuda::check(cudaSetDevice(device_), "select device");
+    prefill_locked(session, ids, image_grids_thw, dev->device(), dev->rows(), logits);
   }
 
   void prefill(Session& session, std::span<const std::int32_t> ids, std::span<const PixelValues> images,
@@ -390,7 +451,7 @@ class CudaModel final : public Model {
       B.proj.gemm(lc_, a, N, x, true);
       cuda::rms_norm(stream_, x, N, D, D, B.norm2.as<float>(), eps, a);
       B.gate_up.gemm(lc_, a, N, y, false);
-      cuda::silu_mul(stream_, y, N, Iv, a);
+      cuda::silu_mul(stream_, y, N, Iv, a, B.down.in);  // B.down.in: Iv padded (pad_in)
       B.down.gemm(lc_, a, N, x, true);
     }
     // Patch merger: RMSNorm per patch; `unit` consecutive rows form one row of unit·D.
@@ -604,7 +665,8 @@ class CudaModel final : public Model {
       dq_.resize(static_cast<std::size_t>(rows * nq) * sizeof(bf16));
       dcs_.resize(static_cast<std::size_t>(rows * hd_) * sizeof(float));  // cos and sin, [rows][hd/2] each
       dlogits_.resize(static_cast<std::size_t>(rows * V_) * sizeof(float));
-      dtok_.resize(static_cast<std::size_t>(rows) * sizeof(std::int32_t));
+      // Token ids, then the argmax workspace.
+      dtok_.resize(argmax_work_offset(rows) + cuda::argmax_workspace(rows, V_));
       // Split partials and merge counters of decode attention; the counters start at zero.
       dattn_.resize(cuda::decode_attention_workspace(static_cast<int>(nh_), static_cast<int>(nkv_),
                                                      static_cast<int>(hd_), static_cast<int>(rows)));
@@ -619,6 +681,10 @@ class CudaModel final : public Model {
       drop_graphs();
       graph_buffers_ = now;
     }
+  }
+
+  static std::size_t argmax_work_offset(std::int64_t rows) {
+    return (static_cast<std::size_t>(rows) * sizeof(std::int32_t) + 255) / 256 * 256;
   }
 
   void drop_graphs() {
@@ -760,12 +826,21 @@ class CudaModel final : public Model {
 
     // Activations stay fp32 at every batch size: the GEMV reads them as they are, larger batches run the
     // two-term bf16 split GEMM (DLinear::gemm_f32), so a sequence's logits barely depend on its batch.
-    auto norm = [&](const Buffer& w) { cuda::rms_norm_f32(stream_, x, B, H_, H_, w.as<float>(), eps, h32); };
-    auto linear = [&](const DLinear& lin, float* out, bool accumulate) {
+    // With the GEMV, each RMSNorm and the SwiGLU product are taken by the GEMV that reads them (its blocks
+    // normalise x, or form silu(gate)·up, on the fly: cuda::GemvInput) instead of by kernels of their own.
+    auto norm_linear = [&](const Buffer& nw, const DLinear& lin, float* out) {
+      if (gemv) {
+        lin.gemv(lc_, x, rows, out, false, cuda::GemvInput{cuda::GemvIn::kRmsNorm, nw.as<float>(), eps});
+      } else {
+        cuda::rms_norm_f32(stream_, x, B, H_, H_, nw.as<float>(), eps, h32);
+        lin.gemm_f32(lc_, h32, B, out, false);
+      }
+    };
+    auto linear = [&](const DLinear& lin, const float* in, float* out, bool accumulate) {
       if (gemv)
-        lin.gemv(lc_, h32, rows, out, accumulate);
+        lin.gemv(lc_, in, rows, out, accumulate);
       else
-        lin.gemm_f32(lc_, h32, B, out, accumulate);
+        lin.gemm_f32(lc_, in, B, out, accumulate);
     };
 
     embed_.embed_rows(stream_, ids, nullptr, nullptr, B, x);
@@ -773,8 +848,7 @@ class CudaModel final : public Model {
                        static_cast<int>(half), cos, sin);
     for (std::size_t l = 0; l < layers_.size(); ++l) {
       const DTextLayer& L = layers_[l];
-      norm(L.in_norm);
-      linear(L.qkv, y, false);
+      norm_linear(L.in_norm, L.qkv, y);
       const cuda::QkvDecodeSplit sp{y,
                                     nq + 2 * nkv,
                                     B,
@@ -802,16 +876,20 @@ class CudaModel final : public Model {
                                     dattn_.data(),
                                     static_cast<int>(dec_rows_)};
       cuda::decode_attention(stream_, da);
-      linear(L.o, x, true);
-      norm(L.post_norm);
-      linear(L.gate_up, y, false);
-      cuda::silu_mul_f32(stream_, y, B, I_, h32);
-      linear(L.down, x, true);
+      linear(L.o, h32, x, true);
+      norm_linear(L.post_norm, L.gate_up, y);
+      if (gemv) {
+        L.down.gemv(lc_, y, rows, x, true, cuda::GemvInput{cuda::GemvIn::kSiluMul});
+      } else {
+        cuda::silu_mul_f32(stream_, y, B, I_, h32);
+        L.down.gemm_f32(lc_, h32, B, x, true);
+      }
     }
-    norm(norm_);
     const DLinear& head = config_.text.tie_word_embeddings ? embed_ : lm_head_;
-    linear(head, dlogits_.as<float>(), false);
-    if (greedy) cuda::argmax_rows(stream_, dlogits_.as<float>(), B, V_, dtok_.as<std::int32_t>());
+    norm_linear(norm_, head, dlogits_.as<float>());
+    if (greedy)
+      cuda::argmax_rows(stream_, dlogits_.as<float>(), B, V_, dtok_.as<std::int32_t>(),
+                        dtok_.as<char>() + argmax_work_offset(B));
   }
 
   ModelConfig config_;

@@ -107,8 +107,10 @@ void rms_norm(cudaStream_t s, const float* x, std::int64_t rows, std::int64_t di
 // The same with fp32 output (decode path).
 void rms_norm_f32(cudaStream_t s, const float* x, std::int64_t rows, std::int64_t dim, std::int64_t x_stride,
                   const float* weight, float eps, float* y);
-// out[r][i] = bf16(silu(gu[r][i]) · gu[r][I + i]) for gu rows of 2I (gate then up).
-void silu_mul(cudaStream_t s, const float* gu, std::int64_t rows, std::int64_t inter, bf16* out);
+// out[r][i] = bf16(silu(gu[r][i]) · gu[r][I + i]) for gu rows of 2I (gate then up); output rows of ldo
+// (0: I) elements, columns I..ldo−1 set to 0 (the padding of a weight whose inner dimension was aligned).
+void silu_mul(cudaStream_t s, const float* gu, std::int64_t rows, std::int64_t inter, bf16* out,
+              std::int64_t ldo = 0);
 void silu_mul_f32(cudaStream_t s, const float* gu, std::int64_t rows, std::int64_t inter, float* out);
 // out[i] = bf16(exact GELU(x[i])).
 void gelu(cudaStream_t s, const float* x, std::int64_t n, bf16* out);
@@ -239,8 +241,10 @@ int decode_attention_splits(int n_heads, int n_kv, int hd, int batch);
 void decode_attention(cudaStream_t s, const DecodeAttnArgs& a);
 
 // out[b] = argmax of logits row b (first index on ties, as torch.argmax); −1 when the row holds a NaN or
-// no value above −inf (the host sampler rejects both).
-void argmax_rows(cudaStream_t s, const float* logits, std::int64_t rows, std::int64_t cols,
-                 std::int32_t* out);
+// no value above −inf (the host sampler rejects both). Each row is split over several blocks, whose
+// winners go to `work` (argmax_workspace(rows, cols) bytes on the device).
+std::size_t argmax_workspace(std::int64_t rows, std::int64_t cols);
+void argmax_rows(cudaStream_t s, const float* logits, std::int64_t rows, std::int64_t cols, std::int32_t* out,
+                 void* work);
 
 }  // namespace mv::cuda

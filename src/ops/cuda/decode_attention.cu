@@ -13,6 +13,7 @@
 #include <atomic>
 #include <cfloat>
 #include <cmath>
+#include <cstdlib>
 #include <cstdint>
 #include <mutex>
 #include <set>
@@ -27,7 +28,7 @@ constexpr int kTileKeys = 32;  // keys per shared-memory tile (= warp size: lane
 constexpr int kWarps = 8;
 constexpr int kThreads = kWarps * 32;
 constexpr int kGroup = kWarps;  // query heads per block: warp i scores head i
-constexpr int kMinChunk = 64;   // fewest keys of a split
+constexpr int kMinChunk = 64;   // fewest keys of a split (default; MV_DECODE_MIN_CHUNK = 32 or 64 overrides)
 constexpr int kMaxSplits = 64;
 constexpr int kMaxHeadDim = 256;
 
@@ -47,6 +48,7 @@ struct Params {
   int splits;
   int stride;          // tile_stride(hd)
   int hd8;             // hd rounded up to 8
+  int min_chunk;       // fewest keys of a split (a multiple of kTileKeys)
   unsigned* counters;  // [work_batch][n_kv][hgroups]
   float* part_o;       // [batch][n_heads][splits][hd]
   float* part_ml;      // [batch][n_heads][splits][2]
@@ -114,7 +116,7 @@ __global__ void __launch_bounds__(kThreads, 2) decode_attn_kernel(const DecodeAt
   const DecodeSeq sq = a.seqs[b];
   const int len = max(sq.len, 0);
   // Keys of this split: chunks of at least kMinChunk keys, whole tiles, at most `splits` of them.
-  const int chunk = max(kMinChunk, round_up((len + p.splits - 1) / p.splits, kTileKeys));
+  const int chunk = max(p.min_chunk, round_up((len + p.splits - 1) / p.splits, kTileKeys));
   const int n_used = (len + chunk - 1) / chunk;
   const int k0 = split * chunk, k1 = min(len, k0 + chunk);
 
@@ -317,6 +319,7 @@ __global__ void __launch_bounds__(kThreads, 2) decode_attn_kernel(const DecodeAt
     const float* w = wts + i * (kMaxSplits + 1);
     const float* po = p.part_o + (row0 + static_cast<std::int64_t>(i) * p.splits) * hd + d;
     float o = 0.0f;
+#pragma unroll 8
     for (int s = 0; s < n_used; ++s) o += w[s] * __ldcg(po + static_cast<std::int64_t>(s) * hd);
     out[idx] = n_used > 0 ? o * w[kMaxSplits] : 0.0f;
   }
@@ -377,6 +380,16 @@ Geometry geometry(int n_heads, int n_kv, int hd, int batch) {
 
 std::size_t align256(std::size_t n) { return (n + 255) / 256 * 256; }
 
+// kMinChunk, or MV_DECODE_MIN_CHUNK when it is a positive multiple of kTileKeys (read once; for tuning).
+int min_chunk() {
+  static const int v = [] {
+    const char* e = std::getenv("MV_DECODE_MIN_CHUNK");
+    const int n = e ? std::atoi(e) : 0;
+    return n > 0 && n % kTileKeys == 0 ? n : kMinChunk;
+  }();
+  return v;
+}
+
 template <int kPL, int kStages>
 void launch(cudaStream_t s, const DecodeAttnArgs& a, const Geometry& G, const Params& p) {
   auto* fn = decode_attn_kernel<kPL, kStages>;
@@ -427,6 +440,7 @@ void decode_attention(cudaStream_t s, const DecodeAttnArgs& a) {
   p.splits = G.splits;
   p.stride = G.stride;
   p.hd8 = G.hd8;
+  p.min_chunk = min_chunk();
   if (G.splits > 1) {
     if (a.work == nullptr || a.work_batch < a.batch)
       check(cudaErrorInvalidValue, "decode_attention: workspace missing or sized for a smaller batch");

@@ -1,7 +1,9 @@
 // Element-wise and row kernels of the CUDA engine (see cuda_ops.hpp).
 #include <cuda_fp16.h>
 
+#include <algorithm>
 #include <cfloat>
+#include <climits>
 #include <cmath>
 
 #include "ops/cuda/cuda_ops.hpp"
@@ -42,15 +44,40 @@ __global__ void rms_norm_kernel(const float* x, std::int64_t dim, std::int64_t x
   for (std::int64_t i = threadIdx.x; i < dim; i += blockDim.x) store(yr + i, w[i] * (xr[i] * inv));
 }
 
+// out[r][c] = silu(g)·u for c < inter, 0 for inter <= c < ldo (the zero padding a GEMM with an aligned
+// inner dimension reads). Grid (column blocks, row blocks); a thread takes 4 consecutive columns.
+__device__ __forceinline__ float silu_times(float g, float u) { return g / (1.0f + __expf(-g)) * u; }
+
 template <typename T>
-__global__ void silu_mul_kernel(const float* gu, std::int64_t rows, std::int64_t inter, T* out) {
-  const std::int64_t n = rows * inter;
-  for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < n;
-       i += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
-    const std::int64_t r = i / inter, c = i - r * inter;
-    const float g = gu[r * 2 * inter + c], u = gu[r * 2 * inter + inter + c];
-    store(out + i, g / (1.0f + __expf(-g)) * u);
+__global__ void silu_mul_kernel(const float* gu, std::int64_t rows, std::int64_t inter, std::int64_t ldo,
+                                T* out) {
+  const std::int64_t c0 = (static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) * 4;
+  if (c0 >= ldo) return;
+  const bool vec = (inter & 3) == 0;
+  for (std::int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
+    const float* g = gu + r * 2 * inter;
+    const float* u = g + inter;
+    T* o = out + r * ldo;
+    if (vec && c0 + 4 <= inter) {
+      const float4 gv = *reinterpret_cast<const float4*>(g + c0);
+      const float4 uv = *reinterpret_cast<const float4*>(u + c0);
+      store(o + c0, silu_times(gv.x, uv.x));
+      store(o + c0 + 1, silu_times(gv.y, uv.y));
+      store(o + c0 + 2, silu_times(gv.z, uv.z));
+      store(o + c0 + 3, silu_times(gv.w, uv.w));
+    } else {
+      for (std::int64_t c = c0; c < c0 + 4 && c < ldo; ++c) store(o + c, c < inter ? silu_times(g[c], u[c]) : 0.0f);
+    }
   }
+}
+
+template <typename T>
+void launch_silu_mul(cudaStream_t s, const float* gu, std::int64_t rows, std::int64_t inter, std::int64_t ldo,
+                     T* out) {
+  if (rows <= 0 || inter <= 0) return;
+  const auto cols = static_cast<unsigned>((ldo + 1023) / 1024);
+  const auto ry = static_cast<unsigned>(std::min<std::int64_t>(rows, 65535));
+  silu_mul_kernel<<<dim3(cols, ry), 256, 0, s>>>(gu, rows, inter, ldo, out);
 }
 
 __global__ void gelu_kernel(const float* x, std::int64_t n, bf16* out) {
@@ -137,11 +164,14 @@ __global__ void mrope_tables_kernel(const std::int64_t* pos, std::int64_t rows, 
 // One fused qkv row: rotary on q and k, bf16 out. k_row/v_row point at kv head 0 of the destination row;
 // kv head g lies kv_head_stride elements further. Threads of the block go over (head, pair) of q and k,
 // then over v.
+// Item t of the row goes to thread t0 + t·step of the blocks that share the row (t0 = this thread's index
+// among them, step = their thread count).
 __device__ void rope_split_row(const float* row, const float* c, const float* s, int n_heads, int n_kv,
-                               int hd, bf16* q_row, bf16* k_row, bf16* v_row, std::int64_t kv_head_stride) {
+                               int hd, bf16* q_row, bf16* k_row, bf16* v_row, std::int64_t kv_head_stride,
+                               int t0, int step) {
   const int half = hd / 2;
   const int qpairs = n_heads * half, kpairs = n_kv * half;
-  for (int t = threadIdx.x; t < qpairs + kpairs; t += blockDim.x) {
+  for (int t = t0; t < qpairs + kpairs; t += step) {
     const bool is_q = t < qpairs;
     const int u = is_q ? t : t - qpairs;
     const int h = u / half, j = u - h * half;
@@ -153,7 +183,7 @@ __device__ void rope_split_row(const float* row, const float* c, const float* s,
     dst[j + half] = __float2bfloat16(y1);
   }
   const float* vsrc = row + (n_heads + n_kv) * hd;
-  for (int t = threadIdx.x; t < n_kv * hd; t += blockDim.x) {
+  for (int t = t0; t < n_kv * hd; t += step) {
     const int g = t / hd, d = t - g * hd;
     v_row[g * kv_head_stride + d] = __float2bfloat16(vsrc[t]);
   }
@@ -165,10 +195,12 @@ __global__ void rope_split_kernel(QkvSplit a) {
   const int half = a.hd / 2;
   const std::int64_t kv_off = (a.kv_row0 + r) * a.kv_row_stride;
   rope_split_row(a.qkv + r * a.qkv_stride, a.cos + r * half, a.sin + r * half, a.n_heads, a.n_kv, a.hd,
-                 a.q_out + r * a.n_heads * a.hd, a.k_out + kv_off, a.v_out + kv_off, a.kv_head_stride);
+                 a.q_out + r * a.n_heads * a.hd, a.k_out + kv_off, a.v_out + kv_off, a.kv_head_stride,
+                 threadIdx.x, blockDim.x);
 }
 
-// One block per sequence (= row); the destination row comes from the sequence's length.
+// gridDim.y blocks per sequence (= row; a decode row is small, so it is spread over several blocks for
+// latency); the destination row comes from the sequence's length.
 __global__ void rope_split_decode_kernel(QkvDecodeSplit a) {
   const std::int64_t r = blockIdx.x;
   const int half = a.hd / 2;
@@ -176,15 +208,26 @@ __global__ void rope_split_decode_kernel(QkvDecodeSplit a) {
   const std::int64_t kv_off = static_cast<std::int64_t>(a.layer) * a.n_kv * sq.head_stride +
                               static_cast<std::int64_t>(sq.len - 1) * a.kv_row_stride;
   rope_split_row(a.qkv + r * a.qkv_stride, a.cos + r * half, a.sin + r * half, a.n_heads, a.n_kv, a.hd,
-                 a.q_out + r * a.n_heads * a.hd, sq.k + kv_off, sq.v + kv_off, sq.head_stride);
+                 a.q_out + r * a.n_heads * a.hd, sq.k + kv_off, sq.v + kv_off, sq.head_stride,
+                 blockIdx.y * blockDim.x + threadIdx.x, gridDim.y * blockDim.x);
 }
 
-__global__ void argmax_kernel(const float* logits, std::int64_t cols, std::int32_t* out) {
-  const float* x = logits + blockIdx.x * cols;
+// Argmax in two steps: block (s, b) takes slice s of row b (first index of the maximum in the slice, or
+// `cols` when no value is above −inf, or −1 when it holds a NaN); then one warp per row picks among the
+// slices' winners (larger value, then smaller index).
+constexpr int kArgmaxThreads = 1024;
+constexpr int kArgmaxMaxSlices = 64;
+
+__global__ void __launch_bounds__(kArgmaxThreads)
+    argmax_slice_kernel(const float* logits, std::int64_t cols, std::int64_t chunk, float* part_v,
+                        std::int32_t* part_i) {
+  const int sl = blockIdx.x, b = blockIdx.y;
+  const float* x = logits + b * cols;
+  const std::int64_t c0 = sl * chunk, c1 = min(cols, c0 + chunk);
   float best = -INFINITY;
   std::int64_t bi = cols;
   int nan = 0;
-  for (std::int64_t i = threadIdx.x; i < cols; i += blockDim.x) {
+  for (std::int64_t i = c0 + threadIdx.x; i < c1; i += blockDim.x) {
     const float v = x[i];
     if (isnan(v)) nan = 1;
     if (v > best) {  // i only grows within a thread: the first index of the maximum is kept
@@ -193,23 +236,62 @@ __global__ void argmax_kernel(const float* logits, std::int64_t cols, std::int32
     }
   }
   nan = __syncthreads_or(nan);
-  __shared__ float sv[1024];
-  __shared__ std::int64_t si[1024];
-  sv[threadIdx.x] = best;
-  si[threadIdx.x] = bi;
-  __syncthreads();
-  for (int o = blockDim.x / 2; o > 0; o >>= 1) {
-    if (threadIdx.x < o) {
-      const float v2 = sv[threadIdx.x + o];
-      const std::int64_t i2 = si[threadIdx.x + o];
-      if (v2 > sv[threadIdx.x] || (v2 == sv[threadIdx.x] && i2 < si[threadIdx.x])) {
-        sv[threadIdx.x] = v2;
-        si[threadIdx.x] = i2;
-      }
+  // Warp, then block: larger value wins, then the smaller index.
+  for (int o = 16; o > 0; o >>= 1) {
+    const float v2 = __shfl_xor_sync(0xffffffffu, best, o);
+    const std::int64_t i2 = __shfl_xor_sync(0xffffffffu, bi, o);
+    if (v2 > best || (v2 == best && i2 < bi)) {
+      best = v2;
+      bi = i2;
     }
-    __syncthreads();
   }
-  if (threadIdx.x == 0) out[blockIdx.x] = nan || si[0] >= cols ? -1 : static_cast<std::int32_t>(si[0]);
+  __shared__ float sv[kArgmaxThreads / 32];
+  __shared__ std::int64_t si[kArgmaxThreads / 32];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  if (lane == 0) {
+    sv[warp] = best;
+    si[warp] = bi;
+  }
+  __syncthreads();
+  if (threadIdx.x != 0) return;
+  for (int w = 1; w < static_cast<int>(blockDim.x >> 5); ++w)
+    if (sv[w] > best || (sv[w] == best && si[w] < bi)) {
+      best = sv[w];
+      bi = si[w];
+    }
+  part_v[b * gridDim.x + sl] = best;
+  part_i[b * gridDim.x + sl] = nan ? -1 : static_cast<std::int32_t>(bi);
+}
+
+__global__ void argmax_pick_kernel(const float* part_v, const std::int32_t* part_i, int slices,
+                                   std::int64_t cols, std::int32_t* out) {
+  const int b = blockIdx.x, lane = threadIdx.x;
+  float best = -INFINITY;
+  std::int64_t bi = cols;
+  int nan = 0;
+  for (int s = lane; s < slices; s += 32) {
+    const float v = part_v[b * slices + s];
+    const std::int32_t i = part_i[b * slices + s];
+    if (i < 0) nan = 1;
+    if (i >= 0 && i < cols && (v > best || (v == best && i < bi))) {
+      best = v;
+      bi = i;
+    }
+  }
+  nan = __any_sync(0xffffffffu, nan);
+  for (int o = 16; o > 0; o >>= 1) {
+    const float v2 = __shfl_xor_sync(0xffffffffu, best, o);
+    const std::int64_t i2 = __shfl_xor_sync(0xffffffffu, bi, o);
+    if (v2 > best || (v2 == best && i2 < bi)) {
+      best = v2;
+      bi = i2;
+    }
+  }
+  if (lane == 0) out[b] = nan || bi >= cols ? -1 : static_cast<std::int32_t>(bi);
+}
+
+int argmax_slices(std::int64_t cols) {
+  return static_cast<int>(std::clamp<std::int64_t>((cols + 4095) / 4096, 1, kArgmaxMaxSlices));
 }
 
 int grid_for(std::int64_t n, int threads) {
@@ -226,13 +308,16 @@ void rms_norm(cudaStream_t s, const float* x, std::int64_t rows, std::int64_t di
   check_launch("rms_norm");
 }
 
-void silu_mul(cudaStream_t s, const float* gu, std::int64_t rows, std::int64_t inter, bf16* out) {
-  silu_mul_kernel<<<grid_for(rows * inter, 256), 256, 0, s>>>(gu, rows, inter, out);
+void silu_mul(cudaStream_t s, const float* gu, std::int64_t rows, std::int64_t inter, bf16* out,
+              std::int64_t ldo) {
+  if (ldo == 0) ldo = inter;
+  if (ldo < inter) check(cudaErrorInvalidValue, "silu_mul: output row stride below the width");
+  launch_silu_mul(s, gu, rows, inter, ldo, out);
   check_launch("silu_mul");
 }
 
 void silu_mul_f32(cudaStream_t s, const float* gu, std::int64_t rows, std::int64_t inter, float* out) {
-  silu_mul_kernel<<<grid_for(rows * inter, 256), 256, 0, s>>>(gu, rows, inter, out);
+  launch_silu_mul(s, gu, rows, inter, inter, out);
   check_launch("silu_mul_f32");
 }
 
@@ -313,14 +398,30 @@ void rope_split_qkv(cudaStream_t s, const QkvSplit& a) {
 
 void rope_split_qkv_decode(cudaStream_t s, const QkvDecodeSplit& a) {
   if (a.rows <= 0) return;
-  rope_split_decode_kernel<<<static_cast<unsigned>(a.rows), 256, 0, s>>>(a);
+  // About one (q or k) rotation pair per thread.
+  const int pairs = (a.n_heads + a.n_kv) * (a.hd / 2);
+  const unsigned slices = static_cast<unsigned>(std::max(1, std::min(16, (pairs + 255) / 256)));
+  rope_split_decode_kernel<<<dim3(static_cast<unsigned>(a.rows), slices), 256, 0, s>>>(a);
   check_launch("rope_split_qkv_decode");
 }
 
-void argmax_rows(cudaStream_t s, const float* logits, std::int64_t rows, std::int64_t cols,
-                 std::int32_t* out) {
+std::size_t argmax_workspace(std::int64_t rows, std::int64_t cols) {
+  return static_cast<std::size_t>(std::max<std::int64_t>(rows, 0)) * argmax_slices(cols) *
+         (sizeof(float) + sizeof(std::int32_t));
+}
+
+void argmax_rows(cudaStream_t s, const float* logits, std::int64_t rows, std::int64_t cols, std::int32_t* out,
+                 void* work) {
   if (rows <= 0) return;
-  argmax_kernel<<<static_cast<unsigned>(rows), 1024, 0, s>>>(logits, cols, out);
+  if (work == nullptr || cols <= 0 || cols > INT32_MAX || rows > 65535)
+    check(cudaErrorInvalidValue, "argmax_rows: no workspace, or rows/cols out of range");
+  const int slices = argmax_slices(cols);
+  const std::int64_t chunk = (cols + slices - 1) / slices;
+  auto* part_v = static_cast<float*>(work);
+  auto* part_i = reinterpret_cast<std::int32_t*>(part_v + rows * slices);
+  argmax_slice_kernel<<<dim3(static_cast<unsigned>(slices), static_cast<unsigned>(rows)), kArgmaxThreads, 0,
+                        s>>>(logits, cols, chunk, part_v, part_i);
+  argmax_pick_kernel<<<static_cast<unsigned>(rows), 32, 0, s>>>(part_v, part_i, slices, cols, out);
   check_launch("argmax_rows");
 }
 

@@ -3,7 +3,10 @@
 // (__fmul_rn, __fadd_rn, __fdiv_rn), which nvcc never contracts into a fused multiply-add.
 #include <cuda_fp16.h>
 
+#include <atomic>
 #include <cfloat>
+#include <cmath>
+#include <type_traits>
 
 #include "ops/cuda/weight_formats.hpp"
 
@@ -35,6 +38,81 @@ __device__ __forceinline__ float to_f32(__half v) { return __half2float(v); }
 __device__ __forceinline__ float to_f32(bf16 v) { return __bfloat162float(v); }
 __device__ __forceinline__ void put(float* p, float v) { *p = v; }
 __device__ __forceinline__ void put(bf16* p, float v) { *p = __float2bfloat16(v); }
+
+// ---- GEMV inputs (GemvIn) ------------------------------------------------------------------------------
+__device__ __forceinline__ float silu_times(float g, float u) { return g / (1.0f + __expf(-g)) * u; }
+
+// Element j of input row i as the GEMV multiplies it; kRmsNorm adds the raw value's square to ss.
+template <GemvIn IN>
+__device__ __forceinline__ float input_elem(const float* x, std::int64_t k, int i, std::int64_t j,
+                                            const float* nw, float& ss) {
+  if constexpr (IN == GemvIn::kSiluMul) {
+    return silu_times(__ldg(x + 2 * i * k + j), __ldg(x + 2 * i * k + k + j));
+  } else {
+    const float a = __ldg(x + i * k + j);
+    if constexpr (IN == GemvIn::kRmsNorm) {
+      ss = fmaf(a, a, ss);
+      return a * __ldg(nw + j);
+    }
+    return a;
+  }
+}
+// Pair p (elements 2p, 2p + 1) of input row i; k even.
+template <GemvIn IN>
+__device__ __forceinline__ float2 input_pair(const float* x, std::int64_t k, int i, std::int64_t p,
+                                             const float* nw, float& ss) {
+  if constexpr (IN == GemvIn::kSiluMul) {
+    const float2 g = __ldg(reinterpret_cast<const float2*>(x + 2 * i * k) + p);
+    const float2 u = __ldg(reinterpret_cast<const float2*>(x + 2 * i * k + k) + p);
+    return make_float2(silu_times(g.x, u.x), silu_times(g.y, u.y));
+  } else {
+    float2 a = __ldg(reinterpret_cast<const float2*>(x + i * k) + p);
+    if constexpr (IN == GemvIn::kRmsNorm) {
+      ss = fmaf(a.x, a.x, ss);
+      ss = fmaf(a.y, a.y, ss);
+      const float2 w = __ldg(reinterpret_cast<const float2*>(nw) + p);
+      a.x *= w.x;
+      a.y *= w.y;
+    }
+    return a;
+  }
+}
+// Elements [e, e + 8) of input row i as two float4; k and e multiples of 4.
+template <GemvIn IN>
+__device__ __forceinline__ void input_oct(const float* x, std::int64_t k, int i, std::int64_t e,
+                                          const float* nw, float& ss, float4& a, float4& b) {
+  if constexpr (IN == GemvIn::kSiluMul) {
+    const float4* g = reinterpret_cast<const float4*>(x + 2 * i * k + e);
+    const float4* u = reinterpret_cast<const float4*>(x + 2 * i * k + k + e);
+    const float4 ga = __ldg(g), gb = __ldg(g + 1), ua = __ldg(u), ub = __ldg(u + 1);
+    a = make_float4(silu_times(ga.x, ua.x), silu_times(ga.y, ua.y), silu_times(ga.z, ua.z),
+                    silu_times(ga.w, ua.w));
+    b = make_float4(silu_times(gb.x, ub.x), silu_times(gb.y, ub.y), silu_times(gb.z, ub.z),
+                    silu_times(gb.w, ub.w));
+  } else {
+    const float4* xv = reinterpret_cast<const float4*>(x + i * k + e);
+    a = __ldg(xv);
+    b = __ldg(xv + 1);
+    if constexpr (IN == GemvIn::kRmsNorm) {
+      ss = fmaf(a.x, a.x, ss);
+      ss = fmaf(a.y, a.y, ss);
+      ss = fmaf(a.z, a.z, ss);
+      ss = fmaf(a.w, a.w, ss);
+      ss = fmaf(b.x, b.x, ss);
+      ss = fmaf(b.y, b.y, ss);
+      ss = fmaf(b.z, b.z, ss);
+      ss = fmaf(b.w, b.w, ss);
+      const float4* w = reinterpret_cast<const float4*>(nw + e);
+      const float4 wa = __ldg(w), wb = __ldg(w + 1);
+      a = make_float4(a.x * wa.x, a.y * wa.y, a.z * wa.z, a.w * wa.w);
+      b = make_float4(b.x * wb.x, b.y * wb.y, b.z * wb.z, b.w * wb.w);
+    }
+  }
+}
+// The factor a kRmsNorm row's dot products are multiplied by.
+__device__ __forceinline__ float rms_factor(float ss, std::int64_t k, float eps) {
+  return rsqrtf(ss / static_cast<float>(k) + eps);
+}
 
 unsigned grid_for(std::int64_t n, int threads) {
   const std::int64_t b = (n + threads - 1) / threads;
@@ -155,10 +233,11 @@ __global__ void __launch_bounds__(256) nf4_dequant_kernel(Nf4Ref q, T* dst) {
 // Fused NF4 GEMV, general shapes: one warp per output row, element by element with the block of each
 // element (rows that start inside a block or a byte, e.g. in = 3420). nf4_gemv_rows_kernel below is the
 // fast path.
-template <int M>
+template <int M, GemvIn IN>
 __global__ void __launch_bounds__(kWarps * 32)
     nf4_gemv_kernel(const float* __restrict__ x, Nf4Ref q, std::int64_t n, std::int64_t k,
-                    const float* __restrict__ bias, float* y, std::int64_t ldy, bool accumulate) {
+                    const float* __restrict__ bias, float* y, std::int64_t ldy, bool accumulate,
+                    const float* __restrict__ nw, float eps) {
   __shared__ float lut[16];
   __shared__ float ncode[256];
   load_tables(q, lut, ncode);
@@ -166,9 +245,9 @@ __global__ void __launch_bounds__(kWarps * 32)
   const std::int64_t row = static_cast<std::int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5);
   if (row >= n) return;
   const std::int64_t e0 = row * k;
-  float acc[M];
+  float acc[M], ss[M];
 #pragma unroll
-  for (int i = 0; i < M; ++i) acc[i] = 0.0f;
+  for (int i = 0; i < M; ++i) acc[i] = ss[i] = 0.0f;
   {
     for (std::int64_t j = lane; j < k; j += 32) {
       const std::int64_t e = e0 + j;
@@ -176,12 +255,13 @@ __global__ void __launch_bounds__(kWarps * 32)
       const float w =
           __fmul_rn(lut[(e & 1) ? (byte & 15u) : (byte >> 4)], nf4_scale(q, ncode, e >> q.block_shift));
 #pragma unroll
-      for (int i = 0; i < M; ++i) acc[i] += w * x[i * k + j];
+      for (int i = 0; i < M; ++i) acc[i] += w * input_elem<IN>(x, k, i, j, nw, ss[i]);
     }
   }
 #pragma unroll
   for (int i = 0; i < M; ++i) {
-    const float v = warp_sum(acc[i]);
+    float v = warp_sum(acc[i]);
+    if constexpr (IN == GemvIn::kRmsNorm) v *= rms_factor(warp_sum(ss[i]), k, eps);
     if (lane == 0) {
       float r = v + (bias ? bias[row] : 0.0f);
       if (accumulate) r += y[i * ldy + row];
@@ -201,15 +281,17 @@ __global__ void __launch_bounds__(kWarps * 32)
 // by a' once; with more rows the decoded levels are multiplied by a' instead (fewer registers). Warp sums
 // of a team meet in shared memory and are added in warp order.
 constexpr int kNf4Rows = 4;
-template <int M, int G>
+template <int M, int G, GemvIn IN>
 __global__ void __launch_bounds__(kWarps * 32, 2)
     nf4_gemv_rows_kernel(const float* __restrict__ x, Nf4Ref q, std::int64_t n, std::int64_t k,
-                         const float* __restrict__ bias, float* y, std::int64_t ldy, bool accumulate) {
+                         const float* __restrict__ bias, float* y, std::int64_t ldy, bool accumulate,
+                         const float* __restrict__ nw, float eps) {
   static_assert(kWarps % G == 0, "a team is a divisor of the block's warps");
   constexpr bool kScaleLevels = M > 4;
   __shared__ float lut[16];
   __shared__ float ncode[256];
   __shared__ float red[G > 1 ? kWarps : 1][kNf4Rows][M];
+  __shared__ float ssred[G > 1 && IN == GemvIn::kRmsNorm ? kWarps : 1][M];
   load_tables(q, lut, ncode);
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int team = warp / G, wt = warp % G;
@@ -220,6 +302,9 @@ __global__ void __launch_bounds__(kWarps * 32, 2)
 #pragma unroll
   for (int r = 0; r < kNf4Rows; ++r) base[r] = (row0 + r < n ? row0 + r : (row0 < n ? row0 : 0)) * k;
   float acc[kNf4Rows][M];
+  float ss[M];  // kRmsNorm: this thread's share of each input row's sum of squares
+#pragma unroll
+  for (int i = 0; i < M; ++i) ss[i] = 0.0f;
 #pragma unroll
   for (int r = 0; r < kNf4Rows; ++r)
 #pragma unroll
@@ -237,7 +322,6 @@ __global__ void __launch_bounds__(kWarps * 32, 2)
     for (int r = 0; r < kNf4Rows; ++r)
 #pragma unroll
       for (int i = 0; i < M; ++i) part[r][i] = 0.0f;
-    const float* xc = x + (c << 5);
     // One 32-bit word (8 codes) of each row per pass, not unrolled: the words move down one place per
     // pass (raw[r].x is always the current one), which keeps the decoded levels of one pass in registers.
 #pragma unroll 1
@@ -263,8 +347,8 @@ __global__ void __launch_bounds__(kWarps * 32, 2)
       }
 #pragma unroll
       for (int i = 0; i < M; ++i) {
-        const float4* xv = reinterpret_cast<const float4*>(xc + i * k + wi * 8);
-        const float4 xa = __ldg(xv), xb = __ldg(xv + 1);
+        float4 xa, xb;
+        input_oct<IN>(x, k, i, (c << 5) + wi * 8, nw, ss[i], xa, xb);
 #pragma unroll
         for (int r = 0; r < kNf4Rows; ++r) {
           const float d = wv[r][0] * xa.x + wv[r][1] * xa.y + wv[r][2] * xa.z + wv[r][3] * xa.w +
@@ -287,18 +371,31 @@ __global__ void __launch_bounds__(kWarps * 32, 2)
   for (int r = 0; r < kNf4Rows; ++r)
 #pragma unroll
     for (int i = 0; i < M; ++i) acc[r][i] = warp_sum(acc[r][i]);
+  if constexpr (IN == GemvIn::kRmsNorm) {
+#pragma unroll
+    for (int i = 0; i < M; ++i) ss[i] = warp_sum(ss[i]);
+  }
   if constexpr (G > 1) {
     if (lane == 0) {
 #pragma unroll
       for (int r = 0; r < kNf4Rows; ++r)
 #pragma unroll
         for (int i = 0; i < M; ++i) red[warp][r][i] = acc[r][i];
+      if constexpr (IN == GemvIn::kRmsNorm) {
+#pragma unroll
+        for (int i = 0; i < M; ++i) ssred[warp][i] = ss[i];
+      }
     }
     __syncthreads();
     if (wt != 0 || lane >= kNf4Rows * M) return;
     const int r = lane / M, i = lane % M;
     float v = red[warp][r][i];
     for (int g = 1; g < G; ++g) v += red[warp + g][r][i];
+    if constexpr (IN == GemvIn::kRmsNorm) {
+      float t = ssred[warp][i];
+      for (int g = 1; g < G; ++g) t += ssred[warp + g][i];
+      v *= rms_factor(t, k, eps);
+    }
     const std::int64_t row = row0 + r;
     if (row < n) {
       float o = v + (bias ? bias[row] : 0.0f);
@@ -313,7 +410,9 @@ __global__ void __launch_bounds__(kWarps * 32, 2)
       if (row >= n) continue;
 #pragma unroll
       for (int i = 0; i < M; ++i) {
-        float o = acc[r][i] + (bias ? bias[row] : 0.0f);
+        float o = acc[r][i];
+        if constexpr (IN == GemvIn::kRmsNorm) o *= rms_factor(ss[i], k, eps);
+        o += bias ? bias[row] : 0.0f;
         if (accumulate) o += y[i * ldy + row];
         y[i * ldy + row] = o;
       }
@@ -364,21 +463,25 @@ __device__ __forceinline__ float2 weight_pair(const uint4& raw, int h, const bf1
   return make_float2(__uint_as_float(p << 16), __uint_as_float(p & 0xffff0000u));
 }
 
-template <typename T, int M>
+template <typename T, int M, GemvIn IN, int R>
 __global__ void __launch_bounds__(kWarps * 32, 2)
     gemv_typed_kernel(const float* __restrict__ x, const T* __restrict__ w, std::int64_t n, std::int64_t k,
-                      const float* __restrict__ bias, float* y, std::int64_t ldy, bool accumulate) {
+                      const float* __restrict__ bias, float* y, std::int64_t ldy, bool accumulate,
+                      const float* __restrict__ nw, float eps) {
   constexpr int E = 16 / sizeof(T);  // weights per 16 bytes
   constexpr int P = E / 2;           // pairs per 16 bytes
-  constexpr int R = gemv_typed_rows<M>();
   constexpr int V = ((R * M + 31) / 32) * 32;
   constexpr int kThreads = kWarps * 32;
   __shared__ float red[kWarps][V];
+  __shared__ float ssred[IN == GemvIn::kRmsNorm ? kWarps : 1][M];
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const std::int64_t row0 = static_cast<std::int64_t>(blockIdx.x) * R;
   float acc[V];  // acc[r * M + i]: output row row0 + r, input i
+  float ss[M];   // kRmsNorm: this thread's share of each input row's sum of squares
 #pragma unroll
   for (int j = 0; j < V; ++j) acc[j] = 0.0f;
+#pragma unroll
+  for (int i = 0; i < M; ++i) ss[i] = 0.0f;
   // Rows past n (last block) load row n - 1 and are not stored.
   const T* wb = w + row0 * k;
   const int last = static_cast<int>(n - 1 - row0 < R - 1 ? n - 1 - row0 : R - 1);
@@ -396,7 +499,7 @@ __global__ void __launch_bounds__(kWarps * 32, 2)
         for (int r = 0; r < R; ++r) wf[r] = weight_pair(raw[r], h, static_cast<const T*>(nullptr));
 #pragma unroll
         for (int i = 0; i < M; ++i) {
-          const float2 a = __ldg(reinterpret_cast<const float2*>(x + i * k) + P * c + h);
+          const float2 a = input_pair<IN>(x, k, i, P * c + h, nw, ss[i]);
 #pragma unroll
           for (int r = 0; r < R; ++r) {
             float s = acc[r * M + i];
@@ -411,7 +514,7 @@ __global__ void __launch_bounds__(kWarps * 32, 2)
     for (std::int64_t c = tid; c < k; c += kThreads) {
       float xv[M];
 #pragma unroll
-      for (int i = 0; i < M; ++i) xv[i] = __ldg(x + i * k + c);
+      for (int i = 0; i < M; ++i) xv[i] = input_elem<IN>(x, k, i, c, nw, ss[i]);
 #pragma unroll
       for (int r = 0; r < R; ++r) {
         const float wv = to_f32(wb[(r < last ? r : last) * k + c]);
@@ -424,6 +527,13 @@ __global__ void __launch_bounds__(kWarps * 32, 2)
   constexpr int per_lane = V / 32;
 #pragma unroll
   for (int j = 0; j < per_lane; ++j) red[warp][lane * per_lane + j] = acc[j];
+  if constexpr (IN == GemvIn::kRmsNorm) {
+#pragma unroll
+    for (int i = 0; i < M; ++i) {
+      const float t = warp_sum(ss[i]);
+      if (lane == 0) ssred[warp][i] = t;
+    }
+  }
   __syncthreads();
   if (tid < R * M) {
     const int r = tid / M, i = tid - r * M;
@@ -432,6 +542,12 @@ __global__ void __launch_bounds__(kWarps * 32, 2)
       float v = red[0][tid];
 #pragma unroll
       for (int q = 1; q < kWarps; ++q) v += red[q][tid];
+      if constexpr (IN == GemvIn::kRmsNorm) {
+        float t = ssred[0][i];
+#pragma unroll
+        for (int q = 1; q < kWarps; ++q) t += ssred[q][i];
+        v *= rms_factor(t, k, eps);
+      }
       if (bias) v += bias[row];
       if (accumulate) v += y[i * ldy + row];
       y[i * ldy + row] = v;
@@ -522,28 +638,55 @@ void nf4_dequantize(cudaStream_t s, const Nf4Ref& q, bf16* dst) {
   check_launch("nf4_dequantize");
 }
 
+namespace {
+// Compile-time dispatch of the GEMV launches: f(RowsC<M>) for M = m (1..8).
+template <int M>
+using RowsC = std::integral_constant<int, M>;
+template <GemvIn IN>
+using InC = std::integral_constant<GemvIn, IN>;
+
+template <typename F>
+void with_rows(int m, F&& f) {
+  switch (m) {
+    case 1: f(RowsC<1>{}); break;
+    case 2: f(RowsC<2>{}); break;
+    case 3: f(RowsC<3>{}); break;
+    case 4: f(RowsC<4>{}); break;
+    case 5: f(RowsC<5>{}); break;
+    case 6: f(RowsC<6>{}); break;
+    case 7: f(RowsC<7>{}); break;
+    case 8: f(RowsC<8>{}); break;
+    default: check(cudaErrorInvalidValue, "gemv: more than 8 rows");
+  }
+}
+// f(RowsC<M>, InC<IN>) for the requested rows and input kind.
+template <typename F>
+void with_rows_input(int m, GemvIn in, F&& f) {
+  if (in != GemvIn::kPlain && m > kGemvFusedMaxRows)
+    check(cudaErrorInvalidValue, "gemv: a fused input (norm or SwiGLU) takes at most 4 rows");
+  with_rows(m, [&](auto mc) {
+    constexpr int M = decltype(mc)::value;
+    if constexpr (M <= kGemvFusedMaxRows) {
+      if (in == GemvIn::kRmsNorm) return f(mc, InC<GemvIn::kRmsNorm>{});
+      if (in == GemvIn::kSiluMul) return f(mc, InC<GemvIn::kSiluMul>{});
+    }
+    f(mc, InC<GemvIn::kPlain>{});
+  });
+}
+}  // namespace
+
 void nf4_gemv(cudaStream_t s, const float* x, int m, const Nf4Ref& q, std::int64_t n, std::int64_t k,
-              const float* bias, float* y, std::int64_t ldy, bool accumulate) {
+              const float* bias, float* y, std::int64_t ldy, bool accumulate, const GemvInput& in) {
   if (m <= 0 || n <= 0) return;
-  if (m > 8) check(cudaErrorInvalidValue, "nf4_gemv: more than 8 rows");
+  if (in.kind == GemvIn::kRmsNorm && in.norm_w == nullptr)
+    check(cudaErrorInvalidValue, "nf4_gemv: RMSNorm input without norm weights");
   const bool fast = (k & 31) == 0 && q.block_shift >= 5;
   if (!fast) {
     const unsigned blocks = warp_blocks(n);
-    switch (m) {
-#define MV_NF4_CASE(M)                                                                       \
-  case M:                                                                                    \
-    nf4_gemv_kernel<M><<<blocks, kWarps * 32, 0, s>>>(x, q, n, k, bias, y, ldy, accumulate); \
-    break;
-      MV_NF4_CASE(1)
-      MV_NF4_CASE(2)
-      MV_NF4_CASE(3)
-      MV_NF4_CASE(4)
-      MV_NF4_CASE(5)
-      MV_NF4_CASE(6)
-      MV_NF4_CASE(7)
-      MV_NF4_CASE(8)
-#undef MV_NF4_CASE
-    }
+    with_rows_input(m, in.kind, [&](auto mc, auto ic) {
+      nf4_gemv_kernel<decltype(mc)::value, decltype(ic)::value>
+          <<<blocks, kWarps * 32, 0, s>>>(x, q, n, k, bias, y, ldy, accumulate, in.norm_w, in.eps);
+    });
     check_launch("nf4_gemv");
     return;
   }
@@ -554,71 +697,84 @@ void nf4_gemv(cudaStream_t s, const float* x, int m, const Nf4Ref& q, std::int64
   while (g < kWarps && groups * g < 4096 && chunks > 32 * g) g *= 2;
   const std::int64_t per_block = kWarps / g;
   const auto blocks = static_cast<unsigned>((groups + per_block - 1) / per_block);
-#define MV_NF4_LAUNCH(M, G) \
-  nf4_gemv_rows_kernel<M, G><<<blocks, kWarps * 32, 0, s>>>(x, q, n, k, bias, y, ldy, accumulate)
-#define MV_NF4_TEAM(M)     \
-  case M:                  \
-    if (g == 1)            \
-      MV_NF4_LAUNCH(M, 1); \
-    else if (g == 2)       \
-      MV_NF4_LAUNCH(M, 2); \
-    else if (g == 4)       \
-      MV_NF4_LAUNCH(M, 4); \
-    else                   \
-      MV_NF4_LAUNCH(M, 8); \
-    break;
-  switch (m) {
-    MV_NF4_TEAM(1)
-    MV_NF4_TEAM(2)
-    MV_NF4_TEAM(3)
-    MV_NF4_TEAM(4)
-    MV_NF4_TEAM(5)
-    MV_NF4_TEAM(6)
-    MV_NF4_TEAM(7)
-    MV_NF4_TEAM(8)
-  }
-#undef MV_NF4_TEAM
-#undef MV_NF4_LAUNCH
+  with_rows_input(m, in.kind, [&](auto mc, auto ic) {
+    constexpr int M = decltype(mc)::value;
+    constexpr GemvIn IN = decltype(ic)::value;
+    if (g == 1)
+      nf4_gemv_rows_kernel<M, 1, IN>
+          <<<blocks, kWarps * 32, 0, s>>>(x, q, n, k, bias, y, ldy, accumulate, in.norm_w, in.eps);
+    else if (g == 2)
+      nf4_gemv_rows_kernel<M, 2, IN>
+          <<<blocks, kWarps * 32, 0, s>>>(x, q, n, k, bias, y, ldy, accumulate, in.norm_w, in.eps);
+    else if (g == 4)
+      nf4_gemv_rows_kernel<M, 4, IN>
+          <<<blocks, kWarps * 32, 0, s>>>(x, q, n, k, bias, y, ldy, accumulate, in.norm_w, in.eps);
+    else
+      nf4_gemv_rows_kernel<M, 8, IN>
+          <<<blocks, kWarps * 32, 0, s>>>(x, q, n, k, bias, y, ldy, accumulate, in.norm_w, in.eps);
+  });
   check_launch("nf4_gemv");
 }
 
 namespace {
+// Rows per block: gemv_typed_rows<M>(), or half of it for up to 4 inputs when that leaves fewer
+// multiprocessors idle in the last wave of blocks (small layers such as q/k/v and o at batch 1, whose 8-row
+// blocks fill about 1.7 or 2.2 waves). Depends on n and the device only, not on m.
+bool half_rows(std::int64_t n) {
+  static std::atomic<int> sms_cache{0};
+  int sms = sms_cache.load(std::memory_order_relaxed);
+  if (sms == 0) {
+    int dev = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess ||
+        cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess || sms <= 0)
+      sms = 132;
+    sms_cache.store(sms, std::memory_order_relaxed);
+  }
+  const double slots = 2.0 * sms;  // resident blocks: two per multiprocessor (launch bounds, registers)
+  auto fill = [&](std::int64_t rows) {
+    const double waves = static_cast<double>((n + rows - 1) / rows) / slots;
+    return waves / std::ceil(waves);
+  };
+  return fill(4) > fill(8) + 0.05;
+}
+
 template <typename T>
 void gemv_typed_launch(cudaStream_t s, const float* x, int m, const T* w, std::int64_t n, std::int64_t k,
-                       const float* bias, float* y, std::int64_t ldy, bool accumulate) {
-  switch (m) {
-#define MV_GEMV_T_CASE(M)                                                                                   \
-  case M:                                                                                                   \
-    gemv_typed_kernel<T, M><<<static_cast<unsigned>((n + gemv_typed_rows<M>() - 1) / gemv_typed_rows<M>()), \
-                              kWarps * 32, 0, s>>>(x, w, n, k, bias, y, ldy, accumulate);                   \
-    break;
-    MV_GEMV_T_CASE(1)
-    MV_GEMV_T_CASE(2)
-    MV_GEMV_T_CASE(3)
-    MV_GEMV_T_CASE(4)
-    MV_GEMV_T_CASE(5)
-    MV_GEMV_T_CASE(6)
-    MV_GEMV_T_CASE(7)
-    MV_GEMV_T_CASE(8)
-#undef MV_GEMV_T_CASE
-    default:
-      check(cudaErrorInvalidValue, "gemv_typed: more than 8 rows");
-  }
+                       const float* bias, float* y, std::int64_t ldy, bool accumulate, const GemvInput& in) {
+  const bool half = m <= 4 && half_rows(n);
+  with_rows_input(m, in.kind, [&](auto mc, auto ic) {
+    constexpr int M = decltype(mc)::value;
+    constexpr GemvIn IN = decltype(ic)::value;
+    constexpr int R = gemv_typed_rows<M>();
+    if constexpr (M <= 4) {
+      if (half) {
+        gemv_typed_kernel<T, M, IN, R / 2>
+            <<<static_cast<unsigned>((n + R / 2 - 1) / (R / 2)), kWarps * 32, 0, s>>>(
+                x, w, n, k, bias, y, ldy, accumulate, in.norm_w, in.eps);
+        return;
+      }
+    }
+    gemv_typed_kernel<T, M, IN, R><<<static_cast<unsigned>((n + R - 1) / R), kWarps * 32, 0, s>>>(
+        x, w, n, k, bias, y, ldy, accumulate, in.norm_w, in.eps);
+  });
 }
 }  // namespace
 
 void gemv_typed(cudaStream_t s, const float* x, int m, const void* w, ElemType wt, std::int64_t n,
-                std::int64_t k, const float* bias, float* y, std::int64_t ldy, bool accumulate) {
+                std::int64_t k, const float* bias, float* y, std::int64_t ldy, bool accumulate,
+                const GemvInput& in) {
   if (m <= 0 || n <= 0) return;
+  if (in.kind == GemvIn::kRmsNorm && in.norm_w == nullptr)
+    check(cudaErrorInvalidValue, "gemv_typed: RMSNorm input without norm weights");
   switch (wt) {
     case ElemType::kF32:
-      gemv_typed_launch(s, x, m, static_cast<const float*>(w), n, k, bias, y, ldy, accumulate);
+      gemv_typed_launch(s, x, m, static_cast<const float*>(w), n, k, bias, y, ldy, accumulate, in);
       break;
     case ElemType::kF16:
-      gemv_typed_launch(s, x, m, static_cast<const __half*>(w), n, k, bias, y, ldy, accumulate);
+      gemv_typed_launch(s, x, m, static_cast<const __half*>(w), n, k, bias, y, ldy, accumulate, in);
       break;
     case ElemType::kBF16:
-      gemv_typed_launch(s, x, m, static_cast<const bf16*>(w), n, k, bias, y, ldy, accumulate);
+      gemv_typed_launch(s, x, m, static_cast<const bf16*>(w), n, k, bias, y, ldy, accumulate, in);
       break;
   }
   check_launch("gemv_typed");

@@ -28,6 +28,22 @@ struct Nf4Ref {
   float offset = 0.0f;
 };
 
+// How a GEMV reads its m input rows (the decode step fuses the RMSNorm before a linear layer and the SwiGLU
+// product before the down projection into the GEMV instead of running them as kernels of their own).
+enum class GemvIn : int {
+  kPlain = 0,    // x[i·k + j]
+  kRmsNorm = 1,  // x[i·k + j]·norm_w[j], the sum times rsqrt(mean_j x[i·k + j]² + eps): rms_norm_f32 then
+                 // the plain GEMV, up to rounding; each block takes the sum of squares itself
+  kSiluMul = 2,  // silu(g)·u with g = x[i·2k + j], u = x[i·2k + k + j]: silu_mul_f32's values exactly
+};
+struct GemvInput {
+  GemvIn kind = GemvIn::kPlain;
+  const float* norm_w = nullptr;  // kRmsNorm: [k] fp32
+  float eps = 0.0f;               // kRmsNorm
+};
+// The fused inputs (kRmsNorm, kSiluMul) are instantiated for up to this many rows.
+inline constexpr int kGemvFusedMaxRows = 4;
+
 // ---- NF4 quantization (bit-identical to quant::quantize_nf4) -----------------------------------------
 // Codes and fp32 absmax of every block of numel elements of src (type t).
 void nf4_quantize_blocks(cudaStream_t s, const void* src, ElemType t, std::int64_t numel, int block_shift,
@@ -44,13 +60,16 @@ void nf4_dequantize(cudaStream_t s, const Nf4Ref& q, float* dst);
 void nf4_dequantize(cudaStream_t s, const Nf4Ref& q, bf16* dst);
 // Fused NF4 GEMV for m <= kGemvMaxRows rows: y[i·ldy + r] = Σ_j x[i·k + j] · W'[r, j] + bias[r]
 // (+ y when accumulate), W' = the dequantized [n, k] weight. Each packed byte is read once for all rows.
+// `in` says how x is read (m <= kGemvFusedMaxRows unless plain).
 void nf4_gemv(cudaStream_t s, const float* x, int m, const Nf4Ref& q, std::int64_t n, std::int64_t k,
-              const float* bias, float* y, std::int64_t ldy, bool accumulate);
+              const float* bias, float* y, std::int64_t ldy, bool accumulate, const GemvInput& in = {});
 
 // ---- dense weights in their own type -----------------------------------------------------------------
-// GEMV with a weight of type wt (f32, f16 or bf16) and output row stride ldy.
+// GEMV with a weight of type wt (f32, f16 or bf16) and output row stride ldy; `in` says how x is read
+// (m <= kGemvFusedMaxRows unless plain).
 void gemv_typed(cudaStream_t s, const float* x, int m, const void* w, ElemType wt, std::int64_t n,
-                std::int64_t k, const float* bias, float* y, std::int64_t ldy, bool accumulate);
+                std::int64_t k, const float* bias, float* y, std::int64_t ldy, bool accumulate,
+                const GemvInput& in = {});
 // embed_rows (cuda_ops.hpp) for an embedding table of type t.
 void embed_rows_typed(cudaStream_t s, const void* embed, ElemType t, std::int64_t hidden,
                       const std::int32_t* ids, const std::int32_t* feature_row, const float* features,
