@@ -56,6 +56,10 @@ struct DLinear {
   std::vector<Nf4Part> parts;  // kNF4
   Buffer b;                    // fp32 bias [out] (empty when none)
   std::int64_t out = 0, in = 0;
+  std::int64_t in_pad = 0;  // NF4 after pad_in: the GEMM's inner size (its bf16 dequantization is padded)
+
+  // Row length of the activations gemm() reads: `in`, or the padded size after pad_in.
+  std::int64_t lda() const { return in_pad > in ? in_pad : in; }
 
   const float* bias() const { return b.size() ? b.as<float>() : nullptr; }
   // bf16 weight rows (kBF16 only).
@@ -74,10 +78,11 @@ struct DLinear {
   // bf16 weights run one tensor-core GEMM over the two-term bf16 split of x ([hi; lo], 2·rows rows, so the
   // weight is still read once) and sum the halves; other formats run the fp32 GEMV in groups of rows.
   void gemm_f32(const LinearContext& c, const float* x, std::int64_t rows, float* y, bool accumulate) const;
-  // Dense formats: widens the weight to [out, new_in] with zero columns from `in` on (`in` becomes new_in;
-  // callers then pass activation rows of new_in elements, whose padding must be finite, e.g. zero), so that
-  // a GEMM's inner dimension is 16-byte aligned: cuBLASLt picks its fast kernels only then (the vision
-  // MLP's 3420 is not). No-op for NF4 or when new_in <= in.
+  // Makes gemm() multiply over new_in columns, the weight's columns from `in` on being zero, so that the
+  // GEMM's inner dimension is 16-byte aligned: cuBLASLt picks its fast kernels only then (the vision MLP's
+  // 3420 is not). Callers then pass activation rows of lda() = new_in elements whose padding is finite
+  // (e.g. zero). Dense formats widen the stored weight (`in` becomes new_in); NF4 keeps its codes and pads
+  // the bf16 dequantization that gemm() makes (in_pad). No-op when new_in <= in.
   void pad_in(cudaStream_t s, std::int64_t new_in);
   // Embedding lookup (cuda::embed_rows) from this matrix as a table [vocab, hidden] (dense formats).
   void embed_rows(cudaStream_t s, const std::int32_t* ids, const std::int32_t* feature_row,

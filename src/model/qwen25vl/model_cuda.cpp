@@ -241,15 +241,8 @@ class CudaModel final : public Model {
   std::unique_ptr<ImageFeatures> encode_images_resident(std::span<const PixelValues> images) override {
     std::lock_guard lock(mutex_);
     cuda::check(cudaSetDevice(device_), "select device");
-    const std::int64_t tokens = encode_locked(images);
     Buffer out;
-    if (tokens > 0) {
-      const std::size_t bytes = static_cast<std::size_t>(tokens * H_) * sizeof(float);
-      out.resize(bytes);
-      cuda::check(cudaMemcpyAsync(out.data(), features_.data(), bytes, cudaMemcpyDeviceToDevice, stream_),
-                  "features copy");
-      cuda::check(cudaStreamSynchronize(stream_), "features copy");
-    }
+    const std::int64_t tokens = encode_locked(images, &out);
     return std::make_unique<DeviceFeatures>(this, std::move(out), tokens, H_);
   }
 
@@ -341,7 +334,8 @@ class CudaModel final : public Model {
 
   // Runs the vision tower over `images` into features_ (merged tokens in raster order); returns the
   // number of merged tokens.
-  std::int64_t encode_locked(std::span<const PixelValues> images) {
+  // Writes into *out (grown as needed) instead of features_ when out is set.
+  std::int64_t encode_locked(std::span<const PixelValues> images, Buffer* out = nullptr) {
     if (images.empty()) return 0;
     const VisionConfig& c = config_.vision;
     std::vector<Grid> grids;
@@ -375,20 +369,31 @@ class CudaModel final : public Model {
     const std::size_t fi_b = align_up(full_items.size() * sizeof(cuda::AttnItem));
     const std::size_t total = pix_b + cs_b + idx_b + wi_b + fi_b;
     auto* h = static_cast<char*>(vstage_.get(total));
-    std::size_t off = 0;
-    for (const auto& p : images) {
-      std::memcpy(h + off, p.data.data(), p.data.size() * sizeof(float));
-      off += p.data.size() * sizeof(float);
-    }
+    vin_.ensure(total);
+    char* d = vin_.as<char>();
     std::memcpy(h + pix_b, cs.data(), cs.size() * sizeof(float));
     std::memcpy(h + pix_b + cs_b, layout.window_index.data(),
                 static_cast<std::size_t>(tokens) * sizeof(std::int64_t));
     std::memcpy(h + pix_b + cs_b + idx_b, win_items.data(), win_items.size() * sizeof(cuda::AttnItem));
     std::memcpy(h + pix_b + cs_b + idx_b + wi_b, full_items.data(),
                 full_items.size() * sizeof(cuda::AttnItem));
-    vin_.ensure(total);
-    char* d = vin_.as<char>();
-    cuda::check(cudaMemcpyAsync(d, h, total, cudaMemcpyHostToDevice, stream_), "vision inputs upload");
+    cuda::check(cudaMemcpyAsync(d + pix_b, h + pix_b, total - pix_b, cudaMemcpyHostToDevice, stream_),
+                "vision inputs upload");
+    // Pixels (32 MB for a 1692-token page) in pieces: each piece's copy to the device overlaps the host
+    // copy of the next into the pinned buffer.
+    constexpr std::size_t kPiece = std::size_t{4} << 20;
+    std::size_t off = 0;
+    for (const auto& p : images) {
+      const auto* src = reinterpret_cast<const char*>(p.data.data());
+      const std::size_t bytes = p.data.size() * sizeof(float);
+      for (std::size_t o = 0; o < bytes; o += kPiece) {
+        const std::size_t n = std::min(kPiece, bytes - o);
+        std::memcpy(h + off + o, src + o, n);
+        cuda::check(cudaMemcpyAsync(d + off + o, h + off + o, n, cudaMemcpyHostToDevice, stream_),
+                    "pixel upload");
+      }
+      off += bytes;
+    }
     const float* pix = reinterpret_cast<const float*>(d);
     const float* cos = reinterpret_cast<const float*>(d + pix_b);
     const float* sin = cos + N * half;
@@ -401,7 +406,8 @@ class CudaModel final : public Model {
     vx_.ensure(static_cast<std::size_t>(N * D) * sizeof(float));                        // residual stream
     vy_.ensure(static_cast<std::size_t>(N * std::max(3 * D, 2 * Iv)) * sizeof(float));  // GEMM outputs
     vq_.ensure(static_cast<std::size_t>(3 * N * D) * sizeof(bf16));                     // q, k, v
-    features_.ensure(static_cast<std::size_t>(tokens * O) * sizeof(float));
+    Buffer& dest = out ? *out : features_;
+    dest.ensure(static_cast<std::size_t>(tokens * O) * sizeof(float));
     bf16* a = va_.as<bf16>();
     float* x = vx_.as<float>();
     float* y = vy_.as<float>();
@@ -451,7 +457,7 @@ class CudaModel final : public Model {
       B.proj.gemm(lc_, a, N, x, true);
       cuda::rms_norm(stream_, x, N, D, D, B.norm2.as<float>(), eps, a);
       B.gate_up.gemm(lc_, a, N, y, false);
-      cuda::silu_mul(stream_, y, N, Iv, a, B.down.in);  // B.down.in: Iv padded (pad_in)
+      cuda::silu_mul(stream_, y, N, Iv, a, B.down.lda());  // lda: Iv padded (pad_in)
       B.down.gemm(lc_, a, N, x, true);
     }
     // Patch merger: RMSNorm per patch; `unit` consecutive rows form one row of unit·D.
@@ -461,7 +467,7 @@ class CudaModel final : public Model {
     MV_CHECK(O <= unit * D, "vision merger output {} wider than {}", O, unit * D);
     float* merged = x;  // the residual stream is free now
     mlp2_.gemm(lc_, a, tokens, merged, false);
-    cuda::scatter_rows(stream_, merged, widx, tokens, O, features_.as<float>());
+    cuda::scatter_rows(stream_, merged, widx, tokens, O, dest.as<float>());
     cuda::check(cudaStreamSynchronize(stream_), "vision tower");
     return tokens;
   }

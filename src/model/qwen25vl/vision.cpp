@@ -108,14 +108,27 @@ void vision_rotary_tables(const VisionConfig& c, std::span<const std::array<std:
     const float expo = static_cast<float>(2 * i) / static_cast<float>(half);
     inv[static_cast<std::size_t>(i)] = 1.0f / std::pow(10000.0f, expo);
   }
+  // Positions are small non-negative integers (patch rows and columns) that repeat across the image: the
+  // values are computed once per distinct position and frequency and looked up (the same floats).
+  std::int64_t max_pos = -1;
+  for (const auto& p : positions) max_pos = std::max({max_pos, p[0], p[1]});
+  const std::size_t qn = static_cast<std::size_t>(q);
+  std::vector<float> ct(static_cast<std::size_t>(max_pos + 1) * qn), st(ct.size());
+  for (std::int64_t v = 0; v <= max_pos; ++v) {
+    for (int i = 0; i < q; ++i) {
+      const float angle = static_cast<float>(v) * inv[static_cast<std::size_t>(i)];
+      ct[static_cast<std::size_t>(v) * qn + static_cast<std::size_t>(i)] =
+          static_cast<float>(std::cos(static_cast<double>(angle)));
+      st[static_cast<std::size_t>(v) * qn + static_cast<std::size_t>(i)] =
+          static_cast<float>(std::sin(static_cast<double>(angle)));
+    }
+  }
   for (std::size_t n = 0; n < positions.size(); ++n) {
     for (int a = 0; a < 2; ++a) {
-      const float p = static_cast<float>(positions[n][static_cast<std::size_t>(a)]);
-      for (int i = 0; i < q; ++i) {
-        const float angle = p * inv[static_cast<std::size_t>(i)];
-        cos[n * half + a * q + i] = static_cast<float>(std::cos(static_cast<double>(angle)));
-        sin[n * half + a * q + i] = static_cast<float>(std::sin(static_cast<double>(angle)));
-      }
+      const std::int64_t v = positions[n][static_cast<std::size_t>(a)];
+      MV_CHECK(v >= 0, "vision rotary: negative position {}", v);
+      std::memcpy(cos + n * half + a * q, ct.data() + static_cast<std::size_t>(v) * qn, sizeof(float) * qn);
+      std::memcpy(sin + n * half + a * q, st.data() + static_cast<std::size_t>(v) * qn, sizeof(float) * qn);
     }
   }
 }

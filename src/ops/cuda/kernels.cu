@@ -2,11 +2,15 @@
 #include <cuda_fp16.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cfloat>
 #include <climits>
 #include <cmath>
+#include <cstdlib>
+#include <string_view>
 
 #include "ops/cuda/cuda_ops.hpp"
+#include "ops/cuda/pdl.cuh"
 #include "ops/cuda/weight_formats.hpp"
 
 namespace mv::cuda {
@@ -66,7 +70,8 @@ __global__ void silu_mul_kernel(const float* gu, std::int64_t rows, std::int64_t
       store(o + c0 + 2, silu_times(gv.z, uv.z));
       store(o + c0 + 3, silu_times(gv.w, uv.w));
     } else {
-      for (std::int64_t c = c0; c < c0 + 4 && c < ldo; ++c) store(o + c, c < inter ? silu_times(g[c], u[c]) : 0.0f);
+      for (std::int64_t c = c0; c < c0 + 4 && c < ldo; ++c)
+        store(o + c, c < inter ? silu_times(g[c], u[c]) : 0.0f);
     }
   }
 }
@@ -423,6 +428,23 @@ void argmax_rows(cudaStream_t s, const float* logits, std::int64_t rows, std::in
                         s>>>(logits, cols, chunk, part_v, part_i);
   argmax_pick_kernel<<<static_cast<unsigned>(rows), 32, 0, s>>>(part_v, part_i, slices, cols, out);
   check_launch("argmax_rows");
+}
+
+bool pdl_enabled() {
+  static std::atomic<int> cache[64];  // per device: 0 unknown, 1 off, 2 on
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) return false;
+  std::atomic<int>* slot = dev >= 0 && dev < 64 ? &cache[dev] : nullptr;
+  if (slot) {
+    const int v = slot->load(std::memory_order_relaxed);
+    if (v != 0) return v == 2;
+  }
+  int major = 0;
+  const char* env = std::getenv("MV_PDL");
+  const bool on = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess &&
+                  major >= 9 && !(env && std::string_view(env) == "0");
+  if (slot) slot->store(on ? 2 : 1, std::memory_order_relaxed);
+  return on;
 }
 
 }  // namespace mv::cuda

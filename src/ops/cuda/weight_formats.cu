@@ -3,11 +3,10 @@
 // (__fmul_rn, __fadd_rn, __fdiv_rn), which nvcc never contracts into a fused multiply-add.
 #include <cuda_fp16.h>
 
-#include <atomic>
 #include <cfloat>
-#include <cmath>
 #include <type_traits>
 
+#include "ops/cuda/pdl.cuh"
 #include "ops/cuda/weight_formats.hpp"
 
 namespace mv::cuda {
@@ -241,6 +240,8 @@ __global__ void __launch_bounds__(kWarps * 32)
   __shared__ float lut[16];
   __shared__ float ncode[256];
   load_tables(q, lut, ncode);
+  pdl_trigger();
+  pdl_wait();
   const int lane = threadIdx.x & 31;
   const std::int64_t row = static_cast<std::int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5);
   if (row >= n) return;
@@ -292,7 +293,9 @@ __global__ void __launch_bounds__(kWarps * 32, 2)
   __shared__ float ncode[256];
   __shared__ float red[G > 1 ? kWarps : 1][kNf4Rows][M];
   __shared__ float ssred[G > 1 && IN == GemvIn::kRmsNorm ? kWarps : 1][M];
-  load_tables(q, lut, ncode);
+  load_tables(q, lut, ncode);  // weights: independent of the previous kernel
+  pdl_trigger();
+  pdl_wait();
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int team = warp / G, wt = warp % G;
   const std::int64_t row0 = (static_cast<std::int64_t>(blockIdx.x) * (kWarps / G) + team) * kNf4Rows;
@@ -322,9 +325,9 @@ __global__ void __launch_bounds__(kWarps * 32, 2)
     for (int r = 0; r < kNf4Rows; ++r)
 #pragma unroll
       for (int i = 0; i < M; ++i) part[r][i] = 0.0f;
+#pragma unroll 1
     // One 32-bit word (8 codes) of each row per pass, not unrolled: the words move down one place per
     // pass (raw[r].x is always the current one), which keeps the decoded levels of one pass in registers.
-#pragma unroll 1
     for (int wi = 0; wi < 4; ++wi) {
       float wv[kNf4Rows][8];
 #pragma unroll
@@ -487,6 +490,11 @@ __global__ void __launch_bounds__(kWarps * 32, 2)
   const int last = static_cast<int>(n - 1 - row0 < R - 1 ? n - 1 - row0 : R - 1);
   if (k % E == 0) {
     const std::int64_t kv = k / E;
+    // Programmatic dependent launch: this kernel may start before the previous one ends, and waits for it
+    // here. (Loading the first weights before the wait, measured on the H100, made the loop below slower
+    // than it saved.)
+    pdl_trigger();
+    pdl_wait();
     for (std::int64_t c = tid; c < kv; c += kThreads) {
       uint4 raw[R];
 #pragma unroll
@@ -511,6 +519,8 @@ __global__ void __launch_bounds__(kWarps * 32, 2)
       }
     }
   } else {
+    pdl_trigger();
+    pdl_wait();
     for (std::int64_t c = tid; c < k; c += kThreads) {
       float xv[M];
 #pragma unroll
@@ -648,15 +658,32 @@ using InC = std::integral_constant<GemvIn, IN>;
 template <typename F>
 void with_rows(int m, F&& f) {
   switch (m) {
-    case 1: f(RowsC<1>{}); break;
-    case 2: f(RowsC<2>{}); break;
-    case 3: f(RowsC<3>{}); break;
-    case 4: f(RowsC<4>{}); break;
-    case 5: f(RowsC<5>{}); break;
-    case 6: f(RowsC<6>{}); break;
-    case 7: f(RowsC<7>{}); break;
-    case 8: f(RowsC<8>{}); break;
-    default: check(cudaErrorInvalidValue, "gemv: more than 8 rows");
+    case 1:
+      f(RowsC<1>{});
+      break;
+    case 2:
+      f(RowsC<2>{});
+      break;
+    case 3:
+      f(RowsC<3>{});
+      break;
+    case 4:
+      f(RowsC<4>{});
+      break;
+    case 5:
+      f(RowsC<5>{});
+      break;
+    case 6:
+      f(RowsC<6>{});
+      break;
+    case 7:
+      f(RowsC<7>{});
+      break;
+    case 8:
+      f(RowsC<8>{});
+      break;
+    default:
+      check(cudaErrorInvalidValue, "gemv: more than 8 rows");
   }
 }
 // f(RowsC<M>, InC<IN>) for the requested rows and input kind.
@@ -676,16 +703,19 @@ void with_rows_input(int m, GemvIn in, F&& f) {
 }  // namespace
 
 void nf4_gemv(cudaStream_t s, const float* x, int m, const Nf4Ref& q, std::int64_t n, std::int64_t k,
-              const float* bias, float* y, std::int64_t ldy, bool accumulate, const GemvInput& in) {
+              const float* bias, float* y, std::int64_t ldy, bool accumulate) {
   if (m <= 0 || n <= 0) return;
-  if (in.kind == GemvIn::kRmsNorm && in.norm_w == nullptr)
-    check(cudaErrorInvalidValue, "nf4_gemv: RMSNorm input without norm weights");
+  // Plain inputs only: the kernels are written for any GemvIn, but the NF4 GEMV is bound by instruction
+  // issue, and a norm or SwiGLU product formed in every block made it slower (DLinear forms it once).
+  constexpr GemvIn IN = GemvIn::kPlain;
+  const float* nw = nullptr;
+  const float eps = 0.0f;
   const bool fast = (k & 31) == 0 && q.block_shift >= 5;
   if (!fast) {
     const unsigned blocks = warp_blocks(n);
-    with_rows_input(m, in.kind, [&](auto mc, auto ic) {
-      nf4_gemv_kernel<decltype(mc)::value, decltype(ic)::value>
-          <<<blocks, kWarps * 32, 0, s>>>(x, q, n, k, bias, y, ldy, accumulate, in.norm_w, in.eps);
+    with_rows(m, [&](auto mc) {
+      launch_pdl(nf4_gemv_kernel<decltype(mc)::value, IN>, dim3(blocks), dim3(kWarps * 32), 0, s, x, q, n, k,
+                 bias, y, ldy, accumulate, nw, eps);
     });
     check_launch("nf4_gemv");
     return;
@@ -697,65 +727,35 @@ void nf4_gemv(cudaStream_t s, const float* x, int m, const Nf4Ref& q, std::int64
   while (g < kWarps && groups * g < 4096 && chunks > 32 * g) g *= 2;
   const std::int64_t per_block = kWarps / g;
   const auto blocks = static_cast<unsigned>((groups + per_block - 1) / per_block);
-  with_rows_input(m, in.kind, [&](auto mc, auto ic) {
+  with_rows(m, [&](auto mc) {
     constexpr int M = decltype(mc)::value;
-    constexpr GemvIn IN = decltype(ic)::value;
     if (g == 1)
-      nf4_gemv_rows_kernel<M, 1, IN>
-          <<<blocks, kWarps * 32, 0, s>>>(x, q, n, k, bias, y, ldy, accumulate, in.norm_w, in.eps);
+      launch_pdl(nf4_gemv_rows_kernel<M, 1, IN>, dim3(blocks), dim3(kWarps * 32), 0, s, x, q, n, k, bias, y,
+                 ldy, accumulate, nw, eps);
     else if (g == 2)
-      nf4_gemv_rows_kernel<M, 2, IN>
-          <<<blocks, kWarps * 32, 0, s>>>(x, q, n, k, bias, y, ldy, accumulate, in.norm_w, in.eps);
+      launch_pdl(nf4_gemv_rows_kernel<M, 2, IN>, dim3(blocks), dim3(kWarps * 32), 0, s, x, q, n, k, bias, y,
+                 ldy, accumulate, nw, eps);
     else if (g == 4)
-      nf4_gemv_rows_kernel<M, 4, IN>
-          <<<blocks, kWarps * 32, 0, s>>>(x, q, n, k, bias, y, ldy, accumulate, in.norm_w, in.eps);
+      launch_pdl(nf4_gemv_rows_kernel<M, 4, IN>, dim3(blocks), dim3(kWarps * 32), 0, s, x, q, n, k, bias, y,
+                 ldy, accumulate, nw, eps);
     else
-      nf4_gemv_rows_kernel<M, 8, IN>
-          <<<blocks, kWarps * 32, 0, s>>>(x, q, n, k, bias, y, ldy, accumulate, in.norm_w, in.eps);
+      launch_pdl(nf4_gemv_rows_kernel<M, 8, IN>, dim3(blocks), dim3(kWarps * 32), 0, s, x, q, n, k, bias, y,
+                 ldy, accumulate, nw, eps);
   });
   check_launch("nf4_gemv");
 }
 
 namespace {
-// Rows per block: gemv_typed_rows<M>(), or half of it for up to 4 inputs when that leaves fewer
-// multiprocessors idle in the last wave of blocks (small layers such as q/k/v and o at batch 1, whose 8-row
-// blocks fill about 1.7 or 2.2 waves). Depends on n and the device only, not on m.
-bool half_rows(std::int64_t n) {
-  static std::atomic<int> sms_cache{0};
-  int sms = sms_cache.load(std::memory_order_relaxed);
-  if (sms == 0) {
-    int dev = 0;
-    if (cudaGetDevice(&dev) != cudaSuccess ||
-        cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess || sms <= 0)
-      sms = 132;
-    sms_cache.store(sms, std::memory_order_relaxed);
-  }
-  const double slots = 2.0 * sms;  // resident blocks: two per multiprocessor (launch bounds, registers)
-  auto fill = [&](std::int64_t rows) {
-    const double waves = static_cast<double>((n + rows - 1) / rows) / slots;
-    return waves / std::ceil(waves);
-  };
-  return fill(4) > fill(8) + 0.05;
-}
-
 template <typename T>
 void gemv_typed_launch(cudaStream_t s, const float* x, int m, const T* w, std::int64_t n, std::int64_t k,
                        const float* bias, float* y, std::int64_t ldy, bool accumulate, const GemvInput& in) {
-  const bool half = m <= 4 && half_rows(n);
+  // (2-row blocks for the layers whose 8-row blocks fill 1.7 or 2.2 waves were measured on the H100: every
+  // such GEMV got slower, 12.8 -> 17.3 us for o, 50.7 -> 70.7 us for down.)
   with_rows_input(m, in.kind, [&](auto mc, auto ic) {
     constexpr int M = decltype(mc)::value;
-    constexpr GemvIn IN = decltype(ic)::value;
     constexpr int R = gemv_typed_rows<M>();
-    if constexpr (M <= 4) {
-      if (half) {
-        gemv_typed_kernel<T, M, IN, R / 2>
-            <<<static_cast<unsigned>((n + R / 2 - 1) / (R / 2)), kWarps * 32, 0, s>>>(
-                x, w, n, k, bias, y, ldy, accumulate, in.norm_w, in.eps);
-        return;
-      }
-    }
-    gemv_typed_kernel<T, M, IN, R><<<static_cast<unsigned>((n + R - 1) / R), kWarps * 32, 0, s>>>(
-        x, w, n, k, bias, y, ldy, accumulate, in.norm_w, in.eps);
+    launch_pdl(gemv_typed_kernel<T, M, decltype(ic)::value, R>, dim3(static_cast<unsigned>((n + R - 1) / R)),
+               dim3(kWarps * 32), 0, s, x, w, n, k, bias, y, ldy, accumulate, in.norm_w, in.eps);
   });
 }
 }  // namespace

@@ -60,9 +60,8 @@ void nf4_dequantize(cudaStream_t s, const Nf4Ref& q, float* dst);
 void nf4_dequantize(cudaStream_t s, const Nf4Ref& q, bf16* dst);
 // Fused NF4 GEMV for m <= kGemvMaxRows rows: y[i·ldy + r] = Σ_j x[i·k + j] · W'[r, j] + bias[r]
 // (+ y when accumulate), W' = the dequantized [n, k] weight. Each packed byte is read once for all rows.
-// `in` says how x is read (m <= kGemvFusedMaxRows unless plain).
 void nf4_gemv(cudaStream_t s, const float* x, int m, const Nf4Ref& q, std::int64_t n, std::int64_t k,
-              const float* bias, float* y, std::int64_t ldy, bool accumulate, const GemvInput& in = {});
+              const float* bias, float* y, std::int64_t ldy, bool accumulate);
 
 // ---- dense weights in their own type -----------------------------------------------------------------
 // GEMV with a weight of type wt (f32, f16 or bf16) and output row stride ldy; `in` says how x is read
