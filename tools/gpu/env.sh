@@ -8,3 +8,7 @@ MV_CUDART_DIR=$(dirname "$( (ls /usr/local/cuda/lib64/libcudart.so.13* 2>/dev/nu
 export LD_LIBRARY_PATH=/tmp/mv/bundle/lib:$MV_CUBLAS_DIR:$MV_CUDART_DIR:${LD_LIBRARY_PATH:-}
 export PATH=/tmp/mv/bundle/bin:$PATH
 export MV_CUBLAS_DIR MV_CUDART_DIR
+# The bundle's Tesseract model when the machine has none.
+if [ -f /tmp/mv/bundle/tessdata/eng.traineddata ] && [ ! -f /usr/share/tesseract-ocr/5/tessdata/eng.traineddata ]; then
+  export TESSDATA_PREFIX=/tmp/mv/bundle/tessdata
+fi
