@@ -21,6 +21,7 @@
 #include <unordered_set>
 
 #include "core/error.hpp"
+#include "core/fd_write.hpp"
 #include "core/log.hpp"
 #include "core/progress.hpp"
 
@@ -319,17 +320,7 @@ class FileDescriptor {
   }
   FileDescriptor(const FileDescriptor&) = delete;
   FileDescriptor& operator=(const FileDescriptor&) = delete;
-  void write_all(const char* p, std::size_t n) {
-    while (n > 0) {
-      const ssize_t w = ::write(fd_, p, n);
-      if (w < 0) {
-        if (errno == EINTR) continue;
-        fail(Errc::kIo, "{}: write failed: {}", path_.string(), std::strerror(errno));
-      }
-      p += w;
-      n -= static_cast<std::size_t>(w);
-    }
-  }
+  void write_all(const char* p, std::size_t n) { write_all_fd(fd_, p, n, path_); }
   void truncate() {
     if (::ftruncate(fd_, 0) != 0)
       fail(Errc::kIo, "{}: truncate failed: {}", path_.string(), std::strerror(errno));
@@ -758,19 +749,34 @@ class HubSession {
     if (!entry.is_object()) fail(Errc::kInvalidInput, "{} is not an object", where);
     const std::string type = get_string(entry, "type", where, true);
     if (type != "file") return;  // "directory" (and anything else) has nothing to fetch
+    add_remote_file(entry, where, {"path", "oid", "oid"}, files);
+  }
+
+  // The names the two listings give a file's fields: its path, its git blob id, and its LFS object's sha256.
+  struct ListingKeys {
+    const char* path;
+    const char* git_oid;
+    const char* lfs_sha256;
+  };
+
+  // Appends the file `entry` of a listing (path, size, git blob id and, for an LFS file, the sha256 and size
+  // of the stored object), checking each field; `where` names the listing in errors.
+  void add_remote_file(const nlohmann::json& entry, const std::string& where, const ListingKeys& keys,
+                       std::vector<RemoteFile>& files) const {
     RemoteFile f;
-    f.path = get_string(entry, "path", where, true);
+    f.path = get_string(entry, keys.path, where, true);
     check_repo_path(f.path);
     const std::string at = where + " '" + f.path + "'";
     f.size = get_u64(entry, "size", at);
-    const std::string oid = lower(get_string(entry, "oid", at, false));
+    const std::string oid = lower(get_string(entry, keys.git_oid, at, false));
     if (is_hex(oid, 40)) f.git_oid = oid;
     const auto lfs = entry.find("lfs");
     if (lfs != entry.end() && !lfs->is_null()) {
       if (!lfs->is_object()) fail(Errc::kInvalidInput, "{}: 'lfs' is not an object", at);
       f.lfs = true;
-      f.sha256 = lower(get_string(*lfs, "oid", at + " lfs", true));
-      if (!is_hex(f.sha256, 64)) fail(Errc::kInvalidInput, "{}: 'lfs.oid' is not a sha256", at);
+      f.sha256 = lower(get_string(*lfs, keys.lfs_sha256, at + " lfs", true));
+      if (!is_hex(f.sha256, 64))
+        fail(Errc::kInvalidInput, "{}: 'lfs.{}' is not a sha256", at, keys.lfs_sha256);
       f.size = get_u64(*lfs, "size", at + " lfs");
     }
     if (files.size() >= kMaxFiles)
@@ -792,24 +798,7 @@ class HubSession {
     std::vector<RemoteFile> files;
     for (const auto& s : j["siblings"]) {
       if (!s.is_object()) fail(Errc::kInvalidInput, "{}: a sibling is not an object", where);
-      RemoteFile f;
-      f.path = get_string(s, "rfilename", where, true);
-      check_repo_path(f.path);
-      const std::string at = where + " '" + f.path + "'";
-      f.size = get_u64(s, "size", at);
-      const std::string oid = lower(get_string(s, "blobId", at, false));
-      if (is_hex(oid, 40)) f.git_oid = oid;
-      const auto lfs = s.find("lfs");
-      if (lfs != s.end() && !lfs->is_null()) {
-        if (!lfs->is_object()) fail(Errc::kInvalidInput, "{}: 'lfs' is not an object", at);
-        f.lfs = true;
-        f.sha256 = lower(get_string(*lfs, "sha256", at + " lfs", true));
-        if (!is_hex(f.sha256, 64)) fail(Errc::kInvalidInput, "{}: 'lfs.sha256' is not a sha256", at);
-        f.size = get_u64(*lfs, "size", at + " lfs");
-      }
-      if (files.size() >= kMaxFiles)
-        fail(Errc::kInvalidInput, "{}: more than {} files", options_.repo_id, kMaxFiles);
-      files.push_back(std::move(f));
+      add_remote_file(s, where, {"rfilename", "blobId", "sha256"}, files);
     }
     return files;
   }

@@ -17,6 +17,7 @@
 #include <unordered_set>
 
 #include "core/error.hpp"
+#include "core/fd_write.hpp"
 #include "core/log.hpp"
 
 namespace mv {
@@ -126,19 +127,7 @@ class TempFile {
   TempFile(const TempFile&) = delete;
   TempFile& operator=(const TempFile&) = delete;
 
-  void write(const void* data, std::size_t n) {
-    const auto* p = static_cast<const std::uint8_t*>(data);
-    while (n > 0) {
-      const std::size_t chunk = std::min<std::size_t>(n, 64u << 20);
-      const ssize_t w = ::write(fd_, p, chunk);
-      if (w < 0) {
-        if (errno == EINTR) continue;
-        fail(Errc::kIo, "{}: write failed: {}", path_.string(), std::strerror(errno));
-      }
-      p += w;
-      n -= static_cast<std::size_t>(w);
-    }
-  }
+  void write(const void* data, std::size_t n) { write_all_fd(fd_, data, n, path_); }
   void commit(const fs::path& final_path) {
     if (::fsync(fd_) != 0) fail(Errc::kIo, "{}: fsync failed: {}", path_.string(), std::strerror(errno));
     if (::close(fd_) != 0) {

@@ -55,6 +55,10 @@ thread_local std::string t_request_id;
 // True once this request's metrics are recorded; false for a streamed response until its stream ends.
 thread_local bool t_observed = false;
 thread_local bool t_streamed = false;  // the handler answered with a streamed (chunked) body
+// Set when the request carries no valid API key: the 401's message. The 401 is sent by the route (or the
+// error handler) after httplib has read the request's body; answered before, the unread body would be
+// taken for the next request on a keep-alive connection.
+thread_local std::string t_auth_error;
 
 std::string iso_timestamp() {
   const auto now = std::chrono::system_clock::now();
@@ -131,6 +135,13 @@ void send_error(httplib::Response& res, int status, std::string message) {
   if (status >= 500 && status != 501 && status != 502 && status != 503)
     message = fmt::format("internal error (request id {})", t_request_id);
   send_json(res, status, error_body(status, message, t_request_id));
+}
+
+// The 401 of a request without a valid API key (t_auth_error).
+void send_unauthorized(httplib::Response& res) {
+  t_route = "auth";
+  res.set_header("WWW-Authenticate", "Bearer");
+  send_error(res, 401, t_auth_error);
 }
 
 // The model answered, but not in the form the route needs (502 invalid_model_output). Its message names no
@@ -511,6 +522,7 @@ std::vector<Metrics::Gauge> Server::Impl::gauges() {
 void Server::Impl::route(const char* method, const std::string& pattern, const std::string& name,
                          std::function<void(const httplib::Request&, httplib::Response&)> handler) {
   auto wrapped = [name, handler = std::move(handler)](const httplib::Request& req, httplib::Response& res) {
+    if (!t_auth_error.empty()) return send_unauthorized(res);
     t_route = name;
     try {
       handler(req, res);
@@ -930,6 +942,7 @@ void Server::Impl::setup_routes() {
     t_route = "other";
     t_observed = false;
     t_streamed = false;
+    t_auth_error.clear();
     const auto client_id = req.get_header_value("X-Request-Id");
     t_request_id = valid_client_request_id(client_id) ? client_id : random_hex(8);
     res.set_header("X-Request-Id", t_request_id);
@@ -947,16 +960,17 @@ void Server::Impl::setup_routes() {
         (auth.compare(0, 7, "Bearer ") == 0 || auth.compare(0, 7, "bearer ") == 0))
       key = auth.substr(7);
     if (keys.accepts(key)) return httplib::Server::HandlerResponse::Unhandled;
-    t_route = "auth";
-    res.set_header("WWW-Authenticate", "Bearer");
-    send_error(res, 401,
-               key.empty() ? "an API key is required (Authorization: Bearer KEY or X-API-Key)"
-                           : "the API key is not valid");
-    return httplib::Server::HandlerResponse::Handled;
+    t_auth_error = key.empty() ? "an API key is required (Authorization: Bearer KEY or X-API-Key)"
+                               : "the API key is not valid";
+    return httplib::Server::HandlerResponse::Unhandled;  // answered once the body is read
   });
   http->set_error_handler(
       httplib::Server::HandlerWithResponse([this](const httplib::Request&, httplib::Response& res) {
         if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
+        if (!t_auth_error.empty() && (res.status == 404 || res.status == 405)) {
+          send_unauthorized(res);  // routes are not disclosed to clients without a key
+          return httplib::Server::HandlerResponse::Handled;
+        }
         std::string message;
         switch (res.status) {
           case 404:

@@ -38,29 +38,30 @@ using json = nlohmann::json;
 // ---------------------------------------------------------------------------------------------------
 // UTF-8 helpers
 
+// What Unicode table 3-7 allows after the lead byte `c` of a multi-byte sequence: the sequence's length
+// (0 when `c` cannot start one) and the range of its second byte (later bytes are 0x80..0xBF).
+struct Utf8Lead {
+  std::size_t len = 0;
+  unsigned lo = 0x80, hi = 0xBF;
+};
+
+Utf8Lead utf8_lead(unsigned c) {
+  if (c >= 0xC2 && c <= 0xDF) return {2, 0x80, 0xBF};
+  if (c >= 0xE0 && c <= 0xEF) return {3, c == 0xE0 ? 0xA0u : 0x80u, c == 0xED ? 0x9Fu : 0xBFu};
+  if (c >= 0xF0 && c <= 0xF4) return {4, c == 0xF0 ? 0x90u : 0x80u, c == 0xF4 ? 0x8Fu : 0xBFu};
+  return {};
+}
+
 // Length of the well-formed UTF-8 sequence at s[i] (Unicode table 3-7), or 0 when it is ill-formed.
 std::size_t utf8_sequence_length(std::string_view s, std::size_t i) {
   const auto b = [&](std::size_t k) { return static_cast<unsigned char>(s[k]); };
   const std::size_t n = s.size();
   const unsigned c = b(i);
   if (c < 0x80) return 1;
-  std::size_t len = 0;
-  unsigned lo = 0x80, hi = 0xBF;  // allowed range of the second byte
-  if (c >= 0xC2 && c <= 0xDF) {
-    len = 2;
-  } else if (c >= 0xE0 && c <= 0xEF) {
-    len = 3;
-    if (c == 0xE0) lo = 0xA0;
-    if (c == 0xED) hi = 0x9F;
-  } else if (c >= 0xF0 && c <= 0xF4) {
-    len = 4;
-    if (c == 0xF0) lo = 0x90;
-    if (c == 0xF4) hi = 0x8F;
-  } else {
-    return 0;
-  }
-  if (i + len > n) return 0;
-  if (b(i + 1) < lo || b(i + 1) > hi) return 0;
+  const Utf8Lead lead = utf8_lead(c);
+  const std::size_t len = lead.len;
+  if (len == 0 || i + len > n) return 0;
+  if (b(i + 1) < lead.lo || b(i + 1) > lead.hi) return 0;
   for (std::size_t k = 2; k < len; ++k) {
     if (b(i + k) < 0x80 || b(i + k) > 0xBF) return 0;
   }
@@ -1156,24 +1157,12 @@ std::string Tokenizer::decode(std::span<const std::int32_t> ids, bool skip_speci
       i += len;
       continue;
     }
-    const unsigned c = u(i);
-    std::size_t need = 0;
-    unsigned lo = 0x80, hi = 0xBF;
-    if (c >= 0xC2 && c <= 0xDF) {
-      need = 1;
-    } else if (c >= 0xE0 && c <= 0xEF) {
-      need = 2;
-      if (c == 0xE0) lo = 0xA0;
-      if (c == 0xED) hi = 0x9F;
-    } else if (c >= 0xF0 && c <= 0xF4) {
-      need = 3;
-      if (c == 0xF0) lo = 0x90;
-      if (c == 0xF4) hi = 0x8F;
-    }
+    const Utf8Lead lead = utf8_lead(u(i));  // u(i) >= 0x80 here: ASCII is always well-formed
+    const std::size_t need = lead.len == 0 ? 0 : lead.len - 1;
     std::size_t k = i + 1;
     for (std::size_t t = 0; t < need && k < n; ++t, ++k) {
       const unsigned b = u(k);
-      const unsigned tlo = t == 0 ? lo : 0x80, thi = t == 0 ? hi : 0xBF;
+      const unsigned tlo = t == 0 ? lead.lo : 0x80, thi = t == 0 ? lead.hi : 0xBF;
       if (b < tlo || b > thi) break;
     }
     out += "\xEF\xBF\xBD";

@@ -1,6 +1,7 @@
 // Runs the medvision binary in a subprocess and captures stdout, stderr and the exit code.
 #pragma once
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <array>
 #include <cstdio>

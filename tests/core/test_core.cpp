@@ -3,11 +3,13 @@
 #include <cstring>
 #include <filesystem>
 
+#include "common/expect_error.hpp"
 #include "core/error.hpp"
 #include "core/file.hpp"
 #include "core/progress.hpp"
 
 namespace fs = std::filesystem;
+using mv::test::expect_error;
 
 TEST(Error, MapsToExitCodesAndHttpStatuses) {
   EXPECT_EQ(mv::exit_code(mv::Errc::kUsage), 2);
@@ -49,13 +51,8 @@ TEST(File, WriteReadMapRoundTrip) {
 }
 
 TEST(File, MissingFilesAreNotFound) {
-  try {
-    mv::read_file("/nonexistent/dir/file.txt");
-    FAIL();
-  } catch (const mv::Error& e) {
-    EXPECT_EQ(e.code(), mv::Errc::kNotFound);
-    EXPECT_NE(std::string(e.what()).find("/nonexistent/dir/file.txt"), std::string::npos);
-  }
+  expect_error([&] { mv::read_file("/nonexistent/dir/file.txt"); }, mv::Errc::kNotFound,
+               "/nonexistent/dir/file.txt");
   EXPECT_THROW(mv::MappedFile("/nonexistent/x"), mv::Error);
   EXPECT_THROW(mv::MappedFile("/tmp"), mv::Error);  // a directory is not a regular file
 }

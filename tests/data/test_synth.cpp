@@ -15,6 +15,7 @@
 #include <stb_image.h>
 
 #include "../cli/run_cli.hpp"
+#include "common/expect_error.hpp"
 #include "core/error.hpp"
 #include "core/file.hpp"
 #include "data/clinical_tables.hpp"
@@ -30,6 +31,7 @@ namespace fs = std::filesystem;
 using nlohmann::json;
 using namespace mv;
 using namespace mv::synth;
+using mv::test::expect_error;
 
 fs::path temp_dir(const std::string& name) {
   const fs::path p = fs::temp_directory_path() / ("mv_synth_" + std::to_string(::getpid()) + "_" + name);
@@ -405,13 +407,7 @@ TEST(Synth, OptionErrors) {
   EXPECT_THROW(run_synth(o), Error);
   o.count = 1;
   o.degrade = "sepia";
-  try {
-    run_synth(o);
-    FAIL();
-  } catch (const Error& e) {
-    EXPECT_EQ(e.code(), Errc::kUsage);
-    EXPECT_NE(std::string(e.what()).find("sepia"), std::string::npos);
-  }
+  expect_error([&] { run_synth(o); }, Errc::kUsage, "sepia");
   try {
     parse_types("prescription,xray_note");
     FAIL();

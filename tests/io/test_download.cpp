@@ -16,6 +16,8 @@
 #include <thread>
 #include <vector>
 
+#include "cli/run_cli.hpp"
+#include "common/temp_dir.hpp"
 #include "core/error.hpp"
 #include "core/file.hpp"
 #include "core/progress.hpp"
@@ -246,22 +248,7 @@ class FakeHub {
   std::vector<Hit> hits_;
 };
 
-class TempDir {
- public:
-  TempDir() {
-    std::string tmpl = (fs::temp_directory_path() / "mv_download_XXXXXX").string();
-    if (!::mkdtemp(tmpl.data())) throw std::runtime_error("mkdtemp failed");
-    path_ = tmpl;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  const fs::path& path() const { return path_; }
-
- private:
-  fs::path path_;
-};
+using mv::test::TempDir;
 
 class DownloadTest : public ::testing::Test {
  protected:
@@ -303,7 +290,7 @@ class DownloadTest : public ::testing::Test {
   }
 
   FakeHub hub;
-  TempDir dir;
+  TempDir dir{"download"};
 };
 
 // ---- helpers ----------------------------------------------------------------------------------------
@@ -640,39 +627,22 @@ TEST_F(DownloadTest, FallsBackToRevisionApiWithoutTreeApi) {
 
 // ---- the CLI, end to end ------------------------------------------------------------------------------
 
-struct RunResult {
-  int exit_code = -1;
-  std::string out, err;
-};
-
-RunResult run_cli(const std::string& args, const fs::path& tmp) {
-  const fs::path so = tmp / "stdout.txt", se = tmp / "stderr.txt";
-  const std::string cmd =
-      std::string("'") + MV_BINARY + "' " + args + " >'" + so.string() + "' 2>'" + se.string() + "'";
-  const int status = std::system(cmd.c_str());
-  RunResult r;
-  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  r.out = read_file(so);
-  r.err = read_file(se);
-  return r;
-}
+using mv::testing::run_cli;
 
 TEST_F(DownloadTest, CliEndToEnd) {
   const std::string outdir = (dir.path() / "cli").string();
-  RunResult r =
-      run_cli("-q download org/repo --out '" + outdir + "' --endpoint " + hub.url() + " --json", dir.path());
+  auto r = run_cli("-q download org/repo --out '" + outdir + "' --endpoint " + hub.url() + " --json");
   ASSERT_EQ(r.exit_code, 0) << r.err;
   const json j = json::parse(r.out);
   EXPECT_EQ(j["repo"], "org/repo");
   ASSERT_EQ(j["files"].size(), 4u);
   EXPECT_EQ(read_file(fs::path(outdir) / "model.safetensors"), hub.file("model.safetensors").content);
 
-  r = run_cli("download org/repo --out '" + outdir + "' --endpoint " + hub.url() + " --include '*.md'",
-              dir.path());
+  r = run_cli("download org/repo --out '" + outdir + "' --endpoint " + hub.url() + " --include '*.md'");
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NE(r.out.find("1 files"), std::string::npos) << r.out;
 
-  r = run_cli("download org/missing --out '" + outdir + "' --endpoint " + hub.url(), dir.path());
+  r = run_cli("download org/missing --out '" + outdir + "' --endpoint " + hub.url());
   EXPECT_EQ(r.exit_code, 3);
   EXPECT_NE(r.err.find("repository or revision not found"), std::string::npos) << r.err;
 }

@@ -26,6 +26,9 @@
 #include <jpeglib.h>
 // clang-format on
 
+#include "common/expect_error.hpp"
+#include "common/random_image.hpp"
+#include "common/temp_dir.hpp"
 #include "core/error.hpp"
 #include "core/file.hpp"
 #include "io/image.hpp"
@@ -66,26 +69,9 @@ void expect_near(const Pixel& got, const Pixel& want, int tolerance, const std::
   }
 }
 
-// Runs fn and checks it throws mv::Error with `code` and a message containing `needle` (the file name).
-void expect_error(const std::function<void()>& fn, Errc code, const std::string& needle) {
-  try {
-    fn();
-    ADD_FAILURE() << "expected mv::Error " << mv::errc_name(code) << " mentioning " << needle;
-  } catch (const mv::Error& e) {
-    EXPECT_EQ(e.code(), code) << "message: " << e.what();
-    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << "message: " << e.what();
-  }
-}
+using mv::test::expect_error;
 
-ImageRGB8 random_image(int w, int h, unsigned seed) {
-  ImageRGB8 im;
-  im.width = w;
-  im.height = h;
-  im.pixels.resize(static_cast<std::size_t>(w) * h * 3);
-  std::mt19937 rng(seed);
-  for (auto& v : im.pixels) v = static_cast<std::uint8_t>(rng() & 0xFF);
-  return im;
-}
+using mv::test::random_image;
 
 // The eight EXIF orientations as forward maps (source pixel -> destination), written independently of the
 // decoder's inverse maps: 2 mirror, 3 rotate 180, 4 flip, 5 transpose, 6 rotate 90 clockwise, 7 transverse,
@@ -147,26 +133,7 @@ void expect_same(const ImageRGB8& got, const ImageRGB8& want, const std::string&
   EXPECT_EQ(diffs, 0u) << what << ": first difference at byte " << first;
 }
 
-class TempDir {
- public:
-  TempDir() {
-    path_ = fs::temp_directory_path() / ("mv_test_image_" + std::to_string(::getpid()));
-    fs::create_directories(path_);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  fs::path file(const std::string& name) const { return path_ / name; }
-  fs::path write(const std::string& name, const std::string& data) const {
-    const fs::path p = file(name);
-    mv::write_file(p, data);
-    return p;
-  }
-
- private:
-  fs::path path_;
-};
+using mv::test::TempDir;
 
 // ---------------------------------------------------------------------------------------------- PNG
 
@@ -244,9 +211,9 @@ std::vector<std::uint8_t> pack(const std::vector<unsigned>& values, int bits) {
 }
 
 TEST(ImagePng, SavePngRoundTrip) {
-  TempDir dir;
+  TempDir dir("image");
   const ImageRGB8 im = random_image(37, 23, 1);
-  const fs::path p = dir.file("round.png");
+  const fs::path p = dir / "round.png";
   mv::save_png(im, p);
   const ImageRGB8 back = mv::load_image(p);
   expect_same(back, im, "save_png -> load_image");
@@ -254,12 +221,12 @@ TEST(ImagePng, SavePngRoundTrip) {
 }
 
 TEST(ImagePng, SavePngRejectsInconsistentImage) {
-  TempDir dir;
+  TempDir dir("image");
   ImageRGB8 bad;
   bad.width = 4;
   bad.height = 4;
   bad.pixels.resize(5);
-  expect_error([&] { mv::save_png(bad, dir.file("bad.png")); }, Errc::kInvalidInput, "bad.png");
+  expect_error([&] { mv::save_png(bad, dir / "bad.png"); }, Errc::kInvalidInput, "bad.png");
 }
 
 TEST(ImagePng, GrayscaleAllBitDepths) {
@@ -875,12 +842,12 @@ std::vector<TiffPage> sample_tiff_pages() {
 }
 
 TEST(ImageTiff, MultiPageExactPixels) {
-  TempDir dir;
+  TempDir dir("image");
   const auto pages = sample_tiff_pages();
-  const std::string tiff = make_tiff(pages, dir.file("multi.tif"));
-  const auto images = mv::load_image_pages(dir.file("multi.tif"));
+  const std::string tiff = make_tiff(pages, dir / "multi.tif");
+  const auto images = mv::load_image_pages(dir / "multi.tif");
   ASSERT_EQ(images.size(), 4u);
-  EXPECT_EQ(mv::count_pages(dir.file("multi.tif")), 4);
+  EXPECT_EQ(mv::count_pages(dir / "multi.tif"), 4);
   expect_same(images[0], rows_to_image(pages[0]), "TIFF page 1 (RGB, LZW)");
   for (int y = 0; y < 5; ++y) {
     for (int x = 0; x < 8; ++x) {
@@ -901,19 +868,19 @@ TEST(ImageTiff, MultiPageExactPixels) {
     }
   }
   // load_image decodes the first page only.
-  expect_same(mv::load_image(dir.file("multi.tif")), images[0], "load_image of a TIFF");
+  expect_same(mv::load_image(dir / "multi.tif"), images[0], "load_image of a TIFF");
   // Too many pages: refused from the directory chain.
   ImageLimits two;
   two.max_pages = 2;
-  expect_error([&] { mv::load_image_pages(dir.file("multi.tif"), two); }, Errc::kTooLarge, "multi.tif");
-  expect_error([&] { mv::count_pages(dir.file("multi.tif"), two); }, Errc::kTooLarge, "multi.tif");
+  expect_error([&] { mv::load_image_pages(dir / "multi.tif", two); }, Errc::kTooLarge, "multi.tif");
+  expect_error([&] { mv::count_pages(dir / "multi.tif", two); }, Errc::kTooLarge, "multi.tif");
   ImageLimits small;
   small.max_pixels_per_page = 200;  // page 1 is 19x13 = 247
   expect_error([&] { mv::decode_image_pages(as_bytes(tiff), "px.tif", small); }, Errc::kTooLarge, "px.tif");
 }
 
 TEST(ImageTiff, OrientationTagAppliedLikeExifTranspose) {
-  TempDir dir;
+  TempDir dir("image");
   const ImageRGB8 src = random_image(9, 5, 5);
   for (int orientation = 1; orientation <= 8; ++orientation) {
     TiffPage p;
@@ -921,15 +888,15 @@ TEST(ImageTiff, OrientationTagAppliedLikeExifTranspose) {
     p.height = src.height;
     p.orientation = orientation;
     for (int y = 0; y < src.height; ++y) p.rows.emplace_back(src.row(y), src.row(y) + src.width * 3);
-    const std::string tiff = make_tiff({p}, dir.file("o.tif"));
+    const std::string tiff = make_tiff({p}, dir / "o.tif");
     expect_same(decode_one(tiff, "o.tif"), reference_orient(src, orientation),
                 "TIFF orientation " + std::to_string(orientation));
   }
 }
 
 TEST(ImageTiff, TruncatedAndCorrupt) {
-  TempDir dir;
-  const std::string tiff = make_tiff(sample_tiff_pages(), dir.file("t.tif"));
+  TempDir dir("image");
+  const std::string tiff = make_tiff(sample_tiff_pages(), dir / "t.tif");
   // (A file missing only the last bytes of its final next-directory link still decodes, in PIL as here.)
   for (std::size_t cut : {std::size_t{3}, std::size_t{6}, std::size_t{9}, std::size_t{100}, tiff.size() / 4,
                           tiff.size() / 2, tiff.size() * 3 / 4, tiff.size() - 40}) {
@@ -1151,7 +1118,7 @@ std::string two_page_pdf() {
 }
 
 TEST(ImagePdf, RendersPagesAtTheConfiguredDpi) {
-  TempDir dir;
+  TempDir dir("image");
   const fs::path p = dir.write("doc.pdf", two_page_pdf());
   ImageLimits limits;
   limits.pdf_dpi = 100.0;
@@ -1171,7 +1138,7 @@ TEST(ImagePdf, RendersPagesAtTheConfiguredDpi) {
 }
 
 TEST(ImagePdf, LimitsBeforeRendering) {
-  TempDir dir;
+  TempDir dir("image");
   const fs::path p = dir.write("doc.pdf", two_page_pdf());
   ImageLimits one_page;
   one_page.max_pages = 1;
@@ -1221,7 +1188,7 @@ TEST(ImageErrors, SniffingAndNames) {
 }
 
 TEST(ImageErrors, EmptyRandomUnsupportedMissing) {
-  TempDir dir;
+  TempDir dir("image");
   expect_error([] { decode_all("", "empty.png"); }, Errc::kInvalidInput, "empty.png");
   const fs::path empty = dir.write("empty.jpg", "");
   expect_error([&] { mv::load_image(empty); }, Errc::kInvalidInput, "empty.jpg");
@@ -1235,7 +1202,7 @@ TEST(ImageErrors, EmptyRandomUnsupportedMissing) {
   const fs::path gif = dir.write("anim.gif", std::string("GIF89a\x01\x00\x01\x00\x80\x00\x00", 13));
   expect_error([&] { mv::load_image(gif); }, Errc::kUnsupported, "anim.gif");
   expect_error([&] { mv::count_pages(gif); }, Errc::kUnsupported, "anim.gif");
-  expect_error([&] { mv::load_image(dir.file("missing.png")); }, Errc::kNotFound, "missing.png");
+  expect_error([&] { mv::load_image(dir / "missing.png"); }, Errc::kNotFound, "missing.png");
 }
 
 TEST(ImageErrors, KnownSignatureFollowedByNoiseIsInvalid) {
@@ -1301,7 +1268,7 @@ void check_all_cuts_and_flips(const std::string& data, const std::string& name, 
 }
 
 TEST(ImageRobustness, EveryTruncationAndByteFlip) {
-  TempDir dir;
+  TempDir dir("image");
   const ImageRGB8 src = random_image(24, 16, 31);
   PngSpec s;
   s.width = src.width;
@@ -1318,7 +1285,7 @@ TEST(ImageRobustness, EveryTruncationAndByteFlip) {
   page.height = src.height;
   page.compression = COMPRESSION_LZW;
   for (int y = 0; y < src.height; ++y) page.rows.emplace_back(src.row(y), src.row(y) + src.width * 3);
-  check_all_cuts_and_flips(make_tiff({page, page}, dir.file("all.tif")), "all.tif",
+  check_all_cuts_and_flips(make_tiff({page, page}, dir / "all.tif"), "all.tif",
                            4);  // the last next-IFD link
   ImageLimits low_dpi;          // poppler renders each corrupted variant: keep the pages small
   low_dpi.pdf_dpi = 18.0;

@@ -8,6 +8,9 @@
 #include <cstring>
 #include <fstream>
 
+#include "cli/run_cli.hpp"
+#include "common/expect_error.hpp"
+#include "common/temp_dir.hpp"
 #include "core/error.hpp"
 #include "io/model_config.hpp"
 #include "io/safetensors.hpp"
@@ -17,26 +20,8 @@ namespace {
 
 using nlohmann::json;
 
-class TempDir {
- public:
-  TempDir() {
-    static std::atomic<int> counter{0};
-    path_ = fs::temp_directory_path() /
-            fmt::format("mv_cfg_test_{}_{}_{}", ::getpid(), counter++,
-                        ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::remove_all(path_);
-    fs::create_directories(path_);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  const fs::path& path() const { return path_; }
-  fs::path operator/(const std::string& name) const { return path_ / name; }
-
- private:
-  fs::path path_;
-};
+using mv::test::expect_error;
+using mv::test::TempDir;
 
 // The released Qwen2.5-VL-7B-Instruct config.json (spec §1.1/1.2).
 json legacy_7b() {
@@ -215,7 +200,7 @@ TEST(ModelConfig, Validation) {
 }
 
 TEST(ModelConfig, LoadWithGenerationConfig) {
-  TempDir dir;
+  TempDir dir("cfg");
   std::ofstream(dir / "config.json") << legacy_7b().dump();
   std::ofstream(dir / "generation_config.json")
       << R"({"bos_token_id": 151643, "eos_token_id": [151645, 151643], "pad_token_id": 151643})";
@@ -226,23 +211,11 @@ TEST(ModelConfig, LoadWithGenerationConfig) {
   std::ofstream(dir / "generation_config.json", std::ios::trunc) << R"({"eos_token_id": 7})";
   EXPECT_EQ(ModelConfig::load(dir.path()).eos_token_ids, (std::vector<std::int32_t>{151645, 7}));
   std::ofstream(dir / "generation_config.json", std::ios::trunc) << R"({"eos_token_id": "x"})";
-  try {
-    ModelConfig::load(dir.path());
-    FAIL();
-  } catch (const Error& e) {
-    EXPECT_EQ(e.code(), Errc::kInvalidInput);
-    EXPECT_NE(std::string(e.what()).find("generation_config.json"), std::string::npos);
-  }
+  expect_error([&] { ModelConfig::load(dir.path()); }, Errc::kInvalidInput, "generation_config.json");
   fs::remove(dir / "generation_config.json");
 
   std::ofstream(dir / "config.json", std::ios::trunc) << "{\"hidden_size\": ";
-  try {
-    ModelConfig::load(dir.path());
-    FAIL();
-  } catch (const Error& e) {
-    EXPECT_EQ(e.code(), Errc::kInvalidInput);
-    EXPECT_NE(std::string(e.what()).find("config.json"), std::string::npos);
-  }
+  expect_error([&] { ModelConfig::load(dir.path()); }, Errc::kInvalidInput, "config.json");
   json bad = legacy_7b();
   bad["num_key_value_heads"] = 3;
   std::ofstream(dir / "config.json", std::ios::trunc) << bad.dump();
@@ -255,20 +228,9 @@ TEST(ModelConfig, LoadWithGenerationConfig) {
     EXPECT_NE(msg.find("config.json"), std::string::npos) << msg;
     EXPECT_NE(msg.find("num_key_value_heads"), std::string::npos) << msg;
   }
-  try {
-    ModelConfig::load(dir / "nope");
-    FAIL();
-  } catch (const Error& e) {
-    EXPECT_EQ(e.code(), Errc::kNotFound);
-  }
+  expect_error([&] { ModelConfig::load(dir / "nope"); }, Errc::kNotFound);
   fs::remove(dir / "config.json");
-  try {
-    ModelConfig::load(dir.path());
-    FAIL();
-  } catch (const Error& e) {
-    EXPECT_EQ(e.code(), Errc::kNotFound);
-    EXPECT_NE(std::string(e.what()).find("config.json"), std::string::npos);
-  }
+  expect_error([&] { ModelConfig::load(dir.path()); }, Errc::kNotFound, "config.json");
 }
 
 TEST(KeyLayout, CanonicalKeys) {
@@ -405,26 +367,10 @@ void write_tiny_checkpoint(const fs::path& dir, bool nested, bool tied) {
   }
 }
 
-struct RunResult {
-  int exit_code = -1;
-  std::string out;
-};
-
-RunResult run_medvision(const std::string& args) {
-  const std::string cmd = std::string("'") + MV_BINARY + "' " + args + " 2>/dev/null";
-  RunResult r;
-  FILE* p = ::popen(cmd.c_str(), "r");
-  if (p == nullptr) return r;
-  char buf[4096];
-  std::size_t n;
-  while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) r.out.append(buf, n);
-  const int status = ::pclose(p);
-  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return r;
-}
+using mv::testing::run_cli;
 
 TEST(InfoCommand, NestedShardedCheckpoint) {
-  TempDir dir;
+  TempDir dir("cfg");
   write_tiny_checkpoint(dir / "ckpt", /*nested=*/true, /*tied=*/false);
   std::uint64_t vision = 0, lm = 0, embed = 0, head = 0;
   for (const auto& t : tiny_tensors(true)) {
@@ -438,7 +384,7 @@ TEST(InfoCommand, NestedShardedCheckpoint) {
     else
       lm += n;
   }
-  const RunResult r = run_medvision("info --json --model '" + (dir / "ckpt").string() + "'");
+  const auto r = run_cli("info --json --model '" + (dir / "ckpt").string() + "'");
   ASSERT_EQ(r.exit_code, 0) << r.out;
   const json j = json::parse(r.out);
   EXPECT_EQ(j["key_layout"], "nested");
@@ -465,16 +411,16 @@ TEST(InfoCommand, NestedShardedCheckpoint) {
     file_bytes += fs::file_size(dir / "ckpt" / f);
   EXPECT_EQ(j["bytes"], file_bytes);
 
-  const RunResult text = run_medvision("info --model '" + (dir / "ckpt").string() + "'");
+  const auto text = run_cli("info --model '" + (dir / "ckpt").string() + "'");
   ASSERT_EQ(text.exit_code, 0);
   EXPECT_NE(text.out.find("nested"), std::string::npos) << text.out;
   EXPECT_NE(text.out.find("parameters"), std::string::npos) << text.out;
 }
 
 TEST(InfoCommand, LegacyTiedCheckpoint) {
-  TempDir dir;
+  TempDir dir("cfg");
   write_tiny_checkpoint(dir / "ckpt", /*nested=*/false, /*tied=*/true);
-  const RunResult r = run_medvision("info --json --model '" + (dir / "ckpt").string() + "'");
+  const auto r = run_cli("info --json --model '" + (dir / "ckpt").string() + "'");
   ASSERT_EQ(r.exit_code, 0) << r.out;
   const json j = json::parse(r.out);
   EXPECT_EQ(j["key_layout"], "legacy");
@@ -486,20 +432,20 @@ TEST(InfoCommand, LegacyTiedCheckpoint) {
 }
 
 TEST(InfoCommand, ErrorsExitWithThree) {
-  TempDir dir;
-  EXPECT_EQ(run_medvision("info --model '" + (dir / "missing").string() + "'").exit_code, 3);
+  TempDir dir("cfg");
+  EXPECT_EQ(run_cli("info --model '" + (dir / "missing").string() + "'").exit_code, 3);
   fs::create_directories(dir / "noconfig");
-  EXPECT_EQ(run_medvision("info --json --model '" + (dir / "noconfig").string() + "'").exit_code, 3);
+  EXPECT_EQ(run_cli("info --json --model '" + (dir / "noconfig").string() + "'").exit_code, 3);
   write_tiny_checkpoint(dir / "broken", true, false);
   {
     std::ofstream(dir / "broken" / "model-00002-of-00002.safetensors", std::ios::trunc) << "garbage!garbage!";
   }
-  EXPECT_EQ(run_medvision("info --model '" + (dir / "broken").string() + "'").exit_code, 3);
+  EXPECT_EQ(run_cli("info --model '" + (dir / "broken").string() + "'").exit_code, 3);
   write_tiny_checkpoint(dir / "badcfg", false, false);
   std::ofstream(dir / "badcfg" / "config.json", std::ios::trunc)
       << R"({"hidden_size": 33, "num_attention_heads": 2})";
-  EXPECT_EQ(run_medvision("info --model '" + (dir / "badcfg").string() + "'").exit_code, 3);
-  EXPECT_EQ(run_medvision("info").exit_code, 2);  // --model is required
+  EXPECT_EQ(run_cli("info --model '" + (dir / "badcfg").string() + "'").exit_code, 3);
+  EXPECT_EQ(run_cli("info").exit_code, 2);  // --model is required
 }
 
 }  // namespace

@@ -10,32 +10,16 @@
 #include <nlohmann/json.hpp>
 #include <random>
 
+#include "common/expect_error.hpp"
+#include "common/temp_dir.hpp"
 #include "core/error.hpp"
 #include "io/safetensors.hpp"
 
 namespace mv {
 namespace {
 
-class TempDir {
- public:
-  TempDir() {
-    static std::atomic<int> counter{0};
-    path_ = fs::temp_directory_path() /
-            fmt::format("mv_st_test_{}_{}_{}", ::getpid(), counter++,
-                        ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::remove_all(path_);
-    fs::create_directories(path_);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  const fs::path& path() const { return path_; }
-  fs::path operator/(const std::string& name) const { return path_ / name; }
-
- private:
-  fs::path path_;
-};
+using mv::test::expect_error;
+using mv::test::TempDir;
 
 std::vector<std::uint8_t> iota_bytes(std::size_t n, std::uint8_t start = 1) {
   std::vector<std::uint8_t> v(n);
@@ -83,16 +67,11 @@ TEST(SafetensorsDType, NamesAndSizes) {
   EXPECT_TRUE(dtype_is_float(DType::kF8E4M3));
   EXPECT_FALSE(dtype_is_float(DType::kI32));
   EXPECT_FALSE(dtype_is_float(DType::kBool));
-  try {
-    parse_dtype("F64X");
-    FAIL();
-  } catch (const Error& e) {
-    EXPECT_EQ(e.code(), Errc::kInvalidInput);
-  }
+  expect_error([&] { parse_dtype("F64X"); }, Errc::kInvalidInput);
 }
 
 TEST(Safetensors, RoundTripEveryDtype) {
-  TempDir dir;
+  TempDir dir("st");
   const std::vector<DType> all{DType::kF32,  DType::kF16,    DType::kBF16,  DType::kU8,
                                DType::kI8,   DType::kI16,    DType::kI32,   DType::kI64,
                                DType::kBool, DType::kF8E4M3, DType::kF8E5M2};
@@ -164,13 +143,7 @@ TEST(Safetensors, RoundTripEveryDtype) {
     EXPECT_LE(f.tensors()[i - 1].end, f.tensors()[i].begin);
   EXPECT_EQ(f.tensors().front().name, "t.F32");
   EXPECT_EQ(f.find("nope"), nullptr);
-  try {
-    f.view("nope");
-    FAIL();
-  } catch (const Error& e) {
-    EXPECT_EQ(e.code(), Errc::kNotFound);
-    EXPECT_NE(std::string(e.what()).find("nope"), std::string::npos);
-  }
+  expect_error([&] { f.view("nope"); }, Errc::kNotFound, "nope");
 }
 
 TEST(Safetensors, WriterRejectsBadEntries) {
@@ -184,7 +157,7 @@ TEST(Safetensors, WriterRejectsBadEntries) {
 }
 
 TEST(Safetensors, ProducerErrorLeavesNoFile) {
-  TempDir dir;
+  TempDir dir("st");
   SafetensorsWriter w;
   w.add("a", DType::kU8, {4}, [](std::span<std::uint8_t>) { throw std::runtime_error("boom"); });
   EXPECT_THROW(w.write(dir / "x.safetensors"), std::runtime_error);
@@ -193,7 +166,7 @@ TEST(Safetensors, ProducerErrorLeavesNoFile) {
 }
 
 TEST(SafetensorsHeader, TruncatedFile) {
-  TempDir dir;
+  TempDir dir("st");
   const fs::path p = dir / "short.safetensors";
   {
     std::ofstream out(p, std::ios::binary);
@@ -209,7 +182,7 @@ TEST(SafetensorsHeader, TruncatedFile) {
 }
 
 TEST(SafetensorsHeader, HeaderTooLarge) {
-  TempDir dir;
+  TempDir dir("st");
   const fs::path p = dir / "big.safetensors";
   write_raw(p, "{}", 0, 200ull << 20);  // claims 200 MiB of header
   expect_invalid(p, {"over the limit"});
@@ -223,7 +196,7 @@ TEST(SafetensorsHeader, HeaderTooLarge) {
 }
 
 TEST(SafetensorsHeader, BadJson) {
-  TempDir dir;
+  TempDir dir("st");
   const fs::path p = dir / "bad.safetensors";
   write_raw(p, R"({"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]})", 1);  // missing brace
   expect_invalid(p, {"not valid JSON"});
@@ -236,7 +209,7 @@ TEST(SafetensorsHeader, BadJson) {
 }
 
 TEST(SafetensorsHeader, DuplicateNames) {
-  TempDir dir;
+  TempDir dir("st");
   const fs::path p = dir / "dup.safetensors";
   write_raw(
       p,
@@ -246,7 +219,7 @@ TEST(SafetensorsHeader, DuplicateNames) {
 }
 
 TEST(SafetensorsHeader, UnknownDtype) {
-  TempDir dir;
+  TempDir dir("st");
   const fs::path p = dir / "dt.safetensors";
   write_raw(p, R"({"w":{"dtype":"F64X","shape":[1],"data_offsets":[0,8]}})", 8);
   expect_invalid(p, {"'w'", "unknown dtype 'F64X'"});
@@ -257,7 +230,7 @@ TEST(SafetensorsHeader, UnknownDtype) {
 }
 
 TEST(SafetensorsHeader, OffsetsOutside) {
-  TempDir dir;
+  TempDir dir("st");
   const fs::path p = dir / "off.safetensors";
   write_raw(p, R"({"w":{"dtype":"U8","shape":[4],"data_offsets":[4,8]}})", 6);
   expect_invalid(p, {"'w'", "past the data section"});
@@ -272,7 +245,7 @@ TEST(SafetensorsHeader, OffsetsOutside) {
 }
 
 TEST(SafetensorsHeader, Overlap) {
-  TempDir dir;
+  TempDir dir("st");
   const fs::path p = dir / "ov.safetensors";
   write_raw(
       p,
@@ -295,7 +268,7 @@ TEST(SafetensorsHeader, Overlap) {
 }
 
 TEST(SafetensorsHeader, SizeMismatch) {
-  TempDir dir;
+  TempDir dir("st");
   const fs::path p = dir / "sz.safetensors";
   write_raw(p, R"({"w":{"dtype":"F32","shape":[2,2],"data_offsets":[0,12]}})", 16);
   expect_invalid(p, {"'w'", "needs 16 bytes", "span 12"});
@@ -305,7 +278,7 @@ TEST(SafetensorsHeader, SizeMismatch) {
 }
 
 TEST(SafetensorsHeader, NegativeOrBadShape) {
-  TempDir dir;
+  TempDir dir("st");
   const fs::path p = dir / "neg.safetensors";
   write_raw(p, R"({"w":{"dtype":"U8","shape":[-4],"data_offsets":[0,4]}})", 4);
   expect_invalid(p, {"'w'", "negative dimension -4"});
@@ -316,7 +289,7 @@ TEST(SafetensorsHeader, NegativeOrBadShape) {
 }
 
 TEST(SafetensorsHeader, BadMetadata) {
-  TempDir dir;
+  TempDir dir("st");
   const fs::path p = dir / "md.safetensors";
   write_raw(p, R"({"__metadata__":{"format":1}})", 0);
   expect_invalid(p, {"__metadata__"});
@@ -327,7 +300,7 @@ TEST(SafetensorsHeader, BadMetadata) {
 // Random corruption of a valid file's length field and header: every outcome is a clean mv::Error or a
 // file whose views all stay inside the mapping (run under -DMEDVISION_SANITIZE=ON to check the latter).
 TEST(SafetensorsHeader, RandomCorruptionIsRejectedCleanly) {
-  TempDir dir;
+  TempDir dir("st");
   SafetensorsWriter w;
   w.add("a.weight", DType::kBF16, {3, 5}, iota_bytes(30));
   w.add("b", DType::kF32, {2}, iota_bytes(8));
@@ -394,7 +367,7 @@ void write_index(const fs::path& dir, const nlohmann::json& weight_map) {
 }
 
 TEST(TensorStore, ShardedIndex) {
-  TempDir dir;
+  TempDir dir("st");
   write_shard(dir / "model-00001-of-00002.safetensors", {"a", "b"}, 1);
   write_shard(dir / "model-00002-of-00002.safetensors", {"c"}, 2);
   write_index(dir.path(), {{"a", "model-00001-of-00002.safetensors"},
@@ -410,85 +383,50 @@ TEST(TensorStore, ShardedIndex) {
   EXPECT_EQ(s.view("a").bytes[0], 1);
   EXPECT_EQ(s.view("c").bytes[0], 2);
   EXPECT_EQ(s.view("c").shape(), (std::vector<std::int64_t>{2, 2}));
-  try {
-    s.view("d");
-    FAIL();
-  } catch (const Error& e) {
-    EXPECT_EQ(e.code(), Errc::kNotFound);
-    EXPECT_NE(std::string(e.what()).find("'d'"), std::string::npos);
-  }
+  expect_error([&] { s.view("d"); }, Errc::kNotFound, "'d'");
 }
 
 TEST(TensorStore, ShardsOpenLazily) {
-  TempDir dir;
+  TempDir dir("st");
   write_shard(dir / "s1.safetensors", {"a"}, 1);
   write_raw(dir / "s2.safetensors", "not json at all", 0);
   write_index(dir.path(), {{"a", "s1.safetensors"}, {"b", "s2.safetensors"}});
   const TensorStore s = TensorStore::open(dir.path());
   EXPECT_EQ(s.view("a").bytes[0], 1);  // the broken shard was never read
-  try {
-    s.view("b");
-    FAIL();
-  } catch (const Error& e) {
-    EXPECT_EQ(e.code(), Errc::kInvalidInput);
-    EXPECT_NE(std::string(e.what()).find("s2.safetensors"), std::string::npos);
-  }
+  expect_error([&] { s.view("b"); }, Errc::kInvalidInput, "s2.safetensors");
 }
 
 TEST(TensorStore, IndexErrors) {
   {
-    TempDir dir;  // shard named in the index does not exist
+    TempDir dir("st");  // shard named in the index does not exist
     write_shard(dir / "s1.safetensors", {"a"}, 1);
     write_index(dir.path(), {{"a", "s1.safetensors"}, {"b", "missing.safetensors"}});
-    try {
-      TensorStore::open(dir.path());
-      FAIL();
-    } catch (const Error& e) {
-      EXPECT_EQ(e.code(), Errc::kNotFound);
-      EXPECT_NE(std::string(e.what()).find("missing.safetensors"), std::string::npos);
-    }
+    expect_error([&] { TensorStore::open(dir.path()); }, Errc::kNotFound, "missing.safetensors");
   }
   {
-    TempDir dir;  // tensor listed in the index but missing from its shard
+    TempDir dir("st");  // tensor listed in the index but missing from its shard
     write_shard(dir / "s1.safetensors", {"a"}, 1);
     write_index(dir.path(), {{"a", "s1.safetensors"}, {"ghost", "s1.safetensors"}});
     const TensorStore s = TensorStore::open(dir.path());
-    try {
-      s.view("a");
-      FAIL();
-    } catch (const Error& e) {
-      EXPECT_EQ(e.code(), Errc::kInvalidInput);
-      EXPECT_NE(std::string(e.what()).find("'ghost'"), std::string::npos);
-    }
+    expect_error([&] { s.view("a"); }, Errc::kInvalidInput, "'ghost'");
   }
   {
-    TempDir dir;  // path escaping the folder
+    TempDir dir("st");  // path escaping the folder
     write_shard(dir / "s1.safetensors", {"a"}, 1);
     write_index(dir.path(), {{"a", "../s1.safetensors"}});
-    try {
-      TensorStore::open(dir.path());
-      FAIL();
-    } catch (const Error& e) {
-      EXPECT_EQ(e.code(), Errc::kInvalidInput);
-    }
+    expect_error([&] { TensorStore::open(dir.path()); }, Errc::kInvalidInput);
   }
   {
-    TempDir dir;  // index without weight_map, and an index that is not JSON
+    TempDir dir("st");  // index without weight_map, and an index that is not JSON
     std::ofstream(dir / "model.safetensors.index.json") << R"({"metadata":{}})";
     EXPECT_THROW(TensorStore::open(dir.path()), Error);
     std::ofstream(dir / "model.safetensors.index.json", std::ios::trunc) << "{";
-    try {
-      TensorStore::open(dir.path());
-      FAIL();
-    } catch (const Error& e) {
-      EXPECT_EQ(e.code(), Errc::kInvalidInput);
-      EXPECT_NE(std::string(e.what()).find("model.safetensors.index.json"), std::string::npos);
-    }
+    expect_error([&] { TensorStore::open(dir.path()); }, Errc::kInvalidInput, "model.safetensors.index.json");
   }
 }
 
 TEST(TensorStore, FolderAndSingleFile) {
-  TempDir dir;
+  TempDir dir("st");
   write_shard(dir / "b.safetensors", {"y"}, 2);
   write_shard(dir / "a.safetensors", {"x"}, 1);
   std::ofstream(dir / "README.md") << "not a shard";
@@ -501,20 +439,9 @@ TEST(TensorStore, FolderAndSingleFile) {
   EXPECT_EQ(one.names(), std::vector<std::string>{"x"});
 
   write_shard(dir / "c.safetensors", {"x"}, 3);  // duplicate across shards
-  try {
-    TensorStore::open(dir.path());
-    FAIL();
-  } catch (const Error& e) {
-    EXPECT_EQ(e.code(), Errc::kInvalidInput);
-    EXPECT_NE(std::string(e.what()).find("'x'"), std::string::npos);
-  }
-  TempDir empty;
-  try {
-    TensorStore::open(empty.path());
-    FAIL();
-  } catch (const Error& e) {
-    EXPECT_EQ(e.code(), Errc::kNotFound);
-  }
+  expect_error([&] { TensorStore::open(dir.path()); }, Errc::kInvalidInput, "'x'");
+  TempDir empty("st");
+  expect_error([&] { TensorStore::open(empty.path()); }, Errc::kNotFound);
   EXPECT_THROW(TensorStore::open(dir / "nope"), Error);
 }
 
@@ -641,7 +568,7 @@ TEST(Conversions, RandomAgainstNearest) {
 }
 
 TEST(Conversions, ToF32) {
-  TempDir dir;
+  TempDir dir("st");
   const std::vector<float> values{1.0f, -2.5f, 0.1f, 65504.0f, std::ldexp(1.0f, -24), -0.0f};
   std::vector<std::uint16_t> bf, hf;
   for (float v : values) {
@@ -670,12 +597,7 @@ TEST(Conversions, ToF32) {
   EXPECT_EQ(b[0], 1.0f);
   std::vector<float> wrong(5);
   EXPECT_THROW(to_f32(f.view("f"), wrong), Error);
-  try {
-    to_f32(f.view("i"));
-    FAIL();
-  } catch (const Error& e) {
-    EXPECT_EQ(e.code(), Errc::kUnsupported);
-  }
+  expect_error([&] { to_f32(f.view("i")); }, Errc::kUnsupported);
 }
 
 }  // namespace

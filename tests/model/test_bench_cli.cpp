@@ -10,24 +10,14 @@
 #include <nlohmann/json.hpp>
 #include <string>
 
+#include "common/temp_dir.hpp"
 #include "core/file.hpp"
 
 namespace fs = std::filesystem;
 
 namespace {
 
-struct Dir {
-  fs::path path;
-  Dir() {
-    path = fs::temp_directory_path() / ("mv-bench-cli-" + std::to_string(::getpid()));
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~Dir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-};
+using mv::test::TempDir;
 
 int run(const std::string& args) {
   const std::string cmd = std::string(MV_BINARY) + " " + args + " >/dev/null 2>&1";
@@ -38,13 +28,13 @@ int run(const std::string& args) {
 }  // namespace
 
 TEST(BenchCli, ConcurrencyDecodesSequencesTogether) {
-  Dir d;
-  const fs::path model = d.path / "tiny";
+  TempDir d("bench_cli");
+  const fs::path model = d.path() / "tiny";
   ASSERT_EQ(run("-q debug random-checkpoint --config tiny --out " + model.string()), 0);
   const std::string image = (fs::path(MV_FIXTURES_DIR) / "model" / "images" / "form_150x120.png").string();
   const std::string common = "-q bench --model " + model.string() + " --image " + image +
                              " --max-new-tokens 4 --ignore-eos --runs 1 --warmup 0 --device cpu --threads 1";
-  const fs::path out3 = d.path / "c3.json", out1 = d.path / "c1.json";
+  const fs::path out3 = d.path() / "c3.json", out1 = d.path() / "c1.json";
   ASSERT_EQ(run(common + " --concurrency 3 --json " + out3.string()), 0);
   ASSERT_EQ(run(common + " --json " + out1.string()), 0);
   const auto j3 = nlohmann::json::parse(mv::read_file(out3));

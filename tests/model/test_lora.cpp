@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "common/numeric.hpp"
+#include "common/temp_dir.hpp"
 #include "core/error.hpp"
 #include "core/file.hpp"
 #include "io/image.hpp"
@@ -39,18 +40,7 @@ namespace {
 
 const fs::path kFixtures = fs::path(MV_FIXTURES_DIR) / "model";
 
-struct TempDir {
-  fs::path path;
-  explicit TempDir(const std::string& name)
-      : path(fs::temp_directory_path() / fmt::format("mv-lora-{}-{}", name, ::getpid())) {
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-};
+using mv::test::TempDir;
 
 // A fixture's checkpoint (seed, dtype, init std of tests/fixtures/model/<name>/fixture.json).
 ModelConfig write_fixture(const std::string& name, const fs::path& dir) {
@@ -272,19 +262,19 @@ class LoraTest : public ::testing::Test {
   }
   static const ModelConfig& f32() {
     if (!f32_config_) {
-      f32_config_ = new ModelConfig(write_fixture("text_only_f32", tmp_->path / "f32"));
-      write_random_adapter(tmp_->path / "f32", tmp_->path / "f32-adapter", adapter_options(11));
+      f32_config_ = new ModelConfig(write_fixture("text_only_f32", tmp_->path() / "f32"));
+      write_random_adapter(tmp_->path() / "f32", tmp_->path() / "f32-adapter", adapter_options(11));
     }
     return *f32_config_;
   }
   static const ModelConfig& bf16() {
     if (!bf16_config_) {
-      bf16_config_ = new ModelConfig(write_fixture("tied_bf16_image", tmp_->path / "bf16"));
-      write_random_adapter(tmp_->path / "bf16", tmp_->path / "bf16-adapter", adapter_options(12));
+      bf16_config_ = new ModelConfig(write_fixture("tied_bf16_image", tmp_->path() / "bf16"));
+      write_random_adapter(tmp_->path() / "bf16", tmp_->path() / "bf16-adapter", adapter_options(12));
     }
     return *bf16_config_;
   }
-  static fs::path dir(const std::string& name) { return tmp_->path / name; }
+  static fs::path dir(const std::string& name) { return tmp_->path() / name; }
   static TempDir* tmp_;
   static ModelConfig* f32_config_;
   static ModelConfig* bf16_config_;

@@ -20,6 +20,8 @@
 #include <string>
 #include <vector>
 
+#include "common/bf16.hpp"
+#include "common/expect_error.hpp"
 #include "core/error.hpp"
 #include "core/file.hpp"
 #include "io/safetensors.hpp"
@@ -41,6 +43,8 @@ void operator delete(void* p) noexcept { std::free(p); }
 void operator delete(void* p, std::size_t) noexcept { std::free(p); }
 
 namespace {
+
+using mv::test::error_code_of;
 
 // ---- window partition, patch positions, vision rotary ---------------------------------------------
 
@@ -192,18 +196,8 @@ TEST(RopeIndex, RejectsMismatchedImages) {
 
 // ---- tiny checkpoints and a naive float64 reference --------------------------------------------
 
-std::uint16_t to_bf16(float f) {
-  std::uint32_t u;
-  std::memcpy(&u, &f, 4);
-  u += 0x7fffu + ((u >> 16) & 1u);
-  return static_cast<std::uint16_t>(u >> 16);
-}
-double from_bf16(std::uint16_t b) {
-  const std::uint32_t u = static_cast<std::uint32_t>(b) << 16;
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
+using mv::test::from_bf16;
+using mv::test::to_bf16;
 
 struct Spec {
   int H = 32, layers = 2, nh = 4, nkv = 2, I = 48, V = 151936;
@@ -747,22 +741,14 @@ TEST(Model, ClearErrors) {
   auto model = mv::qwen25vl::Model::load(ck.dir);
   auto session = model->new_session(8);
   std::vector<float> logits(static_cast<std::size_t>(s.V));
-  auto code_of = [](auto&& fn) {
-    try {
-      fn();
-    } catch (const mv::Error& e) {
-      return e.code();
-    }
-    return mv::Errc::kInternal;
-  };
   const std::vector<std::int32_t> bad_id = {1, 400};
-  EXPECT_EQ(code_of([&] { model->prefill(*session, bad_id, {}, logits); }), mv::Errc::kInvalidInput);
+  EXPECT_EQ(error_code_of([&] { model->prefill(*session, bad_id, {}, logits); }), mv::Errc::kInvalidInput);
   const std::vector<std::int32_t> pads = {1, s.image_token, s.image_token};
-  EXPECT_EQ(code_of([&] { model->prefill(*session, pads, {}, logits); }), mv::Errc::kInvalidInput);
+  EXPECT_EQ(error_code_of([&] { model->prefill(*session, pads, {}, logits); }), mv::Errc::kInvalidInput);
   const std::vector<std::int32_t> long_prompt(9, 5);
-  EXPECT_EQ(code_of([&] { model->prefill(*session, long_prompt, {}, logits); }), mv::Errc::kTooLarge);
+  EXPECT_EQ(error_code_of([&] { model->prefill(*session, long_prompt, {}, logits); }), mv::Errc::kTooLarge);
   std::vector<float> small(10);
-  EXPECT_EQ(code_of([&] { model->prefill(*session, std::vector<std::int32_t>{1}, {}, small); }),
+  EXPECT_EQ(error_code_of([&] { model->prefill(*session, std::vector<std::int32_t>{1}, {}, small); }),
             mv::Errc::kInvalidInput);
   EXPECT_EQ(session->length(), 0);  // nothing was appended by the failed calls
   mv::PixelValues wrong;
@@ -770,11 +756,11 @@ TEST(Model, ClearErrors) {
   wrong.rows = 15;
   wrong.cols = 3 * 2 * 14 * 14;
   wrong.data.resize(static_cast<std::size_t>(wrong.rows * wrong.cols));
-  EXPECT_EQ(code_of([&] { model->encode_images(std::vector<mv::PixelValues>{wrong}); }),
+  EXPECT_EQ(error_code_of([&] { model->encode_images(std::vector<mv::PixelValues>{wrong}); }),
             mv::Errc::kInvalidInput);
   const std::vector<std::int32_t> eight(8, 5);
   model->prefill(*session, eight, {}, logits);
-  EXPECT_EQ(code_of([&] { model->decode(*session, 5, logits); }), mv::Errc::kTooLarge);
+  EXPECT_EQ(error_code_of([&] { model->decode(*session, 5, logits); }), mv::Errc::kTooLarge);
   fs::remove_all(ck.dir);
 }
 

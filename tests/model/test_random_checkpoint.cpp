@@ -10,6 +10,8 @@
 #include <map>
 #include <string>
 
+#include "common/expect_error.hpp"
+#include "common/temp_dir.hpp"
 #include "core/error.hpp"
 #include "core/file.hpp"
 #include "io/model_config.hpp"
@@ -22,18 +24,9 @@ using namespace mv::qwen25vl;
 
 namespace {
 
-struct TempDir {
-  fs::path path;
-  explicit TempDir(const std::string& tag) {
-    path = fs::temp_directory_path() / ("mv-rc-" + tag + "-" + std::to_string(::getpid()));
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-};
+using mv::test::error_code_of;
+
+using mv::test::TempDir;
 
 // A small config with the real vocabulary (the embedding dominates: 151936 x 16).
 const char* kSmallConfig = R"({
@@ -126,18 +119,18 @@ TEST(RandomCheckpoint, WritesALoadableDeterministicCheckpoint) {
   RandomCheckpointOptions opt;
   opt.seed = 5;
   opt.dtype = mv::DType::kF32;
-  const auto info = write_random_checkpoint(config, a.path, opt);
+  const auto info = write_random_checkpoint(config, a.path(), opt);
   EXPECT_EQ(info.weight_files.size(), 1u);
   EXPECT_EQ(info.parameters, total_params(config));
-  write_random_checkpoint(config, b.path, opt);
+  write_random_checkpoint(config, b.path(), opt);
   opt.seed = 6;
-  write_random_checkpoint(config, c.path, opt);
-  const auto sha_a = mv::sha256_file_hex(a.path / "model.safetensors");
-  EXPECT_EQ(sha_a, mv::sha256_file_hex(b.path / "model.safetensors"));
-  EXPECT_NE(sha_a, mv::sha256_file_hex(c.path / "model.safetensors"));
+  write_random_checkpoint(config, c.path(), opt);
+  const auto sha_a = mv::sha256_file_hex(a.path() / "model.safetensors");
+  EXPECT_EQ(sha_a, mv::sha256_file_hex(b.path() / "model.safetensors"));
+  EXPECT_NE(sha_a, mv::sha256_file_hex(c.path() / "model.safetensors"));
 
   // Tensors: names, shapes, dtype and values as the generator defines them.
-  const auto store = mv::TensorStore::open(a.path);
+  const auto store = mv::TensorStore::open(a.path());
   const auto specs = checkpoint_tensors(config);
   EXPECT_EQ(store.size(), specs.size());
   for (const auto& s : specs) {
@@ -150,7 +143,7 @@ TEST(RandomCheckpoint, WritesALoadableDeterministicCheckpoint) {
   }
 
   // config.json reads back to the same model.
-  const auto back = mv::ModelConfig::load(a.path);
+  const auto back = mv::ModelConfig::load(a.path());
   EXPECT_EQ(back.text.hidden_size, 16);
   EXPECT_EQ(back.text.num_key_value_heads, 1);
   EXPECT_EQ(back.text.vocab_size, 151936);
@@ -160,30 +153,30 @@ TEST(RandomCheckpoint, WritesALoadableDeterministicCheckpoint) {
   EXPECT_EQ(back.vision.out_hidden_size, 16);
   EXPECT_EQ(back.vision.fullatt_block_indexes, (std::vector<int>{1}));
   EXPECT_EQ(back.dtype, "float32");
-  const auto j = nlohmann::json::parse(mv::read_file(a.path / "config.json"));
+  const auto j = nlohmann::json::parse(mv::read_file(a.path() / "config.json"));
   EXPECT_EQ(j["model_type"], "qwen2_5_vl");
   EXPECT_EQ(j["text_config"]["hidden_size"], 16);
   EXPECT_EQ(j["vision_config"]["depth"], 2);
   EXPECT_EQ(j["architectures"][0], "Qwen2_5_VLForConditionalGeneration");
 
   // The tokenizer is exactly Qwen2.5-VL's: added tokens 151643..151664, no Qwen3 extras.
-  const auto tj = nlohmann::json::parse(mv::read_file(a.path / "tokenizer.json"));
+  const auto tj = nlohmann::json::parse(mv::read_file(a.path() / "tokenizer.json"));
   ASSERT_EQ(tj["added_tokens"].size(), 22u);
   EXPECT_EQ(tj["added_tokens"].front()["id"], 151643);
   EXPECT_EQ(tj["added_tokens"].back()["id"], 151664);
-  const auto tok = mv::Tokenizer::from_model_dir(a.path);
+  const auto tok = mv::Tokenizer::from_model_dir(a.path());
   EXPECT_EQ(tok.vocab_size(), 151665u);
   EXPECT_EQ(tok.token_id("<think>"), -1);
   EXPECT_EQ(tok.token_id("<|image_pad|>"), 151655);
-  const auto tc = nlohmann::json::parse(mv::read_file(a.path / "tokenizer_config.json"));
+  const auto tc = nlohmann::json::parse(mv::read_file(a.path() / "tokenizer_config.json"));
   EXPECT_EQ(tc["added_tokens_decoder"].size(), 22u);
   EXPECT_EQ(tc["eos_token"], "<|im_end|>");
-  const auto pc = nlohmann::json::parse(mv::read_file(a.path / "preprocessor_config.json"));
+  const auto pc = nlohmann::json::parse(mv::read_file(a.path() / "preprocessor_config.json"));
   EXPECT_EQ(pc["max_pixels"], 12845056);
   EXPECT_EQ(pc["processor_class"], "Qwen2_5_VLProcessor");
-  const auto gc = nlohmann::json::parse(mv::read_file(a.path / "generation_config.json"));
+  const auto gc = nlohmann::json::parse(mv::read_file(a.path() / "generation_config.json"));
   EXPECT_EQ(gc["eos_token_id"], (nlohmann::json{151645, 151643}));
-  EXPECT_TRUE(fs::exists(a.path / "chat_template.json"));
+  EXPECT_TRUE(fs::exists(a.path() / "chat_template.json"));
 }
 
 TEST(RandomCheckpoint, NarrowDtypesRoundTheSameValues) {
@@ -193,8 +186,8 @@ TEST(RandomCheckpoint, NarrowDtypesRoundTheSameValues) {
   opt.seed = 9;
   for (auto dtype : {mv::DType::kBF16, mv::DType::kF16}) {
     opt.dtype = dtype;
-    write_random_checkpoint(config, d.path, opt);
-    const auto store = mv::TensorStore::open(d.path);
+    write_random_checkpoint(config, d.path(), opt);
+    const auto store = mv::TensorStore::open(d.path());
     const auto v = store.view("model.layers.1.mlp.down_proj.weight");
     ASSERT_EQ(v.dtype(), dtype);
     const auto* raw = reinterpret_cast<const std::uint16_t*>(v.bytes.data());
@@ -204,7 +197,7 @@ TEST(RandomCheckpoint, NarrowDtypesRoundTheSameValues) {
       std::memcpy(&bits, raw + i, 2);
       EXPECT_EQ(bits, dtype == mv::DType::kBF16 ? mv::f32_to_bf16(f) : mv::f32_to_f16(f));
     }
-    EXPECT_EQ(nlohmann::json::parse(mv::read_file(d.path / "config.json"))["torch_dtype"],
+    EXPECT_EQ(nlohmann::json::parse(mv::read_file(d.path() / "config.json"))["torch_dtype"],
               dtype == mv::DType::kBF16 ? "bfloat16" : "float16");
   }
 }
@@ -214,15 +207,15 @@ TEST(RandomCheckpoint, ShardsWithAnIndexAndReplacesOldWeights) {
   const auto config = small_config();
   RandomCheckpointOptions opt;
   opt.dtype = mv::DType::kBF16;
-  write_random_checkpoint(config, d.path, opt);  // single file first
-  ASSERT_TRUE(fs::exists(d.path / "model.safetensors"));
+  write_random_checkpoint(config, d.path(), opt);  // single file first
+  ASSERT_TRUE(fs::exists(d.path() / "model.safetensors"));
   opt.max_shard_bytes = 3'000'000;  // the 4.9 MB embedding alone overflows: it gets a shard of its own
-  const auto info = write_random_checkpoint(config, d.path, opt);
-  EXPECT_FALSE(fs::exists(d.path / "model.safetensors"));
+  const auto info = write_random_checkpoint(config, d.path(), opt);
+  EXPECT_FALSE(fs::exists(d.path() / "model.safetensors"));
   ASSERT_GE(info.weight_files.size(), 3u);
   EXPECT_EQ(info.weight_files[0].filename().string(),
             fmt::format("model-00001-of-{:05d}.safetensors", info.weight_files.size()));
-  const auto index = nlohmann::json::parse(mv::read_file(d.path / "model.safetensors.index.json"));
+  const auto index = nlohmann::json::parse(mv::read_file(d.path() / "model.safetensors.index.json"));
   EXPECT_EQ(index["metadata"]["total_size"].get<std::uint64_t>(), info.weight_bytes);
   EXPECT_EQ(index["weight_map"].size(), checkpoint_tensors(config).size());
   EXPECT_EQ(index["weight_map"]["model.embed_tokens.weight"],
@@ -234,62 +227,58 @@ TEST(RandomCheckpoint, ShardsWithAnIndexAndReplacesOldWeights) {
     if (file.tensors().size() > 1) EXPECT_LE(fs::file_size(f), opt.max_shard_bytes + 4096) << f;
   }
   EXPECT_EQ(bytes, info.weight_bytes);
-  const auto store = mv::TensorStore::open(d.path);
+  const auto store = mv::TensorStore::open(d.path());
   EXPECT_EQ(store.size(), checkpoint_tensors(config).size());
 }
 
 TEST(RandomCheckpoint, RejectsBadInput) {
   TempDir d("bad");
-  auto code_of = [](auto&& f) {
-    try {
-      f();
-    } catch (const mv::Error& e) {
-      return e.code();
-    }
-    return mv::Errc::kInternal;
-  };
-  EXPECT_EQ(code_of([] { random_checkpoint_config("/nonexistent/config.json"); }), mv::Errc::kNotFound);
+  EXPECT_EQ(error_code_of([] { random_checkpoint_config("/nonexistent/config.json"); }), mv::Errc::kNotFound);
   auto j = nlohmann::json::parse(kSmallConfig);
   j["rope_scaling"]["mrope_section"] = {2, 2, 2};  // 6 != head_dim/2 = 4
-  EXPECT_EQ(code_of([&] { checkpoint_tensors(mv::ModelConfig::from_json(j)); }), mv::Errc::kInvalidInput);
+  EXPECT_EQ(error_code_of([&] { checkpoint_tensors(mv::ModelConfig::from_json(j)); }),
+            mv::Errc::kInvalidInput);
   j = nlohmann::json::parse(kSmallConfig);
   j["vocab_size"] = 1000;
-  EXPECT_EQ(code_of([&] { write_random_checkpoint(mv::ModelConfig::from_json(j), d.path, {}); }),
+  EXPECT_EQ(error_code_of([&] { write_random_checkpoint(mv::ModelConfig::from_json(j), d.path(), {}); }),
             mv::Errc::kInvalidInput);
   j = nlohmann::json::parse(kSmallConfig);
   j["vision_config"]["out_hidden_size"] = 32;
-  EXPECT_EQ(code_of([&] { checkpoint_tensors(mv::ModelConfig::from_json(j)); }), mv::Errc::kInvalidInput);
+  EXPECT_EQ(error_code_of([&] { checkpoint_tensors(mv::ModelConfig::from_json(j)); }),
+            mv::Errc::kInvalidInput);
   RandomCheckpointOptions opt;
-  opt.tokenizer_json = d.path / "missing-tokenizer.json";
-  EXPECT_EQ(code_of([&] { write_random_checkpoint(small_config(), d.path, opt); }), mv::Errc::kNotFound);
-  mv::write_file(d.path / "not-a-tokenizer.json", "{\"added_tokens\": [], \"model\": {}}");
-  opt.tokenizer_json = d.path / "not-a-tokenizer.json";
-  EXPECT_EQ(code_of([&] { write_random_checkpoint(small_config(), d.path, opt); }), mv::Errc::kInvalidInput);
+  opt.tokenizer_json = d.path() / "missing-tokenizer.json";
+  EXPECT_EQ(error_code_of([&] { write_random_checkpoint(small_config(), d.path(), opt); }),
+            mv::Errc::kNotFound);
+  mv::write_file(d.path() / "not-a-tokenizer.json", "{\"added_tokens\": [], \"model\": {}}");
+  opt.tokenizer_json = d.path() / "not-a-tokenizer.json";
+  EXPECT_EQ(error_code_of([&] { write_random_checkpoint(small_config(), d.path(), opt); }),
+            mv::Errc::kInvalidInput);
   opt = {};
   opt.dtype = mv::DType::kI8;
-  EXPECT_EQ(code_of([&] { write_random_checkpoint(small_config(), d.path, opt); }), mv::Errc::kUsage);
-  EXPECT_FALSE(fs::exists(d.path / "model.safetensors"));  // nothing written on failure
+  EXPECT_EQ(error_code_of([&] { write_random_checkpoint(small_config(), d.path(), opt); }), mv::Errc::kUsage);
+  EXPECT_FALSE(fs::exists(d.path() / "model.safetensors"));  // nothing written on failure
 }
 
 TEST(RandomCheckpoint, CommandLine) {
   TempDir d("cli");
-  mv::write_file(d.path / "config.json", kSmallConfig);
+  mv::write_file(d.path() / "config.json", kSmallConfig);
   int status = -1;
   const std::string out = run(std::string(MV_BINARY) + " -q debug random-checkpoint --config " +
-                                  (d.path / "config.json").string() + " --out " + (d.path / "ckpt").string() +
-                                  " --seed 3 --dtype f16 --json",
+                                  (d.path() / "config.json").string() + " --out " +
+                                  (d.path() / "ckpt").string() + " --seed 3 --dtype f16 --json",
                               &status);
   ASSERT_EQ(status, 0) << out;
   const auto j = nlohmann::json::parse(out);
   EXPECT_EQ(j["dtype"], "F16");
   EXPECT_EQ(j["parameters"].get<std::uint64_t>(), total_params(small_config()));
-  EXPECT_TRUE(fs::exists(d.path / "ckpt" / "model.safetensors"));
-  run(std::string(MV_BINARY) + " -q debug random-checkpoint --config " + (d.path / "nope.json").string() +
-          " --out " + (d.path / "x").string() + " 2>/dev/null",
+  EXPECT_TRUE(fs::exists(d.path() / "ckpt" / "model.safetensors"));
+  run(std::string(MV_BINARY) + " -q debug random-checkpoint --config " + (d.path() / "nope.json").string() +
+          " --out " + (d.path() / "x").string() + " 2>/dev/null",
       &status);
   EXPECT_EQ(status, 3);  // not found
   run(std::string(MV_BINARY) + " -q debug random-checkpoint --config tiny --dtype q4 --out " +
-          (d.path / "x").string() + " 2>/dev/null",
+          (d.path() / "x").string() + " 2>/dev/null",
       &status);
   EXPECT_EQ(status, 2);  // usage
 }

@@ -8,6 +8,7 @@
 #include <random>
 #include <vector>
 
+#include "common/bf16.hpp"
 #include "core/error.hpp"
 #include "core/thread_pool.hpp"
 #include "ops/ops.hpp"
@@ -18,19 +19,8 @@ using mv::DType;
 
 // ---- independent element encodings --------------------------------------------------------------
 
-// Round-to-nearest-even fp32 -> bf16 bits.
-std::uint16_t to_bf16(float f) {
-  std::uint32_t u;
-  std::memcpy(&u, &f, 4);
-  u += 0x7fffu + ((u >> 16) & 1u);
-  return static_cast<std::uint16_t>(u >> 16);
-}
-double from_bf16(std::uint16_t b) {
-  const std::uint32_t u = static_cast<std::uint32_t>(b) << 16;
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
+using mv::test::from_bf16;
+using mv::test::to_bf16;
 // f16 decode by the definition (sign, 5-bit exponent, 10-bit mantissa).
 double from_f16(std::uint16_t h) {
   const int s = h >> 15, e = (h >> 10) & 31, m = h & 1023;

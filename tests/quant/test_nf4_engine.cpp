@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "common/numeric.hpp"
+#include "common/temp_dir.hpp"
 #include "core/file.hpp"
 #include "io/image.hpp"
 #include "model/qwen25vl/model.hpp"
@@ -37,18 +38,7 @@ std::size_t argmax(const std::vector<float>& v) {
   return static_cast<std::size_t>(std::max_element(v.begin(), v.end()) - v.begin());
 }
 
-struct TempDir {
-  fs::path path;
-  explicit TempDir(const std::string& name)
-      : path(fs::temp_directory_path() / fmt::format("mv-nf4-{}-{}", name, ::getpid())) {
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-};
+using mv::test::TempDir;
 
 // Copies `src` to `dst` with every NF4 weight replaced by its dequantized values in F32.
 void write_dequantized(const fs::path& src, const fs::path& dst) {
@@ -111,7 +101,7 @@ TEST_P(Nf4Engine, LogitsAgreeAcrossPathsAndStayCloseToFloat) {
   const fs::path fdir = kFixtures / c.fixture;
   const auto fixture = nlohmann::json::parse(read_file(fdir / "fixture.json"));
   TempDir tmp(fmt::format("{}-{}", c.fixture, c.init_std));
-  const fs::path ref = tmp.path / "ref", nf4 = tmp.path / "nf4", deq = tmp.path / "deq";
+  const fs::path ref = tmp.path() / "ref", nf4 = tmp.path() / "nf4", deq = tmp.path() / "deq";
 
   RandomCheckpointOptions opt;
   opt.seed = fixture["seed"].get<std::uint64_t>();

@@ -1,12 +1,16 @@
 // What the server tests share: a temporary folder, a synthetic document, a tiny random-weight Qwen2.5-VL
-// checkpoint (written once per process), a server running on a loopback port, and chat request helpers.
+// checkpoint (written once per process), a server running on a loopback port, chat request helpers and a
+// /metrics reader.
 #pragma once
 #include <gtest/gtest.h>
 #include <httplib.h>
 #include <unistd.h>
 
+#include <atomic>
+#include <chrono>
 #include <filesystem>
 #include <functional>
+#include <future>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <stdexcept>
@@ -84,6 +88,14 @@ inline const fs::path& tiny_model() {
 
 inline std::string read_bytes(const fs::path& p) { return mv::read_file(p); }
 
+// A client of the server on the loopback `port`, with the test key unless `with_key` is false.
+inline httplib::Client loopback_client(int port, bool with_key = true) {
+  httplib::Client c("127.0.0.1", port);
+  c.set_read_timeout(120);
+  if (with_key) c.set_default_headers({{"Authorization", "Bearer " + kKey}});
+  return c;
+}
+
 // A running server on a loopback port, stopped on destruction.
 struct Running {
   explicit Running(ServerOptions o) : server(std::make_unique<Server>(std::move(o))) {
@@ -98,12 +110,7 @@ struct Running {
       server.reset();
     }
   }
-  httplib::Client client(bool with_key = true) const {
-    httplib::Client c("127.0.0.1", port);
-    c.set_read_timeout(120);
-    if (with_key) c.set_default_headers({{"Authorization", "Bearer " + kKey}});
-    return c;
-  }
+  httplib::Client client(bool with_key = true) const { return loopback_client(port, with_key); }
   std::unique_ptr<Server> server;
   std::thread thread;
   int port = 0;
@@ -140,18 +147,23 @@ inline json chat_body(const std::string& text, int max_tokens, double temperatur
           {"temperature", temperature}};
 }
 
-// Posts a streamed completion; returns the SSE `data:` payloads. `stop_after` > 0 hangs up after that
-// many bytes (a client going away).
-inline std::vector<std::string> stream_chat(int port, const json& body, std::size_t stop_after = 0,
-                                            std::function<void()> on_first = nullptr, int* status = nullptr) {
-  httplib::Client c("127.0.0.1", port);
-  c.set_read_timeout(120);
+// A POST /v1/chat/completions of `body` with the test key, for a client that reads the answer as it comes.
+inline httplib::Request chat_request(const json& body) {
   httplib::Request req;
   req.method = "POST";
   req.path = "/v1/chat/completions";
   req.headers = {{"Authorization", "Bearer " + kKey}};
   req.body = body.dump();
   req.set_header("Content-Type", "application/json");
+  return req;
+}
+
+// Posts a streamed completion; returns the SSE `data:` payloads. `stop_after` > 0 hangs up after that
+// many bytes (a client going away).
+inline std::vector<std::string> stream_chat(int port, const json& body, std::size_t stop_after = 0,
+                                            std::function<void()> on_first = nullptr, int* status = nullptr) {
+  httplib::Client c = loopback_client(port, false);
+  httplib::Request req = chat_request(body);
   std::string buf;
   bool first = true;
   req.content_receiver = [&](const char* d, std::size_t n, std::uint64_t, std::uint64_t) {
@@ -176,5 +188,55 @@ inline std::vector<std::string> stream_chat(int port, const json& body, std::siz
   }
   return events;
 }
+
+// The value of the Prometheus sample `key` (name and labels) in a /metrics body; -1 when it is absent.
+inline double metric(const std::string& body, const std::string& key) {
+  const auto pos = body.find("\n" + key + " ");
+  return pos == std::string::npos ? -1.0 : std::stod(body.substr(pos + key.size() + 2));
+}
+
+// The value of the sample `key` on the running server's /metrics; -1 when it is absent or unreachable.
+inline double metric(const Running& s, const std::string& key) {
+  auto r = s.client().Get("/metrics");
+  return r ? metric(r->body, key) : -1.0;
+}
+
+// A streamed completion that runs until stop() (then the client closes the connection). `ok` says whether
+// the answer started (or the request ended) within 60 seconds.
+struct HeldStream {
+  HeldStream(int port, const std::string& prompt, int max_tokens) {
+    json body = chat_body(prompt, max_tokens);
+    body["stream"] = true;
+    auto started_f = started.get_future();
+    thread = std::thread([this, port, body] {
+      httplib::Client c = loopback_client(port, false);
+      httplib::Request req = chat_request(body);
+      bool first = true;
+      req.content_receiver = [&](const char*, std::size_t, std::uint64_t, std::uint64_t) {
+        if (first) {
+          first = false;
+          started.set_value();
+        }
+        return !hang_up.load();
+      };
+      httplib::Response res;
+      httplib::Error err;
+      c.send(req, res, err);
+      if (first) started.set_value();
+    });
+    ok = started_f.wait_for(std::chrono::seconds(60)) == std::future_status::ready;
+  }
+  ~HeldStream() { stop(); }
+  HeldStream(const HeldStream&) = delete;
+  HeldStream& operator=(const HeldStream&) = delete;
+  void stop() {
+    hang_up = true;
+    if (thread.joinable()) thread.join();
+  }
+  std::promise<void> started;
+  std::atomic<bool> hang_up{false};
+  std::thread thread;
+  bool ok = false;
+};
 
 }  // namespace mv_test_server

@@ -98,57 +98,6 @@ std::vector<GenerationOutput> run_batched(BatchScheduler& s, std::vector<Generat
   return out;
 }
 
-double metric(const std::string& body, const std::string& key) {
-  const auto pos = body.find("\n" + key + " ");
-  return pos == std::string::npos ? -1.0 : std::stod(body.substr(pos + key.size() + 2));
-}
-
-double metric(Running& s, const std::string& key) {
-  auto r = s.client().Get("/metrics");
-  return r ? metric(r->body, key) : -1.0;
-}
-
-// A streamed completion that runs until `hang_up` is set (then the client closes the connection).
-struct Holder {
-  Holder(int port, const std::string& prompt, int max_tokens) {
-    json body = chat_body(prompt, max_tokens);
-    body["stream"] = true;
-    auto started_f = started.get_future();
-    thread = std::thread([this, port, body] {
-      httplib::Client c("127.0.0.1", port);
-      c.set_read_timeout(120);
-      httplib::Request req;
-      req.method = "POST";
-      req.path = "/v1/chat/completions";
-      req.headers = {{"Authorization", "Bearer " + kKey}};
-      req.body = body.dump();
-      req.set_header("Content-Type", "application/json");
-      bool first = true;
-      req.content_receiver = [&](const char*, std::size_t, std::uint64_t, std::uint64_t) {
-        if (first) {
-          first = false;
-          started.set_value();
-        }
-        return !hang_up.load();
-      };
-      httplib::Response res;
-      httplib::Error err;
-      c.send(req, res, err);
-      if (first) started.set_value();
-    });
-    ok = started_f.wait_for(std::chrono::seconds(60)) == std::future_status::ready;
-  }
-  ~Holder() { stop(); }
-  void stop() {
-    hang_up = true;
-    if (thread.joinable()) thread.join();
-  }
-  std::promise<void> started;
-  std::atomic<bool> hang_up{false};
-  std::thread thread;
-  bool ok = false;
-};
-
 // A non-streamed chat completion sent over a plain socket; the test closes the socket (the client hangs up
 // before the answer is ready). -1 when the connection fails.
 int post_chat_raw(int port, const json& body) {
@@ -344,7 +293,7 @@ TEST(ServerBatching, ConcurrentChatRequestsShareDecodeStepsAndMatchOneAtATime) {
             metric(s, "medvision_decode_batch_size_count"));  // one at a time: every step had one sequence
 
   // A long stream keeps the engine busy; the three requests join it and each other.
-  Holder holder(s.port, "Go on and on", 3000);
+  HeldStream holder(s.port, "Go on and on", 3000);
   ASSERT_TRUE(holder.ok) << "the long stream did not start";
   std::vector<std::future<json>> together;
   for (const auto& [text, n] : prompts)
@@ -373,8 +322,8 @@ TEST(ServerBatching, AClientThatHangsUpFreesItsPlaceInTheBatch) {
   o.max_batch = 2;
   o.max_queue = 4;
   Running s(o);
-  Holder a(s.port, "Go on and on", 3000);
-  Holder b(s.port, "Keep talking", 3000);
+  HeldStream a(s.port, "Go on and on", 3000);
+  HeldStream b(s.port, "Keep talking", 3000);
   ASSERT_TRUE(a.ok && b.ok);
   ASSERT_TRUE(wait_for_metric(s, "medvision_queue_running{queue=\"engine\"}", 2.0));
   // The batch is full: a third request waits.
@@ -448,7 +397,7 @@ TEST(ServerBatching, VlmExtractionAndChatShareOneEngine) {
   auto c = s->client();
   EXPECT_EQ(parse(c.Get("/health"))["backend"], "vlm");
   // A chat stream with the same budget, started first: the extraction joins it.
-  Holder holder(s->port, "Go on and on", 1000);
+  HeldStream holder(s->port, "Go on and on", 1000);
   ASSERT_TRUE(holder.ok);
   const double generations = metric(*s, "medvision_generations_total");
   const double prompt_tokens = metric(*s, "medvision_prompt_tokens_total");

@@ -535,43 +535,10 @@ TEST_F(ServerTest, MetricsCountRequestsInPrometheusFormat) {
 TEST_F(ServerTest, FullQueueAnswers429AndAHangUpCancelsTheSequence) {
   // The engine queue of this server has 4 waiting places and one worker. A long streamed answer holds the
   // worker; five more requests fill the queue and overflow it.
-  auto generated_total = [] {
-    auto m = s_->client().Get("/metrics");
-    const std::string key = "\nmedvision_generated_tokens_total ";
-    const auto pos = m ? m->body.find(key) : std::string::npos;
-    return pos == std::string::npos ? -1.0 : std::stod(m->body.substr(pos + key.size()));
-  };
-  const double generated_before = generated_total();
-  json longer = chat_body("Go on and on", 3000);
-  longer["stream"] = true;
-  std::promise<void> started;
-  auto started_f = started.get_future();
-  std::atomic<bool> hang_up{false};
-  std::thread holder([&] {
-    httplib::Client c("127.0.0.1", s_->port);
-    httplib::Request req;
-    req.method = "POST";
-    req.path = "/v1/chat/completions";
-    req.headers = {{"Authorization", "Bearer " + kKey}};
-    req.body = longer.dump();
-    req.set_header("Content-Type", "application/json");
-    bool first = true;
-    req.content_receiver = [&](const char*, std::size_t, std::uint64_t, std::uint64_t) {
-      if (first) {
-        first = false;
-        started.set_value();
-      }
-      return !hang_up.load();
-    };
-    httplib::Response res;
-    httplib::Error err;
-    c.send(req, res, err);
-  });
-  if (started_f.wait_for(std::chrono::seconds(60)) != std::future_status::ready) {
-    hang_up = true;
-    holder.join();
-    FAIL() << "the long stream did not start";
-  }
+  const std::string generated = "medvision_generated_tokens_total";
+  const double generated_before = metric(*s_, generated);
+  HeldStream holder(s_->port, "Go on and on", 3000);
+  ASSERT_TRUE(holder.ok) << "the long stream did not start";
   // Fill the 4 waiting places with requests that return quickly once the engine is free.
   std::vector<std::future<int>> queued;
   for (int i = 0; i < 4; ++i)
@@ -582,13 +549,7 @@ TEST_F(ServerTest, FullQueueAnswers429AndAHangUpCancelsTheSequence) {
     }));
   auto c = s_->client();
   // Wait until the four are admitted (waiting behind the long answer), then one more overflows.
-  auto engine_depth = [&] {
-    auto m = c.Get("/metrics");
-    if (!m) return -1.0;
-    const std::string key = "medvision_queue_depth{queue=\"engine\"} ";
-    const auto pos = m->body.find(key);
-    return pos == std::string::npos ? -1.0 : std::stod(m->body.substr(pos + key.size()));
-  };
+  auto engine_depth = [] { return metric(*s_, "medvision_queue_depth{queue=\"engine\"}"); };
   for (int i = 0; i < 600 && engine_depth() < 4; ++i)
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   EXPECT_EQ(engine_depth(), 4) << "the long answer ended before the queue filled";
@@ -601,12 +562,11 @@ TEST_F(ServerTest, FullQueueAnswers429AndAHangUpCancelsTheSequence) {
   }
   // Hanging up cancels the long sequence: the queued requests then finish long before 3000 tokens.
   const auto t0 = std::chrono::steady_clock::now();
-  hang_up = true;
-  holder.join();
+  holder.stop();
   for (auto& f : queued) EXPECT_EQ(f.get(), 200);
   EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(60));
   // The long sequence stopped well before its 3000 tokens (the four short ones add at most 8).
-  EXPECT_LT(generated_total() - generated_before, 2000.0);
+  EXPECT_LT(metric(*s_, generated) - generated_before, 2000.0);
   auto m = c.Get("/metrics");
   ASSERT_TRUE(m);
   EXPECT_NE(m->body.find("medvision_queue_rejections_total{queue=\"engine\",status=\"429\"}"),
@@ -713,35 +673,7 @@ TEST(ServerShutdown, FinishesAdmittedStreamsThenRefusesNewWork) {
   std::promise<void> started;
   auto started_f = started.get_future();
   std::vector<std::string> events;
-  std::thread streamer([&] {
-    httplib::Client c("127.0.0.1", s.port);
-    c.set_read_timeout(120);
-    httplib::Request req;
-    req.method = "POST";
-    req.path = "/v1/chat/completions";
-    req.body = body.dump();
-    req.set_header("Content-Type", "application/json");
-    std::string buf;
-    bool first = true;
-    req.content_receiver = [&](const char* d, std::size_t n, std::uint64_t, std::uint64_t) {
-      buf.append(d, n);
-      if (first) {
-        first = false;
-        started.set_value();
-      }
-      return true;
-    };
-    httplib::Response res;
-    httplib::Error err;
-    c.send(req, res, err);
-    std::size_t pos = 0;
-    while ((pos = buf.find("data: ", pos)) != std::string::npos) {
-      const auto end = buf.find("\n\n", pos);
-      if (end == std::string::npos) break;
-      events.push_back(buf.substr(pos + 6, end - pos - 6));
-      pos = end + 2;
-    }
-  });
+  std::thread streamer([&] { events = stream_chat(s.port, body, 0, [&] { started.set_value(); }); });
   if (started_f.wait_for(std::chrono::seconds(60)) != std::future_status::ready) {
     streamer.join();
     FAIL() << "the stream did not start";

@@ -16,6 +16,8 @@
 #include <vector>
 
 #include "bench/tokenizer_bench.hpp"
+#include "cli/run_cli.hpp"
+#include "common/expect_error.hpp"
 #include "core/error.hpp"
 #include "core/file.hpp"
 #include "text/chat_template.hpp"
@@ -66,32 +68,8 @@ Ids byte_ids(std::initializer_list<int> bytes) {
   return out;
 }
 
-struct CliResult {
-  int exit_code = -1;
-  std::string out;
-  std::string err;
-};
-
-CliResult run_cli(const std::string& args) {
-  static int counter = 0;
-  const auto err_path = fs::temp_directory_path() /
-                        ("mv_tok_err_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
-  const std::string cmd = std::string(MV_BINARY) + " " + args + " 2>" + err_path.string();
-  CliResult r;
-  FILE* p = ::popen(cmd.c_str(), "r");
-  if (!p) return r;
-  std::array<char, 4096> buf{};
-  std::size_t n = 0;
-  while ((n = std::fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), n);
-  const int status = ::pclose(p);
-  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  std::error_code ec;
-  if (fs::exists(err_path, ec)) {
-    r.err = mv::read_file(err_path);
-    fs::remove(err_path, ec);
-  }
-  return r;
-}
+using mv::testing::CliResult;
+using mv::testing::run_cli;
 
 fs::path temp_dir(const std::string& name) {
   const auto dir = fs::temp_directory_path() / ("mv_tok_" + std::to_string(::getpid()) + "_" + name);
@@ -150,15 +128,7 @@ mv::Tokenizer tiny(bool bc_first = false, bool merges_as_pairs = false) {
   return mv::Tokenizer::load(path);
 }
 
-template <typename F>
-mv::Errc error_code_of(F&& f) {
-  try {
-    f();
-  } catch (const mv::Error& e) {
-    return e.code();
-  }
-  return mv::Errc::kInternal;  // "no error" is reported as a mismatch by the callers
-}
+using mv::test::error_code_of;
 
 }  // namespace
 

@@ -17,6 +17,8 @@
 #include <string>
 #include <vector>
 
+#include "common/random_image.hpp"
+#include "common/temp_dir.hpp"
 #include "core/error.hpp"
 #include "core/file.hpp"
 #include "core/thread_pool.hpp"
@@ -71,15 +73,7 @@ mv::PreprocessConfig config_for(std::int64_t min_pixels, std::int64_t max_pixels
   return cfg;
 }
 
-mv::ImageRGB8 random_image(int w, int h, unsigned seed) {
-  mv::ImageRGB8 img;
-  img.width = w;
-  img.height = h;
-  img.pixels.resize(static_cast<std::size_t>(w) * h * 3);
-  std::mt19937 rng(seed);
-  for (auto& p : img.pixels) p = static_cast<std::uint8_t>(rng() & 0xFF);
-  return img;
-}
+using mv::test::random_image;
 
 // The value transformers computes for pixel value v of channel c (float32, fused rescale+normalize).
 float normalized(const mv::PreprocessConfig& cfg, int c, std::uint8_t v) {
@@ -150,21 +144,7 @@ int run_cli(const std::string& args, std::string* out) {
   return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
 
-// A fresh temporary folder, removed with everything in it when the object goes away.
-struct TempDir {
-  fs::path path;
-  explicit TempDir(const std::string& name)
-      : path(fs::temp_directory_path() / ("mv_test_preprocess_" + name + "_" + std::to_string(::getpid()))) {
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-};
+using mv::test::TempDir;
 
 }  // namespace
 
@@ -436,8 +416,8 @@ TEST(Parity, LoadImageThenPreprocessMatchesTransformers) {
 namespace {
 mv::PreprocessConfig load_json(const std::string& name, const std::string& text) {
   const TempDir tmp(name);
-  std::ofstream(tmp.path / "preprocessor_config.json") << text;
-  return mv::PreprocessConfig::load(tmp.path);
+  std::ofstream(tmp.path() / "preprocessor_config.json") << text;
+  return mv::PreprocessConfig::load(tmp.path());
 }
 mv::Errc load_json_error(const std::string& name, const std::string& text) {
   try {
@@ -460,7 +440,7 @@ TEST(PreprocessConfig, DefaultsAreTransformersClassDefaults) {
   EXPECT_EQ(checks["class_default_size"]["shortest_edge"].get<std::int64_t>(), d.min_pixels);
   EXPECT_EQ(checks["class_default_size"]["longest_edge"].get<std::int64_t>(), d.max_pixels);
   // A folder without preprocessor_config.json -> the same defaults.
-  const mv::PreprocessConfig e = mv::PreprocessConfig::load(TempDir("empty").path);
+  const mv::PreprocessConfig e = mv::PreprocessConfig::load(TempDir("empty").path());
   EXPECT_EQ(e.max_pixels, 1003520);
   EXPECT_EQ(mv::PreprocessConfig::load("").max_pixels, 1003520);
 }
@@ -513,7 +493,7 @@ TEST(PreprocessConfig, BadInputHasClearErrors) {
 TEST(PreprocessCli, WritesPixelValuesAndPrintsGrid) {
   const json index = load_index();
   const TempDir tmp("cli");
-  const fs::path& dir = tmp.path;
+  const fs::path& dir = tmp.path();
   for (const auto& c : index["cases"]) {
     if (c["name"] != "photo_640x480__min3136_max12845056") continue;
     const fs::path out = dir / "pixels.f32";
@@ -542,7 +522,7 @@ TEST(PreprocessCli, WritesPixelValuesAndPrintsGrid) {
 
 TEST(PreprocessCli, ErrorsExitWithCode3) {
   const TempDir tmp("cli_err");
-  const fs::path& dir = tmp.path;
+  const fs::path& dir = tmp.path();
   std::string text;
   EXPECT_EQ(
       run_cli("preprocess --image " + (dir / "missing.png").string() + " --out " + (dir / "o.f32").string(),

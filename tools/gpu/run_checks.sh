@@ -9,7 +9,11 @@
 # timings and the vision/TTFT benchmark with each attention kernel; with "lora" (no test_gpu run):
 # tools/reference/lora_reference.py (medvision --adapter against transformers + peft, CUDA against CPU);
 # with "profile": Nsight Compute kernel durations of one 7B generate (vision, prefill, MV_NEW_TOKENS decode
-# steps without CUDA graphs), written to $OUT/ncu.csv, and tools/gpu/kernel_profile.py's summary.
+# steps without CUDA graphs), written to $OUT/ncu.csv, and tools/gpu/kernel_profile.py's summary; with
+# "serve" (no test_gpu run): the serving benchmark: `medvision serve --device cuda --max-batch 32` with the
+# 7B random checkpoint on a loopback port, medvision-chat-load at concurrency 1, 8 and 32 (MV_CONCURRENCY
+# overrides; 2 x C requests, at least 4, of MV_NEW_TOKENS = 256 tokens each, after C warm-up requests) into
+# $OUT/serve_c{C}.json, then SIGTERM and a check that the server exits 0 (bundle medvision-chat-load too).
 # Logs go to $OUT.
 set -o pipefail
 cd "$(dirname "$0")/../.."
@@ -20,7 +24,7 @@ mkdir -p ~/.cache/medvision && xz -dc .carry/cuda/tokenizer.json.xz > ~/.cache/m
 nvidia-smi --query-gpu=name,driver_version,memory.used,memory.total,clocks.sm,clocks.mem --format=csv | tee "$OUT/gpu.txt"
 date -u | tee -a "$OUT/gpu.txt"
 if [ "${1:-}" != bench-only ] && [ "${1:-}" != logits ] && [ "${1:-}" != nf4 ] && [ "${1:-}" != decode ] &&
-  [ "${1:-}" != lora ] && [ "${1:-}" != profile ] &&
+  [ "${1:-}" != lora ] && [ "${1:-}" != profile ] && [ "${1:-}" != serve ] &&
   [ "${1:-}" != attn ]; then
   MV_GPU_TIMINGS=1 test_gpu 2>&1 | tee "$OUT/test_gpu.log"
 fi
@@ -92,4 +96,41 @@ if [ "${1:-}" = profile ]; then
     medvision -q generate --model "$M" --image /tmp/page.png --prompt "Extract the document." --device cuda \
     --max-new-tokens "${MV_NEW_TOKENS:-3}" --ignore-eos --greedy > /dev/null 2> "$OUT/ncu_stderr.txt"
   python3 tools/gpu/kernel_profile.py "$OUT/ncu.csv" 2>&1 | tee "$OUT/profile.txt"
+fi
+if [ "${1:-}" = serve ]; then
+  M=/tmp/qwen25vl-7b-random
+  [ -f "$M/config.json" ] || medvision -q debug random-checkpoint --config 7b --out "$M" --json > "$OUT/random_checkpoint.json"
+  python3 -c "from PIL import Image; Image.open('docs/images/synth_discharge_summary_fax.png').convert('RGB').resize((1008, 1316), Image.BICUBIC).save('/tmp/page.png')"
+  PORT=${MV_SERVE_PORT:-18080} URL=http://127.0.0.1:${MV_SERVE_PORT:-18080}
+  mkdir -p /tmp/mv-serve-benchmarks
+  medvision --log-level info serve --model "$M" --device cuda --max-batch 32 --max-queue 64 --host 127.0.0.1 \
+    --port "$PORT" --benchmarks /tmp/mv-serve-benchmarks > "$OUT/serve_server.log" 2>&1 &
+  SERVER=$!
+  up=0
+  for _ in $(seq 1 "${MV_SERVE_START_TIMEOUT:-300}"); do
+    if python3 -c "import sys, urllib.request; urllib.request.urlopen(sys.argv[1] + '/health', timeout=2)" "$URL" 2>/dev/null; then
+      up=1; break
+    fi
+    kill -0 "$SERVER" 2>/dev/null || break
+    sleep 1
+  done
+  echo "server up: $up ($(date -u))" | tee "$OUT/serve.log"
+  if [ "$up" = 1 ]; then
+    for C in ${MV_CONCURRENCY:-1 8 32}; do
+      R=$((2 * C < 4 ? 4 : 2 * C))
+      medvision-chat-load --url "$URL" --image /tmp/page.png --concurrency "$C" --requests "$R" \
+        --max-tokens "${MV_NEW_TOKENS:-256}" --warmup "$C" --warmup-tokens 16 --json "$OUT/serve_c$C.json" 2>&1 |
+        tee -a "$OUT/serve.log"
+    done
+    nvidia-smi --query-gpu=memory.used,memory.total --format=csv | tee -a "$OUT/serve.log"
+  fi
+  kill -TERM "$SERVER"
+  for _ in $(seq 1 60); do kill -0 "$SERVER" 2>/dev/null || break; sleep 1; done
+  if kill -0 "$SERVER" 2>/dev/null; then
+    echo "server still running 60 s after SIGTERM: killed" | tee -a "$OUT/serve.log"
+    kill -KILL "$SERVER"
+  fi
+  wait "$SERVER"
+  echo "server exit status after SIGTERM: $?" | tee -a "$OUT/serve.log"
+  tail -5 "$OUT/serve_server.log"
 fi
