@@ -1004,14 +1004,24 @@ void Server::Impl::setup_routes() {
                             std::chrono::duration<double>(Clock::now() - t_start).count());
     t_observed = true;
   });
+  // The Content-Length header as logged: digits only (a client controls the header).
+  static const auto content_length_for_log = [](const std::string& v) -> std::string {
+    if (v.empty()) return "0";
+    if (v.size() > 20 || !std::all_of(v.begin(), v.end(), [](char c) { return c >= '0' && c <= '9'; }))
+      return "?";
+    return v;
+  };
   http->set_logger([this](const httplib::Request& req, const httplib::Response& res) {
     const double seconds = std::chrono::duration<double>(Clock::now() - t_start).count();
     if (!t_observed) metrics.observe_request(t_route, res.status, seconds);
-    // Route pattern, status, sizes and time only: no paths with parameters, no names, no content.
-    spdlog::info(
-        "request {} {} {} -> {} ({} bytes in, {:.1f} ms)", t_request_id, req.method, t_route, res.status,
-        req.get_header_value("Content-Length").empty() ? "0" : req.get_header_value("Content-Length"),
-        seconds * 1000.0);
+    // Route pattern, status, sizes and time only: no paths with parameters, no names, no content. The
+    // method is logged only when it is a known one: a malformed request line can carry any text there.
+    static constexpr std::string_view kMethods[] = {"GET",  "POST",    "PUT",  "DELETE",
+                                                    "HEAD", "OPTIONS", "PATCH"};
+    const bool known = std::find(std::begin(kMethods), std::end(kMethods), req.method) != std::end(kMethods);
+    spdlog::info("request {} {} {} -> {} ({} bytes in, {:.1f} ms)", t_request_id, known ? req.method : "?",
+                 t_route, res.status, content_length_for_log(req.get_header_value("Content-Length")),
+                 seconds * 1000.0);
   });
 
   route("GET", "/health", "/health", [this](auto& q, auto& r) { handle_health(q, r); });
