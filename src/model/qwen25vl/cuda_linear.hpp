@@ -76,7 +76,8 @@ struct DLinear {
             const cuda::GemvInput& input = {}) const;
   // Any number of rows with fp32 activations, nearly unrounded (decode batches above kGemvMaxRows):
   // bf16 weights run one tensor-core GEMM over the two-term bf16 split of x ([hi; lo], 2·rows rows, so the
-  // weight is still read once) and sum the halves; other formats run the fp32 GEMV in groups of rows.
+  // weight is still read once) and sum the halves; NF4 above kGemvMaxRows rows does the same on a bf16
+  // dequantization of the weight; other formats (and NF4 up to kGemvMaxRows) run the fp32 GEMV in groups.
   void gemm_f32(const LinearContext& c, const float* x, std::int64_t rows, float* y, bool accumulate) const;
   // Makes gemm() multiply over new_in columns, the weight's columns from `in` on being zero, so that the
   // GEMM's inner dimension is 16-byte aligned: cuBLASLt picks its fast kernels only then (the vision MLP's

@@ -39,6 +39,8 @@ using cudaeng::Uploader;
 // step of 8 sequences took 18.7 ms on it against 10.4 ms for 32 on the split GEMM); larger batches run
 // the two-term split bf16 GEMM (DLinear::gemm_f32), which reads the weights once for any batch.
 constexpr std::int64_t kDecodeGemvRows = 4;
+// Most rows of one vision MLP pass (the tower's MLP runs in row chunks to bound its gate/up buffer).
+constexpr std::int64_t kVisionMlpRows = 4096;
 static_assert(kDecodeGemvRows <= cuda::kGemvFusedMaxRows, "the decode GEMV fuses the norms and SwiGLU");
 constexpr std::int64_t kPrefillChunk = 2048;  // prompt rows per forward pass on the GPU
 constexpr std::int64_t kMlpRows = 512;        // rows per MLP sub-chunk of a prefill pass
@@ -402,10 +404,17 @@ class CudaModel final : public Model {
     const auto* fitems = reinterpret_cast<const cuda::AttnItem*>(d + pix_b + cs_b + idx_b + wi_b);
 
     // Work buffers.
-    va_.ensure(static_cast<std::size_t>(N * std::max(cols, 2 * Iv)) * sizeof(bf16));    // bf16 GEMM inputs
-    vx_.ensure(static_cast<std::size_t>(N * D) * sizeof(float));                        // residual stream
-    vy_.ensure(static_cast<std::size_t>(N * std::max(3 * D, 2 * Iv)) * sizeof(float));  // GEMM outputs
-    vq_.ensure(static_cast<std::size_t>(3 * N * D) * sizeof(bf16));                     // q, k, v
+    // The MLP runs in row chunks of at most kVisionMlpRows (its [rows, 2·Iv] fp32 gate/up output is the
+    // largest buffer of the tower: 446 MB for a whole 16k-patch page).
+    const std::int64_t mlp_chunks = (N + kVisionMlpRows - 1) / kVisionMlpRows;
+    const std::int64_t mlp_rows = (N + mlp_chunks - 1) / mlp_chunks;
+    const std::int64_t Ia = vblocks_.empty() ? Iv : vblocks_.front().down.lda();  // Iv padded (pad_in)
+    va_.ensure(static_cast<std::size_t>(N * std::max(cols, D)) * sizeof(bf16));   // bf16 GEMM inputs
+    vact_.ensure(static_cast<std::size_t>(mlp_rows * Ia) * sizeof(bf16));         // SwiGLU output
+    vx_.ensure(static_cast<std::size_t>(N * D) * sizeof(float));                  // residual stream
+    vy_.ensure(static_cast<std::size_t>(std::max(N * 3 * D, mlp_rows * 2 * Iv)) *
+               sizeof(float));                                       // GEMM outputs
+    vq_.ensure(static_cast<std::size_t>(3 * N * D) * sizeof(bf16));  // q, k, v
     Buffer& dest = out ? *out : features_;
     dest.ensure(static_cast<std::size_t>(tokens * O) * sizeof(float));
     bf16* a = va_.as<bf16>();
@@ -456,9 +465,12 @@ class CudaModel final : public Model {
       cuda::attention(stream_, at);
       B.proj.gemm(lc_, a, N, x, true);
       cuda::rms_norm(stream_, x, N, D, D, B.norm2.as<float>(), eps, a);
-      B.gate_up.gemm(lc_, a, N, y, false);
-      cuda::silu_mul(stream_, y, N, Iv, a, B.down.lda());  // lda: Iv padded (pad_in)
-      B.down.gemm(lc_, a, N, x, true);
+      for (std::int64_t r0 = 0; r0 < N; r0 += mlp_rows) {
+        const std::int64_t rows = std::min(mlp_rows, N - r0);
+        B.gate_up.gemm(lc_, a + r0 * D, rows, y, false);
+        cuda::silu_mul(stream_, y, rows, Iv, vact_.as<bf16>(), B.down.lda());  // lda: Iv padded (pad_in)
+        B.down.gemm(lc_, vact_.as<bf16>(), rows, x + r0 * D, true);
+      }
     }
     // Patch merger: RMSNorm per patch; `unit` consecutive rows form one row of unit·D.
     cuda::rms_norm(stream_, x, N, D, D, ln_q_.as<float>(), eps, a);
@@ -917,7 +929,7 @@ class CudaModel final : public Model {
   DLinear mlp0_, mlp2_;
   Buffer inv_freq_, pair_stream_;
   // Work buffers (grown on demand).
-  Buffer vin_, va_, vx_, vy_, vq_, features_;
+  Buffer vin_, va_, vact_, vx_, vy_, vq_, features_;
   Buffer tin_, tx_, ta_, ty_, tq_, tcs_, th32_, logits_dev_;
   HostStage vstage_, tstage_, lstage_;
   // Decode step: its own buffers (fixed addresses while graphs use them) and the captured graphs.
