@@ -25,7 +25,10 @@
 #include "ops/ops.hpp"
 
 #if MEDVISION_HAS_CUDA
+#include <cuda_fp16.h>
+
 #include "ops/cuda/cuda_ops.hpp"
+#include "ops/cuda/weight_formats.hpp"
 #endif
 
 namespace fs = std::filesystem;
@@ -133,6 +136,59 @@ TEST(CudaOps, GemvMatchesCpuInFp32) {
                dy.as<float>(), true);
     cuda::check(cudaDeviceSynchronize(), "gemv");
     EXPECT_LE(rel_l2(download<float>(dy, want.size()), want), 1e-5) << m << "x" << n << "x" << k;
+  }
+}
+
+// The decode GEMV's fused inputs (cuda::GemvInput) against the separate kernels they replace: RMSNorm
+// (rms_norm_f32, then the plain GEMV) and the SwiGLU product (silu_mul_f32, then the plain GEMV), for every
+// dense weight type, 1..4 rows, the 16-byte path and the element path (k not a multiple of 8), with bias
+// and accumulation.
+TEST(CudaOps, GemvFusedInputsMatchSeparateKernels) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937 rng(33);
+  for (auto [n, k] : {std::array<std::int64_t, 2>{77, 3584}, {40, 1002}, {9, 36}}) {
+    for (auto type : {cuda::ElemType::kBF16, cuda::ElemType::kF16, cuda::ElemType::kF32}) {
+      const auto w = random_vec(static_cast<std::size_t>(n * k), rng, 0.05f);
+      cuda::Buffer dw;
+      if (type == cuda::ElemType::kBF16) {
+        dw = upload(to_bf16(w));
+      } else if (type == cuda::ElemType::kF16) {
+        std::vector<__half> h(w.size());
+        for (std::size_t i = 0; i < w.size(); ++i) h[i] = __float2half(w[i]);
+        dw = upload(h);
+      } else {
+        dw = upload(w);
+      }
+      const auto bias = random_vec(static_cast<std::size_t>(n), rng),
+                 nw = random_vec(static_cast<std::size_t>(k), rng);
+      auto db = upload(bias), dnw = upload(nw);
+      for (int m = 1; m <= cuda::kGemvFusedMaxRows; ++m) {
+        const auto x = random_vec(static_cast<std::size_t>(m * k), rng, 3.0f);
+        const auto gu = random_vec(static_cast<std::size_t>(m * 2 * k), rng, 2.0f);
+        const auto y0 = random_vec(static_cast<std::size_t>(m * n), rng);
+        auto dx = upload(x), dgu = upload(gu);
+        cuda::Buffer tmp(static_cast<std::size_t>(m * k) * sizeof(float));
+        // RMSNorm.
+        auto want = upload(y0), got = upload(y0);
+        cuda::rms_norm_f32(nullptr, dx.as<float>(), m, k, k, dnw.as<float>(), 1e-6f, tmp.as<float>());
+        cuda::gemv_typed(nullptr, tmp.as<float>(), m, dw.data(), type, n, k, db.as<float>(), want.as<float>(),
+                         n, true);
+        cuda::gemv_typed(nullptr, dx.as<float>(), m, dw.data(), type, n, k, db.as<float>(), got.as<float>(),
+                         n, true, cuda::GemvInput{cuda::GemvIn::kRmsNorm, dnw.as<float>(), 1e-6f});
+        const auto a = download<float>(want, y0.size()), b = download<float>(got, y0.size());
+        EXPECT_LE(rel_l2(b, a), 1e-6) << "rms norm, m=" << m << " " << n << "x" << k;
+        // SwiGLU product.
+        auto want2 = upload(y0), got2 = upload(y0);
+        cuda::silu_mul_f32(nullptr, dgu.as<float>(), m, k, tmp.as<float>());
+        cuda::gemv_typed(nullptr, tmp.as<float>(), m, dw.data(), type, n, k, db.as<float>(),
+                         want2.as<float>(), n, true);
+        cuda::gemv_typed(nullptr, dgu.as<float>(), m, dw.data(), type, n, k, db.as<float>(), got2.as<float>(),
+                         n, true, cuda::GemvInput{cuda::GemvIn::kSiluMul});
+        const auto c = download<float>(want2, y0.size()), d = download<float>(got2, y0.size());
+        EXPECT_LE(rel_l2(d, c), 1e-6) << "silu, m=" << m << " " << n << "x" << k;
+        EXPECT_GT(rel_l2(b, d), 1e-2);  // the two inputs really differ (the check above can fail)
+      }
+    }
   }
 }
 
@@ -495,6 +551,31 @@ TEST_P(CudaParity, PrefillWithHostFeaturesMatchesPrefill) {
   p.gpu->prefill(*s1, ids, px, a);
   p.gpu->prefill_with_features(*s2, ids, grids, p.gpu->encode_images(px), b);
   EXPECT_LE(rel_l2(b, a), 1e-6);
+}
+
+// Features left on the GPU (encode_images_resident) give the prefill of the in-one-call path, and their
+// host copy equals encode_images.
+TEST_P(CudaParity, PrefillWithResidentFeaturesMatchesPrefill) {
+  SKIP_WITHOUT_GPU();
+  auto& p = pair_for(GetParam());
+  const auto ids = p.expected["input_ids"].get<std::vector<std::int32_t>>();
+  const auto px = pixels(p);
+  std::vector<std::array<std::int64_t, 3>> grids;
+  for (const auto& x : px) grids.push_back(x.grid_thw);
+  const std::size_t V = static_cast<std::size_t>(p.gpu->config().text.vocab_size);
+  auto s1 = p.gpu->new_session(static_cast<std::int64_t>(ids.size()));
+  auto s2 = p.gpu->new_session(static_cast<std::int64_t>(ids.size()));
+  std::vector<float> a(V), b(V);
+  p.gpu->prefill(*s1, ids, px, a);
+  const auto features = p.gpu->encode_images_resident(px);
+  p.gpu->prefill_with_features(*s2, ids, grids, *features, b);
+  EXPECT_LE(rel_l2(b, a), 1e-6);
+  const auto host = features->host();
+  const auto direct = p.gpu->encode_images(px);
+  ASSERT_EQ(host.size(), direct.size());
+  EXPECT_TRUE(std::equal(host.begin(), host.end(), direct.begin()));
+  EXPECT_EQ(features->rows() * p.gpu->config().vision.out_hidden_size,
+            static_cast<std::int64_t>(host.size()));
 }
 
 // Sessions of different lengths and rope deltas for batched decode: sequence i is the fixture's prompt
