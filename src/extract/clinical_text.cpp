@@ -180,6 +180,12 @@ Vocabulary Vocabulary::load(const std::filesystem::path& data_dir) {
   for (const auto& s : t.surgery) v.procedures.push_back(s.name);
   for (const auto& s : t.pathology) v.procedures.push_back(s.procedure);
   for (const auto& f : t.followups) v.followups.push_back(f.text);
+  for (const auto* list : {&t.credentials, &t.nurse_credentials, &t.pharmacist_credentials})
+    for (const auto& c : *list) {
+      v.credentials.push_back(c);
+      // "BSN, RN": the last credential of a list is what follows the last comma.
+      if (auto k = c.rfind(", "); k != std::string::npos) v.credentials.push_back(c.substr(k + 2));
+    }
   for (const auto& f : t.orders) v.followups.push_back(f.text);
 
   auto sections_file = dir / "extract" / "sections.json";
@@ -206,6 +212,19 @@ Vocabulary Vocabulary::load(const std::filesystem::path& data_dir) {
   if (lj.contains("ocr_fixes")) v.ocr_fixes = string_map(lj["ocr_fixes"], labels_file, "ocr_fixes");
   v.dose_units = strings(lj["dose_units"], labels_file, "dose_units");
   v.strength_units = strings(lj["strength_units"], labels_file, "strength_units");
+  if (lj.contains("medication_table_columns")) {
+    if (!lj["medication_table_columns"].is_object())
+      fail(Errc::kInvalidInput, "{}: \"medication_table_columns\" must be an object", labels_file.string());
+    for (const auto& [kind, list] : lj["medication_table_columns"].items())
+      v.medication_columns[kind] = strings(list, labels_file, "medication_table_columns");
+  }
+  if (lj.contains("strength_tail_units"))
+    v.strength_tail_units = strings(lj["strength_tail_units"], labels_file, "strength_tail_units");
+  // The dose units of the drug and infusion tables ("mcg/kg/min", "units/hr") are dose units as printed.
+  for (const auto& d : t.drugs)
+    if (!d.dose_unit.empty()) v.dose_units.push_back(d.dose_unit);
+  for (const auto& d : t.infusions)
+    if (!d.dose_unit.empty()) v.dose_units.push_back(d.dose_unit);
   for (auto& u : t.dose_unit_abbr) {
     v.dose_units.push_back(u.first);
     v.dose_units.push_back(u.second);
@@ -228,7 +247,8 @@ Vocabulary Vocabulary::load(const std::filesystem::path& data_dir) {
   }
   for (auto* list : {&v.drugs, &v.lab_tests, &v.lab_results, &v.vitals, &v.route_abbr, &v.route_long,
                      &v.freq_words, &v.prn_words, &v.allergens, &v.vaccines, &v.procedures, &v.followups,
-                     &v.dose_units, &v.strength_units, &v.lab_units, &v.vital_units, &v.no_known_allergies})
+                     &v.dose_units, &v.strength_units, &v.strength_tail_units, &v.lab_units, &v.vital_units,
+                     &v.no_known_allergies, &v.credentials})
     sort_longest_first(*list);
   for (auto& [k, list] : v.sections) sort_longest_first(list);
   for (auto& [k, list] : v.labels) sort_longest_first(list);
@@ -240,12 +260,17 @@ Vocabulary Vocabulary::load(const std::filesystem::path& data_dir) {
 namespace {
 
 struct SigRegexes {
-  std::regex strength, dose, duration, quantity, hash_qty, refills, paren;
+  std::regex strength, strength_tail, dose, duration, quantity, hash_qty, refills, paren;
   explicit SigRegexes(const Vocabulary& v) {
     const std::string num = R"((\d+(?:[.,]\d+)?(?:/\d+(?:\.\d+)?)?))";
     strength =
         std::regex(num + R"(\s?()" + alternation(v.strength_units) + R"()(?![A-Za-z]))", std::regex::icase);
-    dose = std::regex(R"((\d+(?:\.\d+)?(?:-\d+(?:\.\d+)?)?|one|two|three|half)\s?()" +
+    // The rest of a combination or concentration strength: "/125 mL", "/ 2.5 mg", " per 3 mL", "/24 hr".
+    strength_tail = std::regex(R"(^(?:\s?/\s?(?:\d+(?:[.,]\d+)?\s?)?|\s+per\s+(?:\d+(?:[.,]\d+)?\s?)?)(?:)" +
+                                   alternation(v.strength_tail_units) + R"()(?![A-Za-z/]))",
+                               std::regex::icase);
+    // A dose and its unit may stand in two columns of a table ("10  mg/hr"): up to two spaces between.
+    dose = std::regex(R"((\d+(?:\.\d+)?(?:-\d+(?:\.\d+)?)?|one|two|three|half)\s{0,2}()" +
                           alternation(v.dose_units) + R"()(?![A-Za-z]))",
                       std::regex::icase);
     duration = std::regex(R"((?:\bx|\bfor|×)\s*(\d+(?:-\d+)?\s*(?:days?|weeks?|months?|doses?|hours?))\b)",
@@ -282,13 +307,20 @@ void parse_sig_into(std::string_view text, std::size_t off, const Vocabulary& v,
   const auto& rx = regexes(v);
   std::string s(text);
   std::smatch mt;
-  auto span_of = [&](int g) { return Span{off + mt.position(g), off + mt.position(g) + mt.length(g)}; };
   // Strength: the first number+strength unit right after the name (before any dose).
   std::size_t sig_from = 0;
   if (!m.med.strength && std::regex_search(s, mt, rx.strength) && mt.position(0) <= 3) {
-    set_field(m, "strength", m.med.strength, mt[1].str() + " " + mt[2].str(), span_of(0));
-    sig_from = mt.position(0) + mt.length(0);
-    // "1 mg/0.5 mL" style strengths keep their tail
+    // The strength as printed, with the tail of a combination or concentration ("500 mg/125 mg",
+    // "125 mg/125 mL", "0.5 mg/2.5 mg per 3 mL"), so that the second amount is not read as a dose.
+    std::size_t b = mt.position(0), e = b + mt.length(0);
+    if (!v.strength_tail_units.empty()) {
+      std::smatch tail;
+      while (e < s.size() &&
+             std::regex_search(s.cbegin() + static_cast<std::ptrdiff_t>(e), s.cend(), tail, rx.strength_tail))
+        e += tail.length(0);
+    }
+    set_field(m, "strength", m.med.strength, s.substr(b, e - b), {off + b, off + e});
+    sig_from = e;
   }
   std::string rest = s.substr(sig_from);
   std::size_t roff = off + sig_from;
@@ -322,10 +354,11 @@ void parse_sig_into(std::string_view text, std::size_t off, const Vocabulary& v,
       if (p == std::string::npos) continue;
       m.med.prn = true;
       m.spans["prn"] = {roff + p, roff + p + w.size()};
-      // "PRN pain" / "as needed for nausea": the indication follows.
+      // "PRN pain" / "as needed for nausea": the indication follows in the same cell (the next cell of a
+      // table row is another column).
       std::string after = rest.substr(p + w.size());
       static const std::regex ind(
-          R"(^\s*(?:for\s+)?([A-Za-z][A-Za-z /-]{1,40}?)(?=\s{2,}|\s*[(;,.]|\s+x\s|\s+for\s\d|$))");
+          R"(^ ?(?:for\s+)?([A-Za-z][A-Za-z /-]{1,40}?)(?=\s{2,}|\s*[(;,.]|\s+x\s|\s+for\s\d|$))");
       std::smatch im;
       if (!m.med.indication && std::regex_search(after, im, ind)) {
         std::string t = trim(im[1].str());
@@ -438,6 +471,68 @@ std::optional<std::string> derive_flag(std::string_view value, std::string_view 
   return std::nullopt;
 }
 
+namespace {
+
+std::size_t edit_distance(std::string_view a, std::string_view b) {
+  std::vector<std::size_t> row(b.size() + 1);
+  for (std::size_t j = 0; j <= b.size(); ++j) row[j] = j;
+  for (std::size_t i = 1; i <= a.size(); ++i) {
+    std::size_t diag = row[0];
+    row[0] = i;
+    for (std::size_t j = 1; j <= b.size(); ++j) {
+      std::size_t up = row[j];
+      row[j] = std::min({row[j] + 1, row[j - 1] + 1, diag + (a[i - 1] == b[j - 1] ? 0 : 1)});
+      diag = up;
+    }
+  }
+  return row[b.size()];
+}
+
+}  // namespace
+
+std::string snap_lab_unit(std::string_view printed, std::string_view test_lower, const Vocabulary& v) {
+  // OCR reads a table rule or speck before a unit as a quote or slash ("‘g/dL", "/mg/dL", "_mg/dL") and
+  // misreads its last letters ("mg/dt", "g/d.", "mmoV/L"). A unit cell that is not a known unit is read as
+  // the nearest unit of the vocabulary when it is close (the test's usual unit wins a tie); anything else
+  // is kept as printed.
+  std::string t(printed);
+  static const std::vector<std::string> junk = {"\xe2\x80\x98",
+                                                "\xe2\x80\x99",
+                                                "\xe2\x80\x9c",
+                                                "\xe2\x80\x9d",
+                                                "'",
+                                                "\"",
+                                                "/",
+                                                "_",
+                                                "|",
+                                                "\\",
+                                                "(",
+                                                "["};
+  for (bool again = true; again && !t.empty();) {
+    again = false;
+    for (const auto& j : junk)
+      if (t.size() > j.size() && t.compare(0, j.size(), j) == 0) {
+        t.erase(0, j.size());
+        again = true;
+      }
+  }
+  while (!t.empty() && (t.back() == '.' || t.back() == ',' || t.back() == '|' || t.back() == ')'))
+    t.pop_back();
+  if (t.empty()) return std::string(printed);
+  std::string usual;
+  if (auto it = v.lab_unit.find(std::string(test_lower)); it != v.lab_unit.end()) usual = it->second;
+  std::string best;
+  std::size_t best_d = std::string::npos;
+  for (const auto& u : v.lab_units) {
+    std::size_t d = edit_distance(t, u);
+    if (d < best_d || (d == best_d && u == usual)) best = u, best_d = d;
+  }
+  if (best_d == 0) return best;
+  const std::size_t allowed = std::max<std::size_t>(best.size(), t.size()) >= 5 ? 2 : 1;
+  if (best_d <= allowed && (best == usual || best_d == 1)) return best;
+  return std::string(printed);
+}
+
 std::optional<ParsedLab> parse_lab_row(std::string_view text, const Vocabulary& v) {
   auto name = find_longest(text, v.lab_tests);
   if (!name || name->second.first > 4) return std::nullopt;
@@ -497,6 +592,18 @@ std::optional<ParsedLab> parse_lab_row(std::string_view text, const Vocabulary& 
         p.lab.value = t;
         p.spans["value"] = toks[k].sp;
         continue;
+      }
+      // A flag printed against the value, or joined to it by OCR: "7.58H", "14L", "0.44L*".
+      static const std::regex glued(R"(^([<>]?\d+(?:[.,]\d+)?)([HL]{1,2}[*!]{0,2}|A\*?)$)");
+      std::smatch gm;
+      if (std::regex_match(t, gm, glued)) {
+        if (auto f = normalise_flag(gm[2].str(), v)) {
+          p.lab.value = gm[1].str();
+          p.spans["value"] = {toks[k].sp.first, toks[k].sp.first + gm.length(1)};
+          p.lab.flag = *f;
+          p.spans["flag"] = {toks[k].sp.first + gm.position(2), toks[k].sp.second};
+          continue;
+        }
       }
       auto q = std::find_if(v.lab_results.begin(), v.lab_results.end(),
                             [&](const std::string& r) { return to_lower(r) == lt; });
@@ -568,7 +675,7 @@ std::optional<ParsedLab> parse_lab_row(std::string_view text, const Vocabulary& 
           std::any_of(v.lab_units.begin(), v.lab_units.end(), [&](const std::string& u) { return u == t; });
       if (known || t.find('/') != std::string::npos || t == "%" || t.find('^') != std::string::npos) {
         if (!std::regex_match(t, num_re)) {
-          p.lab.unit = t;
+          p.lab.unit = known ? t : snap_lab_unit(t, lname, v);
           p.spans["unit"] = toks[k].sp;
           continue;
         }

@@ -29,11 +29,14 @@ struct Vocabulary {
   std::vector<std::string> route_abbr, route_long, freq_words, prn_words;
   std::vector<std::string> allergens, vaccines, procedures, followups;
   std::vector<std::string> dose_units, strength_units, lab_units, vital_units;
+  std::vector<std::string> strength_tail_units;              // units after a slash or "per" in a strength
   std::map<std::string, std::vector<std::string>> sections;  // kind -> headings
   std::map<std::string, std::vector<std::string>> labels;    // field -> labels
   std::map<std::string, std::string> sex_values, status_words, diagnosis_status, diagnosis_roles, lab_flags,
       severities;
   std::vector<std::string> no_known_allergies;
+  std::map<std::string, std::vector<std::string>> medication_columns;  // column kind -> header words
+  std::vector<std::string> credentials;  // professional credentials after a name ("MD", "PharmD", "RN")
   std::map<std::string, std::string> ocr_fixes;  // misread word -> word (same length)
   std::vector<std::pair<std::string, std::vector<std::string>>> document_types;  // type -> title phrases
   std::vector<std::pair<std::string, std::vector<std::string>>> document_cues;   // type -> content phrases
@@ -70,6 +73,11 @@ struct ParsedLab {
 };
 // Parses a lab row "Potassium  5.8  H  mmol/L  3.5-5.1" (cells in any order after the test name).
 std::optional<ParsedLab> parse_lab_row(std::string_view text, const Vocabulary& v);
+
+// A lab unit as OCR printed it, read as the nearest unit of the vocabulary when it is not one but is close
+// to one (leading quote/slash marks of a table rule dropped, "mg/dt" -> "mg/dL"); `test_lower` is the test
+// name in lower case (its usual unit wins a tie). Returns the text unchanged when nothing is close.
+std::string snap_lab_unit(std::string_view printed, std::string_view test_lower, const Vocabulary& v);
 
 // Flag of a numeric value against a printed range ("3.5-5.1", "<200", ">60"): N, H or L; nullopt when the
 // value or the range cannot be read as numbers.

@@ -6,6 +6,7 @@
 #include <tesseract/resultiterator.h>
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cmath>
 #include <cstdlib>
@@ -75,6 +76,118 @@ int background_spread(Pix* gray) {
       hi = std::max(hi, p90);
     }
   return hi - lo;
+}
+
+// Table rules and box lines: thin, long horizontal or vertical runs of ink. On a scanned page Tesseract keeps
+// broken pieces of them after its own binarisation, and a row whose words touch those pieces is read as
+// noise ("MAP (mmHg) 87 86 92" came out as "a Genre Boany~"). Rules are found on a light threshold (grey
+// lines included): ink pixels with paper at a fixed distance above and below (a hit-miss transform), so
+// that bold or blurred text, whose strokes merge into long runs but have ink all around, and filled bands
+// do not qualify; of those, runs at least a quarter inch long are rules. Vertical rules likewise. The
+// rules, grown by one pixel, are painted white on the grey page. Returns the number of pixels painted.
+int remove_rules(Pix* gray, double dpi) {
+  PixPtr bin(pixThresholdToBinary(gray, 200));
+  if (!bin) return 0;
+  const int h_len = std::max(20, static_cast<int>(std::lround(0.27 * dpi)));  // 80 px at 300 dpi
+  const int v_len = std::max(30, static_cast<int>(std::lround(0.40 * dpi)));  // 120 px at 300 dpi
+  const int d = std::max(4, static_cast<int>(std::lround(0.027 * dpi)));      // 8 px at 300 dpi
+  auto isolated = [&](bool horizontal) -> PixPtr {
+    const int n = 2 * d + 1;
+    SEL* sel = horizontal ? selCreate(n, 1, nullptr) : selCreate(1, n, nullptr);
+    if (!sel) return nullptr;
+    if (horizontal) {
+      selSetOrigin(sel, d, 0);
+      selSetElement(sel, d, 0, SEL_HIT);
+      for (int k : {0, 2 * d}) selSetElement(sel, k, 0, SEL_MISS);
+    } else {
+      selSetOrigin(sel, 0, d);
+      selSetElement(sel, 0, d, SEL_HIT);
+      for (int k : {0, 2 * d}) selSetElement(sel, 0, k, SEL_MISS);
+    }
+    PixPtr out(pixHMT(nullptr, bin.get(), sel));
+    selDestroy(&sel);
+    return out;
+  };
+  PixPtr h_iso = isolated(true), v_iso = isolated(false);
+  if (!h_iso || !v_iso) return 0;
+  // A rule crossing another, or a speck next to it, breaks it for a few pixels: close those gaps first.
+  PixPtr h_closed(pixCloseSafeBrick(nullptr, h_iso.get(), d, 1));
+  PixPtr v_closed(pixCloseSafeBrick(nullptr, v_iso.get(), 1, d));
+  if (!h_closed || !v_closed) return 0;
+  PixPtr h(pixOpenBrick(nullptr, h_closed.get(), h_len, 1));
+  PixPtr v(pixOpenBrick(nullptr, v_closed.get(), 1, v_len));
+  if (!h || !v) return 0;
+  // Grow the rules by a pixel each side (anti-aliased edges).
+  PixPtr hd(pixDilateBrick(nullptr, h.get(), 3, 3)), vd(pixDilateBrick(nullptr, v.get(), 3, 3));
+  if (!hd || !vd) return 0;
+  pixOr(hd.get(), hd.get(), vd.get());
+  PixPtr mask = std::move(hd);
+  if (!mask) return 0;
+  l_int32 n = 0;
+  pixCountPixels(mask.get(), &n, nullptr);
+  if (n > 0) pixPaintThroughMask(gray, mask.get(), 0, 0, 255);
+  return n;
+}
+
+// Light text on a dark fill (a letterhead band, a table header bar): Tesseract reads it poorly, and on a
+// scan often not at all. A band is a connected region of pixels darker than 110 that holds a solid dark
+// rectangle of at least 0.15 x 0.05 inch and fills most of its bounding box; the whole box is inverted on
+// the grey page, so that its text is dark on light like the rest (glyphs are never cut by the edge of a
+// mask). Returns the number of pixels inverted.
+int invert_dark_bands(Pix* gray, double dpi) {
+  PixPtr dark(pixThresholdToBinary(gray, 110));
+  if (!dark) return 0;
+  const int w = std::max(10, static_cast<int>(std::lround(0.15 * dpi)));
+  const int h = std::max(5, static_cast<int>(std::lround(0.05 * dpi)));
+  PixPtr solid(pixOpenBrick(nullptr, dark.get(), w, h));
+  if (!solid) return 0;
+  l_int32 n = 0;
+  pixCountPixels(solid.get(), &n, nullptr);
+  if (n == 0) return 0;
+  BOXA* boxes = pixConnCompBB(dark.get(), 8);
+  if (!boxes) return 0;
+  int inverted = 0;
+  for (l_int32 i = 0; i < boxaGetCount(boxes); ++i) {
+    BOX* b = boxaGetBox(boxes, i, L_CLONE);
+    l_int32 x, y, bw, bh;
+    boxGetGeometry(b, &x, &y, &bw, &bh);
+    if (bw >= w && bh >= h) {
+      // The component holds a solid rectangle and its dark pixels fill most of the box.
+      PixPtr s(pixClipRectangle(solid.get(), b, nullptr));
+      PixPtr d(pixClipRectangle(dark.get(), b, nullptr));
+      l_int32 ns = 0, nd = 0;
+      if (s && d && pixCountPixels(s.get(), &ns, nullptr) == 0 &&
+          pixCountPixels(d.get(), &nd, nullptr) == 0 && ns > 0 && nd > 0.6 * bw * bh) {
+        // Invert, then stretch so that the band's fill (its most common shade) becomes paper white: a
+        // grey box left on the page would be taken for a picture.
+        int hist[256] = {};
+        l_uint32* data = pixGetData(gray);
+        const int wpl = pixGetWpl(gray);
+        for (int yy = y; yy < y + bh; ++yy) {
+          l_uint32* line = data + static_cast<std::ptrdiff_t>(yy) * wpl;
+          for (int xx = x; xx < x + bw; ++xx) {
+            const int v = 255 - GET_DATA_BYTE(line, xx);
+            SET_DATA_BYTE(line, xx, v);
+            ++hist[v];
+          }
+        }
+        int fill = 255;
+        for (int v = 0, best = -1; v < 256; ++v)
+          if (hist[v] > best) best = hist[v], fill = v;
+        if (fill > 64) {
+          for (int yy = y; yy < y + bh; ++yy) {
+            l_uint32* line = data + static_cast<std::ptrdiff_t>(yy) * wpl;
+            for (int xx = x; xx < x + bw; ++xx)
+              SET_DATA_BYTE(line, xx, std::min(255, GET_DATA_BYTE(line, xx) * 255 / fill));
+          }
+        }
+        inverted += bw * bh;
+      }
+    }
+    boxDestroy(&b);
+  }
+  boxaDestroy(&boxes);
+  return inverted;
 }
 
 double median(std::vector<double> v) {
@@ -199,7 +312,8 @@ OcrPage OcrEngine::recognize(const Page& page) {
   // Upscale small print: Tesseract's LSTM reads 10-point text at 150 dpi with dropped decimal points.
   const double page_dpi = page.dpi.value_or(150.0);
   double scale = 1.0;
-  if (options_.min_dpi > 0 && page_dpi < options_.min_dpi) scale = std::min(2.0, options_.min_dpi / page_dpi);
+  if (options_.min_dpi > 0 && page_dpi < options_.min_dpi)
+    scale = std::min(options_.max_upscale, options_.min_dpi / page_dpi);
   if (scale > 1.01) {
     PixPtr up(pixScaleGrayLI(gray.get(), static_cast<l_float32>(scale), static_cast<l_float32>(scale)));
     if (up)
@@ -209,6 +323,24 @@ OcrPage OcrEngine::recognize(const Page& page) {
   } else {
     scale = 1.0;
   }
+
+  int rule_pixels = 0, inverted_pixels = 0;
+  if (options_.invert_dark_bands) {
+    inverted_pixels = invert_dark_bands(gray.get(), page_dpi * scale);
+    // Tesseract binarises with one Otsu threshold for the page. Without the dark bands the histogram holds
+    // less ink, the threshold rises and light table shading turned to speckle that garbled its words; so
+    // shades from 200 up are made paper white first (ink and grey rules stay well below).
+    if (inverted_pixels > 0) {
+      l_uint32* data = pixGetData(gray.get());
+      const int wpl = pixGetWpl(gray.get()), gw = pixGetWidth(gray.get()), gh = pixGetHeight(gray.get());
+      for (int y = 0; y < gh; ++y) {
+        l_uint32* line = data + static_cast<std::ptrdiff_t>(y) * wpl;
+        for (int x = 0; x < gw; ++x)
+          SET_DATA_BYTE(line, x, std::min(255, GET_DATA_BYTE(line, x) * 255 / 200));
+      }
+    }
+  }
+  if (options_.remove_rules) rule_pixels = remove_rules(gray.get(), page_dpi * scale);
 
   const double prep_ms = ms_since(t_start);
   auto inst = acquire();
@@ -254,6 +386,7 @@ OcrPage OcrEngine::recognize(const Page& page) {
   };
 
   std::vector<std::vector<int>> lines;
+  std::vector<std::array<int, 4>> raw;  // Tesseract's box of every word, in pixels of the prepared image
   std::unique_ptr<tesseract::ResultIterator> it(api.GetIterator());
   if (it) {
     do {
@@ -267,7 +400,10 @@ OcrPage OcrEngine::recognize(const Page& page) {
       if (lines.empty() || it->IsAtBeginningOf(tesseract::RIL_TEXTLINE)) lines.emplace_back();
       OcrWord w;
       w.text = std::move(t);
-      w.box = map_box(l, tp, r, b);
+      // Rows are built on the deskewed page (a row of a skewed table is level there); the boxes are mapped
+      // back to the page as given afterwards.
+      w.box = BBox{l / scale, tp / scale, r / scale, b / scale};
+      raw.push_back({l, tp, r, b});
       w.confidence = std::clamp(it->Confidence(tesseract::RIL_WORD) / 100.0, 0.0, 1.0);
       lines.back().push_back(static_cast<int>(out.words.size()));
       out.words.push_back(std::move(w));
@@ -275,11 +411,24 @@ OcrPage OcrEngine::recognize(const Page& page) {
   }
   std::erase_if(lines, [](const auto& l) { return l.empty(); });
   out.rows = build_rows(out.words, lines);
+  if (angle != 0) {
+    for (std::size_t k = 0; k < out.words.size(); ++k)
+      out.words[k].box = map_box(raw[k][0], raw[k][1], raw[k][2], raw[k][3]);
+    for (auto& row : out.rows) {
+      for (auto& c : row.cells) {
+        c.box = out.words[c.words.front()].box;
+        for (int i : c.words) c.box = unite(c.box, out.words[i].box);
+      }
+      row.box = out.words[row.words.front()].box;
+      for (int i : row.words) row.box = unite(row.box, out.words[i].box);
+    }
+  }
   spdlog::debug(
-      "ocr: page {}: {} words, {} rows, skew {:.2f} deg{}, scale {:.2f}; {:.0f} ms (prepare {:.0f}, "
-      "recognise {:.0f})",
+      "ocr: page {}: {} words, {} rows, skew {:.2f} deg{}, scale {:.2f}, {} pixels of dark bands inverted, "
+      "{} "
+      "rule pixels removed; {:.0f} ms (prepare {:.0f}, recognise {:.0f})",
       page.number, out.words.size(), out.rows.size(), angle, out.normalised ? ", background normalised" : "",
-      scale, ms_since(t_start), prep_ms, rec_ms);
+      scale, inverted_pixels, rule_pixels, ms_since(t_start), prep_ms, rec_ms);
   return out;
 }
 

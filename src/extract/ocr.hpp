@@ -53,6 +53,9 @@ struct OcrOptions {
   bool normalise = true;               // flatten uneven backgrounds (photos, shadows) before recognition
   double min_dpi = 300;                // pages below this resolution are upscaled (at most 2x) before OCR;
                                        // Tesseract reads small print best at about 300 dpi
+  double max_upscale = 2.0;            // largest upscale factor
+  bool invert_dark_bands = true;       // light text on dark fills made dark on light before recognition
+  bool remove_rules = true;            // paint thin table rules and box lines white before recognition
   int page_seg_mode = 3;               // Tesseract PSM: 3 = automatic layout, 11 = sparse text
 };
 

@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <cctype>
 #include <cmath>
+#include <cstring>
+#include <deque>
 #include <regex>
 #include <set>
 
@@ -111,7 +113,9 @@ std::string trim(std::string_view s) {
 
 // Leading list markers: "1.", "2)", "•", "-", "*", "o".
 std::size_t skip_marker(const std::string& t) {
-  static const std::regex marker(R"(^\s*(?:\d{1,2}[.)]|[•·*+\-–o»>e]|\[[ xX]\])\s+)");
+  // A row number alone in the first column of a table ("1  Urinary tract infection ...") is a marker too;
+  // OCR reads the dot of "4." as a comma.
+  static const std::regex marker(R"(^\s*(?:\d{1,2}[.),]|[•·*+\-–o»>e]|\[[ xX]\]|\d{1,2}(?=\s{2}))\s+)");
   std::smatch m;
   if (std::regex_search(t, m, marker)) return static_cast<std::size_t>(m.length(0));
   // A bullet glyph that OCR read as a few symbols ("¢", "«", "*«", "¢«"): a short first token with no
@@ -128,9 +132,12 @@ std::size_t skip_marker(const std::string& t) {
 }
 
 // Page furniture: a running footer or header with a page count ("... Page 1 of 2").
+// OCR reads the digits of a footer's page count as look-alike letters and may drop the spaces ("Page lof 1",
+// "Page 1of 1"). A running header of a continuation page names the patient and says "(continued)".
 bool page_furniture(const std::string& t) {
-  static const std::regex page_of(R"(\bPage\s+\d+\s+of\s+\d+\b)", std::regex::icase);
-  return std::regex_search(t, page_of);
+  static const std::regex page_of(R"(\bPage\s*[0-9lIi|!]{1,3}\s*of\s*[0-9lIi|!]{1,3}\b)", std::regex::icase);
+  static const std::regex running_header(R"(\bMRN\b.*\(continued\)\s*$)", std::regex::icase);
+  return std::regex_search(t, page_of) || std::regex_search(t, running_header);
 }
 
 bool has_digit(std::string_view s) {
@@ -178,6 +185,15 @@ class Builder {
     double first_x = 0;
   };
   std::optional<Grid> grid_;
+  mutable std::deque<RowView> merged_rows_;
+  std::optional<std::pair<std::string, BBox>> vitals_time_;
+  struct Column {
+    int page;
+    double x0, x1;
+  };
+  std::optional<Column> indication_column_;  // the indication column of the current medication table  //
+                                             // "Taken at 11:21": the time of the vitals below  // rows joined
+                                             // with their continuation (stable addresses)
 
   // ----------------------------------------------------------------------------------- header and type
   void header(const std::vector<RowView>& rows, const OcrPage& p) {
@@ -187,7 +203,7 @@ class Builder {
       std::size_t best_len = 0;
       for (const auto& [type, phrases] : v_.document_types)
         for (const auto& ph : phrases)
-          if (ph.size() > best_len && find_phrase(rows[i].text, ph) != std::string::npos) {
+          if (ph.size() > best_len && find_phrase(collapse_spaces(rows[i].text), ph) != std::string::npos) {
             e_.document_type = type;
             best_len = ph.size();
           }
@@ -206,43 +222,122 @@ class Builder {
         }
       }
     }
-    // Facility: the first prominent row near the top (its first cell; a title may share the row).
+    // Facility: the first prominent row near the top (its first cell; a title may share the row). A
+    // prescriber's pad puts the prescriber's name with credentials above the practice: that row gives the
+    // provider, and the facility is the row under it.
     std::vector<double> hs;
     for (const auto& r : rows) hs.push_back(r.height);
     std::sort(hs.begin(), hs.end());
     double body = hs.empty() ? 0 : hs[hs.size() / 2];
+    auto is_title = [&](const std::string& text) {
+      std::string t = collapse_spaces(text);
+      for (const auto& [type, phrases] : v_.document_types)
+        for (const auto& ph : phrases)
+          if (find_phrase(t, ph) != std::string::npos) return true;
+      return false;
+    };
+    bool after_provider = false;
     for (std::size_t i = 0; i < std::min<std::size_t>(rows.size(), 6); ++i) {
       const RowView& r = rows[i];
       if (r.box.y0 > 0.15 * p.height) break;
-      if (r.height < 1.25 * body || r.cells.empty()) continue;
+      if (r.cells.empty()) continue;
+      if (!after_provider && r.height < 1.15 * body) continue;
       std::string c0 = r.cell(0);
-      bool is_title = false;
-      for (const auto& [type, phrases] : v_.document_types)
-        for (const auto& ph : phrases)
-          if (find_phrase(c0, ph) != std::string::npos) is_title = true;
-      if (is_title || trim(c0).size() < 4 || has_digit(c0)) continue;
+      if (is_title(c0) || trim(c0).size() < 4 || has_digit(c0)) continue;
+      if (!after_provider && r.cells.size() == 1 && has_credential(c0)) {
+        auto& enc = encounter();
+        if (!enc.provider) {
+          enc.provider = trim(c0);
+          add_field_box(enc.provenance, make_provenance(r, {{"provider", r.cells[0]}}), "provider");
+        }
+        after_provider = true;
+        continue;
+      }
       auto& enc = encounter();
-      enc.facility = trim(c0);
+      std::string facility = trim(c0);
       auto prov = make_provenance(r, {{"facility", r.cells[0]}});
+      std::size_t next = i + 1;
+      // A name wrapped in the letterhead ("Pinecrest Hollow Memorial" / "Hospital"): the next row starts
+      // at the same left edge in the same large print and is not a title.
+      if (next < rows.size() && !rows[next].cells.empty()) {
+        const RowView& w = rows[next];
+        std::string t = trim(w.cell(0));
+        // The lines of a wrapped name are set tight; a title under a letterhead band starts after a gap.
+        const auto fb = r.box_of(r.cells[0]), wb = w.box_of(w.cells[0]);
+        if (!after_provider && fb && wb && std::abs(wb->x0 - fb->x0) < std::max(r.height, 10.0) &&
+            cell_height(w, 0) >= 0.8 * cell_height(r, 0) && wb->y0 - fb->y1 < 0.45 * cell_height(r, 0) &&
+            !t.empty() && t.size() <= 30 && !has_digit(t) && !is_title(t) &&
+            t.find(':') == std::string::npos) {
+          facility += " " + t;
+          auto p2 = make_provenance(w, {{"facility", w.cells[0]}});
+          const BBox &a = prov.fields["facility"], &b = p2.fields["facility"];
+          prov.fields["facility"] = {std::min(a.x0, b.x0), std::min(a.y0, b.y0), std::max(a.x1, b.x1),
+                                     std::max(a.y1, b.y1)};
+          ++next;
+        }
+      }
+      enc.facility = facility;
       add_field_box(enc.provenance, prov, "facility");
-      // Department: the next left-aligned smaller row without digits that is not a title.
-      for (std::size_t j = i + 1; j < std::min(rows.size(), i + 3); ++j) {
+      // Department: the next left-aligned smaller row without digits that is neither a title nor a label.
+      for (std::size_t j = next; j < std::min(rows.size(), next + 2); ++j) {
         const RowView& d = rows[j];
         if (d.cells.empty()) continue;
         std::string t = d.cell(0);
-        bool title = false;
-        for (const auto& [type, phrases] : v_.document_types)
-          for (const auto& ph : phrases)
-            if (find_phrase(t, ph) != std::string::npos) title = true;
-        if (title || d.height > 1.25 * body) continue;
-        if (has_digit(t) || std::abs(d.box.x0 - r.box.x0) > 40 || t.find(':') != std::string::npos) break;
-        if (trim(t).size() < 3) break;
+        // Printed smaller than the facility; a row as large is a title (or the name's next line).
+        if (starts_with_title(d.text) || cell_height(d, 0) > 0.9 * cell_height(r, 0)) continue;
+        // Under the facility: left-aligned with it, or centred under it (a centred letterhead).
+        const auto fb = r.box_of(r.cells[0]), db = d.box_of(d.cells[0]);
+        const bool aligned = std::abs(d.box.x0 - r.box.x0) <= 40 ||
+                             (fb && db && std::abs((fb->x0 + fb->x1) - (db->x0 + db->x1)) <= 80);
+        if (has_digit(t) || !aligned || t.find(':') != std::string::npos) break;
+        if (trim(t).size() < 3 || is_label(t)) break;
         enc.department = trim(t);
         add_field_box(enc.provenance, make_provenance(d, {{"department", d.cells[0]}}), "department");
         break;
       }
       break;
     }
+  }
+
+  // A row whose text begins with a title phrase ("Laboratory  Results - Extended Panel").
+  bool starts_with_title(const std::string& text) const {
+    std::string t = collapse_spaces(text);
+    for (const auto& [type, phrases] : v_.document_types)
+      for (const auto& ph : phrases)
+        if (find_phrase(t, ph) == 0) return true;
+    return false;
+  }
+  // Median height of the words of a cell (a title shares its row with small print).
+  static double cell_height(const RowView& r, std::size_t c) {
+    std::vector<double> hs;
+    for (const auto& [sp, w] : r.words)
+      if (sp.first >= r.cells[c].first && sp.second <= r.cells[c].second) hs.push_back(w->box.y1 - w->box.y0);
+    if (hs.empty()) return r.height;
+    std::sort(hs.begin(), hs.end());
+    return hs[hs.size() / 2];
+  }
+  static std::string collapse_spaces(const std::string& s) {
+    std::string out;
+    for (char c : s)
+      if (c != ' ' || (!out.empty() && out.back() != ' ')) out += c;
+    return out;
+  }
+  // A cell that is a field label alone ("PATIENT", "DOB:").
+  bool is_label(const std::string& cell) const {
+    std::string t = to_lower(trim(cell));
+    while (!t.empty() && (t.back() == ':' || t.back() == ' ')) t.pop_back();
+    for (const auto& [field, labels] : v_.labels)
+      for (const auto& l : labels)
+        if (t == l) return true;
+    return false;
+  }
+  // A person's name with a professional credential at the end ("Sarah T. Garcia, MD").
+  bool has_credential(const std::string& text) const {
+    std::string t = trim(text);
+    std::size_t comma = t.rfind(", ");
+    if (comma == std::string::npos) return false;
+    std::string tail = t.substr(comma + 2);
+    return std::find(v_.credentials.begin(), v_.credentials.end(), tail) != v_.credentials.end();
   }
 
   Encounter& encounter() {
@@ -311,9 +406,9 @@ class Builder {
       std::size_t vb = r.cells[ci].first + best_len;
       while (vb < r.cells[ci].second && (r.text[vb] == ':' || r.text[vb] == ' ')) ++vb;
       if (vb < r.cells[ci].second) {
-        out.push_back({best_field, &r, {vb, r.cells[ci].second}});
+        out.push_back(wrapped_name(rows, ri, {best_field, &r, {vb, r.cells[ci].second}}));
       } else if (ci + 1 < r.cells.size() && c.back() == ':') {
-        out.push_back({best_field, &r, r.cells[ci + 1]});
+        out.push_back(wrapped_name(rows, ri, {best_field, &r, r.cells[ci + 1]}));
         ++ci;
       } else if (ri + 1 < rows.size()) {
         // Label above its value: the next row's cell that overlaps this cell horizontally.
@@ -330,6 +425,31 @@ class Builder {
       }
     }
     return out;
+  }
+
+  // A provider's name that wraps at the end of its row ("Ordering Provider: Steven L." / "Campbell, MD"):
+  // the next row is one short cell and only with it does the name end in a credential. The value then
+  // spans both rows (a merged row view; the caller skips the next row).
+  KV wrapped_name(const std::vector<RowView>& rows, std::size_t ri, KV kv) const {
+    const RowView& r = rows[ri];
+    if (kv.field != "encounter.provider" || ri + 1 >= rows.size() || kv.value.second != r.text.size())
+      return kv;
+    const RowView& n = rows[ri + 1];
+    if (n.cells.size() != 1 || n.page != r.page || n.box.y0 - r.box.y1 > 1.5 * std::max(r.height, 8.0))
+      return kv;
+    std::string value = r.text.substr(kv.value.first, kv.value.second - kv.value.first);
+    while (!value.empty() && value.back() == ' ') value.pop_back();
+    std::string more = trim(n.text);
+    if (more.empty() || more.size() > 30 || more.find(':') != std::string::npos || has_credential(value) ||
+        !has_credential(value + " " + more))
+      return kv;
+    RowView m = r;
+    const std::size_t off = m.text.size() + 1;
+    m.text += " " + n.text;
+    for (const auto& [sp, w] : n.words) m.words.push_back({{sp.first + off, sp.second + off}, w});
+    m.cells.back().second = m.text.size();
+    merged_rows_.push_back(std::move(m));
+    return {kv.field, &merged_rows_.back(), {kv.value.first, merged_rows_.back().text.size()}};
   }
 
   void apply_kv(const KV& kv) {
@@ -392,9 +512,12 @@ class Builder {
     immunization_open_.reset();
     if (auto h = heading(r)) {
       section_ = *h;
+      vitals_time_.reset();
+      indication_column_.reset();
       grid_.reset();
       return i;
     }
+    if (medication_table_header(r)) return i;
     if (grid_header(r)) return i;
     if (grid_ && grid_row(r)) return i;
     std::string lower = to_lower(r.text);
@@ -405,6 +528,23 @@ class Builder {
         std::size_t b = lower.find(':') + 1;
         allergy_list(r, b);
         return i;
+      }
+    }
+    // "Taken at 11:21" above a block of vitals: the time of those vitals, on the encounter's date.
+    {
+      static const std::regex taken(
+          R"(^(?:taken at|time taken:?|measured at)\s+(\d{1,2}:\d{2}(?:\s?[AaPp][Mm])?)\s*$)",
+          std::regex::icase);
+      std::smatch tm;
+      if (std::regex_match(r.text, tm, taken) && e_.encounter && e_.encounter->date &&
+          e_.encounter->date->size() >= 10) {
+        if (auto d = normalise_date(e_.encounter->date->substr(0, 10) + " " + tm[1].str(), true);
+            d && d->size() > 10) {
+          auto b = r.box_of({static_cast<std::size_t>(tm.position(1)),
+                             static_cast<std::size_t>(tm.position(1) + tm.length(1))});
+          vitals_time_ = std::make_pair(*d, b ? round_box(*b) : round_box(r.box));
+          return i;
+        }
       }
     }
     auto kvs = key_values(rows, i);
@@ -425,7 +565,8 @@ class Builder {
     if (procedure(r)) return i;
     if (immunization(r)) return i;
     if (section_ != "medications") {
-      if (lab(r)) return i;
+      const std::size_t before = e_.labs.size();
+      if (lab(r)) return lab_unit_continuation(rows, i, before);
       if (vitals(r)) return i;
     }
     if (section_ != "allergies" && section_ != "labs" && section_ != "vitals") {
@@ -443,29 +584,64 @@ class Builder {
   bool grid_header(const RowView& r) {
     static const std::regex hhmm(R"(^([01]?\d|2[0-3]):[0-5]\d$)");
     Grid g;
+    std::vector<double> misread;  // x centres of time-shaped words that are not valid times
     for (std::size_t c = 0; c < r.cells.size(); ++c) {
       for (std::size_t k = 0; k < r.words.size(); ++k) {
         const auto& [sp, w] = r.words[k];
         if (sp.first < r.cells[c].first || sp.second > r.cells[c].second) continue;
         std::string t = r.text.substr(sp.first, sp.second - sp.first);
-        if (!std::regex_match(t, hhmm)) continue;
-        if (t.size() == 4) t = "0" + t;
+        // Specks next to a time in a header bar: "19:00)", "|07:00".
+        while (!t.empty() && std::strchr("()[]|.,;'\"", t.back())) t.pop_back();
+        while (!t.empty() && std::strchr("()[]|.,;'\"", t.front())) t.erase(t.begin());
         double x1 = w->box.x1;
-        // "12:00 AM", "2:00 PM": a 12-hour clock, the marker in the next word of the cell.
+        std::string
+            marker;  // "12:00 AM", "2:00 PM": a 12-hour clock, the marker in the next word of the cell
         if (k + 1 < r.words.size() && r.words[k + 1].first.second <= r.cells[c].second) {
           std::string next = to_lower(r.text.substr(
               r.words[k + 1].first.first, r.words[k + 1].first.second - r.words[k + 1].first.first));
           if (next == "am" || next == "pm") {
-            int h = std::stoi(t.substr(0, 2));
-            if (h >= 1 && h <= 12) h = next == "pm" ? (h % 12) + 12 : h % 12;
-            t = fmt::format("{:02d}{}", h, t.substr(2));
+            marker = next;
             x1 = r.words[k + 1].second->box.x1;
           }
+        }
+        if (!std::regex_match(t, hhmm)) {
+          static const std::regex time_shape(R"(^\d{1,2}[:.]\d{2}$)");
+          if (std::regex_match(t, time_shape)) misread.push_back((w->box.x0 + x1) / 2);
+          continue;
+        }
+        if (t.size() == 4) t = "0" + t;
+        if (!marker.empty()) {
+          int h = std::stoi(t.substr(0, 2));
+          if (h >= 1 && h <= 12) h = marker == "pm" ? (h % 12) + 12 : h % 12;
+          t = fmt::format("{:02d}{}", h, t.substr(2));
         }
         g.columns.push_back({(w->box.x0 + x1) / 2, t});
       }
     }
     if (g.columns.size() < 2) return false;
+    // Column times OCR misread in a shaded header ("06:00" read as "66:00"): the columns are evenly spaced in
+    // time, so a misread one gets the time of its position on the line through the first and last time
+    // read, rounded to 5 minutes; only when the times read are all on 5-minute marks.
+    if (!misread.empty()) {
+      auto minutes = [](const std::string& hm) {
+        return std::stoi(hm.substr(0, 2)) * 60 + std::stoi(hm.substr(3));
+      };
+      const auto a = g.columns.front();  // copies: the loop below adds columns
+      const auto b = g.columns.back();
+      const double dx = b.first - a.first;
+      const int ma = minutes(a.second), mb = minutes(b.second);
+      bool on_marks = true;
+      for (const auto& c : g.columns) on_marks = on_marks && minutes(c.second) % 5 == 0;
+      if (on_marks && std::abs(dx) > 1 && mb != ma) {
+        for (double x : misread) {
+          const double m = ma + (mb - ma) * (x - a.first) / dx;
+          const int rounded = static_cast<int>(std::lround(m / 5.0)) * 5;
+          if (rounded < 0 || rounded >= 24 * 60) continue;
+          g.columns.push_back({x, fmt::format("{:02d}:{:02d}", rounded / 60, rounded % 60)});
+        }
+        std::sort(g.columns.begin(), g.columns.end());
+      }
+    }
     g.first_x = r.box.x0;
     grid_ = g;
     return true;
@@ -473,16 +649,22 @@ class Builder {
   bool grid_row(const RowView& r) {
     if (r.cells.size() < 2) return false;
     std::string c0 = r.cell(0);
+    // A speck or rule end before the row name, read as a quote or bar ("\xE2\x80\x9CBP (mmHg)").
+    std::size_t lead = 0;
+    for (const char* junk : {"\xE2\x80\x9C", "\xE2\x80\x98", "\"", "'", "|", "_", "\xE2\x80\x94"})
+      if (c0.rfind(junk, 0) == 0) lead = std::strlen(junk);
+    c0 = c0.substr(lead);
     static const std::regex name_unit(R"(^(.*?)\s*\(([^()]+)\)\s*$)");
     std::smatch m;
     std::string name = c0, unit;
-    Span name_span = r.cells[0], unit_span{0, 0};
+    Span name_span = {r.cells[0].first + lead, r.cells[0].second}, unit_span{0, 0};
     std::size_t value_cell = 1;
     if (std::regex_match(c0, m, name_unit)) {
       name = m[1].str();
       unit = m[2].str();
-      name_span = {r.cells[0].first, r.cells[0].first + m.length(1)};
-      unit_span = {r.cells[0].first + m.position(2), r.cells[0].first + m.position(2) + m.length(2)};
+      name_span = {r.cells[0].first + lead, r.cells[0].first + lead + m.length(1)};
+      unit_span = {r.cells[0].first + lead + m.position(2),
+                   r.cells[0].first + lead + m.position(2) + m.length(2)};
     } else if (std::string c1 = r.cells.size() > 2 ? r.cell(1) : std::string();
                c1.size() > 2 && c1.front() == '(' && c1.back() == ')') {
       m = std::smatch();
@@ -526,6 +708,19 @@ class Builder {
         }
         continue;
       }
+      // A flag's marks that OCR set apart as a cell of their own ("7.50 H" then "*", "49 L" then "!!"): they
+      // complete the flag of the value before them in the same column, and are never a value.
+      if (!t.empty() && t.find_first_not_of("*!") == std::string::npos) {
+        if (!vals.empty() && vals.back().time == time && vals.back().flag) {
+          const Val& pv = vals.back();
+          std::string printed = r.text.substr(pv.fs.first, pv.fs.second - pv.fs.first) + " " + t;
+          if (auto f = normalise_flag(printed, v_)) {
+            vals.back().flag = f;
+            vals.back().fs.second = r.cells[c].second;
+          }
+        }
+        continue;
+      }
       Val v;
       std::size_t sp = t.find(' ');
       v.value = sp == std::string::npos ? t : t.substr(0, sp);
@@ -549,6 +744,10 @@ class Builder {
           }
         }
       }
+      // A measurement in a time column is a number ("98.6", "<0.5", "120/80"); anything else in the
+      // column (a speck or a stray mark read as letters) is not a value.
+      static const std::regex measurement(R"(^[<>]?\d+(?:[.,]\d+)?(?:/\d+)?$)");
+      if (!std::regex_match(v.value, measurement)) continue;
       vals.push_back(v);
     }
     if (vals.empty()) return false;
@@ -680,11 +879,19 @@ class Builder {
       std::size_t e = start + label.size();
       if (e < lower.size() && lower[e] != ':' && !(section_ == "diagnoses" || section_ == "impression"))
         continue;
-      if (e < lower.size() && lower[e] == ':') {
+      // "Principal diagnosis: ..." or "FINAL DIAGNOSIS - ...".
+      const bool colon = e < lower.size() && lower[e] == ':';
+      const bool dash = lower.compare(e, 3, " - ") == 0;
+      if (colon || dash) {
         role = rl;
         labelled = true;
-        start = e + 1;
+        start = e + (colon ? 1 : 3);
         while (start < t.size() && t[start] == ' ') ++start;
+        // A specimen designator before the diagnosis ("A. Femoral head, right: ..."), as pathology prints.
+        static const std::regex specimen(R"(^[A-Z]\.\s[^:]{2,60}:\s+)");
+        std::smatch sm;
+        std::string rest = t.substr(start);
+        if (std::regex_search(rest, sm, specimen)) start += static_cast<std::size_t>(sm.length(0));
         break;
       }
     }
@@ -696,15 +903,19 @@ class Builder {
     static const std::regex icd_cell(R"((?:^|  )([A-Z][0-9][0-9AB]\.[0-9A-Z]{1,4})(?=  |$))");
     // Bare codes are not looked for among results and orders ("O2 Saturation" is not code O02).
     const bool listy = section_ != "labs" && section_ != "vitals" && section_ != "medications";
-    bool has_code = std::regex_search(sub, m, icd_paren) ||
+    static const std::regex icd_label(R"(\bICD-?10(?:-CM)?:?\s*([A-Z][0-9][0-9AB](?:\.[0-9A-Z]{1,4})?)\b)");
+    bool has_code = std::regex_search(sub, m, icd_paren) || std::regex_search(sub, m, icd_label) ||
                     (listy && (std::regex_search(sub, m, icd_lead) || std::regex_search(sub, m, icd_cell)));
     // Tesseract often reads the letter I of a code as the digit 1 ("(135.0)", "148.91 Atrial ...", "110").
     // Where a diagnosis is expected (a diagnosis section or a role label) such a code is read as I..
     bool code_fixed = false;
     if (!has_code && (section_ == "diagnoses" || section_ == "impression" || labelled)) {
-      static const std::regex i_paren(R"(\((1[0-9]{2}(?:\.[0-9A-Z]{1,4})?)\))");
-      static const std::regex i_lead(R"(^(1[0-9]{2}(?:\.[0-9A-Z]{1,4})?)(?=\s+[A-Za-z]))");
-      has_code = std::regex_search(sub, m, i_paren) || std::regex_search(sub, m, i_lead);
+      // Likewise the letter Z as the digit 2 ("279.4" in an ICD-10 column is Z79.4).
+      static const std::regex i_paren(R"(\(([12][0-9]{2}(?:\.[0-9A-Z]{1,4})?)\))");
+      static const std::regex i_lead(R"(^([12][0-9]{2}(?:\.[0-9A-Z]{1,4})?)(?=\s+[A-Za-z]))");
+      static const std::regex i_cell(R"((?:^|  )([12][0-9]{2}\.[0-9A-Z]{1,4})(?=  |$))");
+      has_code = std::regex_search(sub, m, i_paren) || std::regex_search(sub, m, i_lead) ||
+                 std::regex_search(sub, m, i_cell);
       code_fixed = has_code;
     }
     if (!has_code && !labelled) return false;
@@ -717,7 +928,7 @@ class Builder {
     std::size_t text_end = t.size();
     if (has_code) {
       d.icd10 = m[1].str();
-      if (code_fixed) (*d.icd10)[0] = 'I';
+      if (code_fixed) (*d.icd10)[0] = (*d.icd10)[0] == '1' ? 'I' : 'Z';
       spans["icd10"] = {start + m.position(1), start + m.position(1) + m.length(1)};
       std::size_t code_b = start + m.position(0), code_e = code_b + m.length(0);
       if (code_b > start + 3) {
@@ -737,6 +948,15 @@ class Builder {
         d.status = it->second;
         spans["status"] = {dash + 3, t.size()};
         text_end = std::min(text_end, dash);
+      }
+    }
+    // Status in a column of its own at the end of a table row ("...  N39.0  Active").
+    if (!d.status && r.cells.size() >= 2 && r.cells.back().first > start) {
+      auto it = v_.diagnosis_status.find(to_lower(trim(r.cell(r.cells.size() - 1))));
+      if (it != v_.diagnosis_status.end()) {
+        d.status = it->second;
+        spans["status"] = r.cells.back();
+        text_end = std::min(text_end, r.cells.back().first);
       }
     }
     std::string txt = trim(t.substr(start, text_end - start));
@@ -762,12 +982,29 @@ class Builder {
     if (!diagnosis_open_ || i == 0) return false;
     const RowView& r = rows[i];
     const RowView& prev = rows[i - 1];
-    const std::string& t = r.text;
+    std::string t = r.text;
+    Diagnosis& d = e_.diagnoses[*diagnosis_open_];
+    // The code may close the continued line in a cell of its own ("osteopenia.  ICD-10: S72.001A").
+    static const std::regex code_cell(
+        R"(  (?:ICD-?10(?:-CM)?:?\s*|\()([A-Z][0-9][0-9AB](?:\.[0-9A-Z]{1,4})?)\)?\s*$)");
+    std::smatch cm;
+    std::optional<std::pair<std::string, Span>> code;
+    std::size_t cells = r.cells.size();
+    if (!d.icd10 && std::regex_search(t, cm, code_cell)) {
+      code = std::make_pair(cm[1].str(), Span{static_cast<std::size_t>(cm.position(1)),
+                                              static_cast<std::size_t>(cm.position(1) + cm.length(1))});
+      t = t.substr(0, cm.position(0));
+      --cells;
+    }
     if (t.empty() || !std::islower(static_cast<unsigned char>(t[0])) || has_digit(t) || skip_marker(t) > 0 ||
-        t.size() > 60 || r.cells.size() != 1 || r.page != prev.page)
+        t.size() > 60 || cells != 1 || r.page != prev.page)
       return false;
     if (r.box.y0 - prev.box.y1 > 0.8 * std::max(prev.height, 1.0)) return false;
-    Diagnosis& d = e_.diagnoses[*diagnosis_open_];
+    if (code) {
+      d.icd10 = code->first;
+      if (d.provenance)
+        if (auto b = r.box_of(code->second)) d.provenance->fields["icd10"] = round_box(*b);
+    }
     std::string extra = t;
     std::size_t dash = extra.rfind(" - ");
     if (dash != std::string::npos) {
@@ -987,8 +1224,13 @@ class Builder {
       if (e < cell.size() && std::isalnum(static_cast<unsigned char>(cell[e]))) continue;
       std::string after = trim(cell.substr(e));
       if (after.empty() && c + 1 < r.cells.size()) after = trim(r.cell(c + 1));
-      if (after.empty() ||
-          (!std::isdigit(static_cast<unsigned char>(after[0])) && after[0] != '<' && after[0] != '>'))
+      if (after.empty()) continue;
+      // A value follows: a number, or a qualitative result ("Urine Glucose  Negative").
+      const std::string first = to_lower(after.substr(0, after.find(' ')));
+      const bool qualitative = std::any_of(v_.lab_results.begin(), v_.lab_results.end(),
+                                           [&](const std::string& q) { return to_lower(q) == first; });
+      if (!std::isdigit(static_cast<unsigned char>(after[0])) && after[0] != '<' && after[0] != '>' &&
+          !qualitative)
         continue;
       cuts.push_back(r.cells[c].first);
     }
@@ -1010,6 +1252,26 @@ class Builder {
       any = true;
     }
     return any || prose_labs(r);
+  }
+
+  // A unit wrapped in its table cell ("mL/min/" over "1.73m2"): the next row is one short token under the
+  // unit, which completes the unit of the row's last lab. Returns the last row used.
+  std::size_t lab_unit_continuation(const std::vector<RowView>& rows, std::size_t i, std::size_t first_lab) {
+    if (e_.labs.size() <= first_lab || i + 1 >= rows.size()) return i;
+    Lab& l = e_.labs.back();
+    if (!l.unit || l.unit->empty() || l.unit->back() != '/' || !l.provenance) return i;
+    const RowView& n = rows[i + 1];
+    const auto ub = l.provenance->fields.find("unit");
+    if (ub == l.provenance->fields.end() || n.cells.size() != 1 || n.page != rows[i].page ||
+        n.text.find(' ') != std::string::npos || n.text.size() > 12 ||
+        n.box.y0 - rows[i].box.y1 > std::max(rows[i].height, 8.0))
+      return i;
+    if (std::abs(n.box.x0 - ub->second.x0) > std::max(rows[i].height, 8.0)) return i;
+    *l.unit += n.text;
+    BBox& b = ub->second;
+    b = round_box({std::min(b.x0, n.box.x0), std::min(b.y0, n.box.y0), std::max(b.x1, n.box.x1),
+                   std::max(b.y1, n.box.y1)});
+    return i + 1;
   }
 
   // -------------------------------------------------------------------------------------------- vitals
@@ -1035,7 +1297,9 @@ class Builder {
         vt.unit = m[3].str();
         spans["unit"] = {base + m.position(3), base + m.position(3) + m.length(3)};
       }
+      if (vitals_time_) vt.time = vitals_time_->first;  // its box is on the row above, added below
       vt.provenance = make_provenance(r, spans);
+      if (vitals_time_ && vt.provenance) vt.provenance->fields["time"] = vitals_time_->second;
       e_.vitals.push_back(std::move(vt));
       any = true;
     }
@@ -1053,6 +1317,41 @@ class Builder {
         return true;
     return false;
   }
+  // The header of a medication table that has an indication column ("Medication  Dose  Route  Frequency
+  // Indication  Last Dose  Action"): the column's extent is kept for the rows below.
+  bool medication_table_header(const RowView& r) {
+    if (r.cells.size() < 3) return false;
+    auto is = [&](const std::string& kind, const std::string& cell) {
+      auto it = v_.medication_columns.find(kind);
+      if (it == v_.medication_columns.end()) return false;
+      std::string t = to_lower(trim(cell));
+      return std::find(it->second.begin(), it->second.end(), t) != it->second.end();
+    };
+    if (!is("name", r.cell(0))) return false;
+    for (std::size_t c = 1; c < r.cells.size(); ++c)
+      if (is("indication", r.cell(c))) {
+        auto b = r.box_of(r.cells[c]);
+        if (!b) return false;
+        indication_column_ = Column{r.page, b->x0, b->x1};
+        return true;
+      }
+    return false;
+  }
+  // The cell of `r` under the indication column (it overlaps the header's extent most), if any.
+  std::optional<std::size_t> indication_cell(const RowView& r, std::size_t first = 1) const {
+    if (!indication_column_ || indication_column_->page != r.page) return std::nullopt;
+    std::optional<std::size_t> best;
+    double best_ov = 0;
+    for (std::size_t c = first; c < r.cells.size(); ++c) {
+      auto b = r.box_of(r.cells[c]);
+      if (!b) continue;
+      const double ov =
+          std::min(b->x1, indication_column_->x1 + 20) - std::max(b->x0, indication_column_->x0 - 20);
+      if (ov > best_ov && ov > 0.5 * (b->x1 - b->x0)) best_ov = ov, best = c;
+    }
+    return best;
+  }
+
   std::size_t medication(const std::vector<RowView>& rows, std::size_t i) {
     const RowView& r = rows[i];
     std::size_t mk = skip_marker(r.text);
@@ -1071,7 +1370,42 @@ class Builder {
     if (!p) return std::string::npos;
     // Outside a medication section, a drug name alone (e.g. in prose) is not an order.
     if (!in_section && !p->med.strength && !p->med.dose && !p->med.route) return std::string::npos;
+    // Under an indication column the cell is the indication, and it may wrap onto the next row(s), which
+    // then hold no drug and only cells right of the name ("iron deficiency" / "anemia  22:45").
+    std::optional<BBox> wrapped_indication;
+    if (auto c = indication_cell(r); c && !p->med.indication) {
+      std::string t = trim(r.cell(*c));
+      if (!t.empty() && std::isalpha(static_cast<unsigned char>(t[0])) &&
+          !v_.status_words.count(to_lower(t))) {
+        p->med.indication = t;
+        p->spans["indication"] = r.cells[*c];
+        while (j + 1 < rows.size() && rows[j + 1].page == r.page &&
+               rows[j + 1].box.y0 - rows[j].box.y1 < std::max(r.height, 8.0) &&
+               !find_longest(rows[j + 1].text, v_.drugs)) {
+          const RowView& n = rows[j + 1];
+          auto nb = n.box_of(n.cells[0]);
+          auto c0 = r.box_of(r.cells[0]);
+          auto nc = indication_cell(n, 0);
+          if (!nb || !c0 || nb->x0 <= c0->x1 || !nc) break;
+          std::string more = trim(n.cell(*nc));
+          if (more.empty() || !std::isalpha(static_cast<unsigned char>(more[0]))) break;
+          *p->med.indication += " " + more;
+          if (auto b = n.box_of(n.cells[*nc]))
+            wrapped_indication =
+                wrapped_indication
+                    ? BBox{std::min(wrapped_indication->x0, b->x0), std::min(wrapped_indication->y0, b->y0),
+                           std::max(wrapped_indication->x1, b->x1), std::max(wrapped_indication->y1, b->y1)}
+                    : *b;
+          ++j;
+        }
+      }
+    }
     p->med.provenance = make_provenance(block, p->spans);
+    if (wrapped_indication && p->med.provenance) {
+      BBox& f = p->med.provenance->fields["indication"];
+      f = round_box({std::min(f.x0, wrapped_indication->x0), std::min(f.y0, wrapped_indication->y0),
+                     std::max(f.x1, wrapped_indication->x1), std::max(f.y1, wrapped_indication->y1)});
+    }
     e_.medications.push_back(std::move(p->med));
     return j;
   }

@@ -66,6 +66,49 @@ TEST(MedicationParse, PrnWithIndication) {
   EXPECT_EQ(m->med.indication, "nausea");
 }
 
+TEST(MedicationParse, CombinationAndConcentrationStrengthsStayWhole) {
+  // The second amount of a combination or concentration is part of the strength, not a dose.
+  auto m = parse_medication("Amoxicillin/clavulanate 500 mg/125 mg - 1 tab PO q12h x 10 days", vocab());
+  ASSERT_TRUE(m);
+  EXPECT_EQ(m->med.strength, "500 mg/125 mg");
+  EXPECT_EQ(m->med.dose, "1");
+  EXPECT_EQ(m->med.unit, "tab");
+  m = parse_medication("Diltiazem  125 mg/125 mL  10  mg/hr  IV continuous", vocab());
+  ASSERT_TRUE(m);
+  EXPECT_EQ(m->med.strength, "125 mg/125 mL");
+  EXPECT_EQ(m->med.dose, "10");
+  EXPECT_EQ(m->med.unit, "mg/hr");
+  m = parse_medication("Ipratropium-albuterol 0.5 mg/2.5 mg per 3 mL - 1 vial NEB q6h", vocab());
+  ASSERT_TRUE(m);
+  EXPECT_EQ(m->med.strength, "0.5 mg/2.5 mg per 3 mL");
+  EXPECT_EQ(m->med.dose, "1");
+  EXPECT_EQ(m->med.unit, "vial");
+  // Printed as it is: no space added before a percent sign.
+  m = parse_medication("Triamcinolone 0.1% cream 0.1% - 1 application TOP BID", vocab());
+  ASSERT_TRUE(m);
+  EXPECT_EQ(m->med.strength, "0.1%");
+  // A dose unit of the infusion table ("units/min").
+  m = parse_medication("Vasopressin  20 units/100 mL  0.03  units/min  IV continuous", vocab());
+  ASSERT_TRUE(m);
+  EXPECT_EQ(m->med.strength, "20 units/100 mL");
+  EXPECT_EQ(m->med.dose, "0.03");
+  EXPECT_EQ(m->med.unit, "units/min");
+}
+
+TEST(MedicationParse, StatusAbbreviationsAndPrnIndicationStaysInItsCell) {
+  auto m = parse_medication("Lorazepam 1 mg  1 tab  PO  q8h PRN  Cont.", vocab());
+  ASSERT_TRUE(m);
+  EXPECT_EQ(m->med.prn, true);
+  EXPECT_FALSE(m->med.indication);  // "Cont." is the next column, not what the PRN is for
+  EXPECT_EQ(m->med.status, "continued");
+  m = parse_medication("Tramadol 50 mg  1 tab  PO  q6h PRN  09/24/2024 7:06  D/C", vocab());
+  ASSERT_TRUE(m);
+  EXPECT_EQ(m->med.status, "discontinued");
+  m = parse_medication("Oxycodone 5 mg - 1 tab PO q4h PRN severe pain", vocab());
+  ASSERT_TRUE(m);
+  EXPECT_EQ(m->med.indication, "severe pain");
+}
+
 TEST(MedicationParse, NoDrugNoMedication) {
   EXPECT_FALSE(parse_medication("Repeat CBC - in 1 week", vocab()));
 }
@@ -95,6 +138,36 @@ TEST(LabParse, CriticalFlagsAndOneSidedRange) {
 TEST(LabParse, NotALabRow) {
   EXPECT_FALSE(parse_lab_row("Flags: H = high, L = low", vocab()));
   EXPECT_FALSE(parse_lab_row("Sodium", vocab()));  // no value
+}
+
+TEST(LabParse, UnitsMisreadNextToTableRulesSnapToTheVocabulary) {
+  // A rule read as a quote or slash before the unit, and a last letter misread.
+  auto l = parse_lab_row("Glucose  185  \xE2\x80\x98mg/dt  70-99", vocab());
+  ASSERT_TRUE(l);
+  EXPECT_EQ(l->lab.unit, "mg/dL");
+  l = parse_lab_row("Hemoglobin  11.7  /g/d.  12.0-15.5", vocab());
+  ASSERT_TRUE(l);
+  EXPECT_EQ(l->lab.unit, "g/dL");
+  l = parse_lab_row("Sodium  141  mmoV/L  136-145", vocab());
+  ASSERT_TRUE(l);
+  EXPECT_EQ(l->lab.unit, "mmol/L");
+  // A known unit is never changed, and a token far from every unit is kept as printed.
+  l = parse_lab_row("CRP  4.1  mg/L  <5.0", vocab());
+  ASSERT_TRUE(l);
+  EXPECT_EQ(l->lab.unit, "mg/L");
+  EXPECT_EQ(snap_lab_unit("zzq/qq", "sodium", vocab()), "zzq/qq");
+}
+
+TEST(LabParse, FlagJoinedToTheValue) {
+  auto l = parse_lab_row("pH  7.58H  7.35-7.45", vocab());
+  ASSERT_TRUE(l);
+  EXPECT_EQ(l->lab.value, "7.58");
+  EXPECT_EQ(l->lab.flag, "H");
+  EXPECT_EQ(l->lab.reference_range, "7.35-7.45");
+  l = parse_lab_row("Glucose  510H!!  mg/dL  70-99", vocab());
+  ASSERT_TRUE(l);
+  EXPECT_EQ(l->lab.value, "510");
+  EXPECT_EQ(l->lab.flag, "HH");
 }
 
 TEST(Flags, DerivedFromRange) {

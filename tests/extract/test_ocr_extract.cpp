@@ -87,8 +87,54 @@ TEST(OcrExtract, SyntheticPagesFieldRecall) {
   const double recall = static_cast<double>(r.found) / r.total;
   RecordProperty("field_recall", std::to_string(recall));
   std::printf("field recall %d of %d = %.3f\n", r.found, r.total, recall);
-  // 0.80 measured on 2026-11-23 (75 of 94 fields); the floor guards against regressions.
-  EXPECT_GE(recall, 0.75) << r.found << " of " << r.total << " fields";
+  // 0.80 measured on 2026-11-23 (75 of 94 fields), 0.947 (89 of 94) after the strength, header and table
+  // work of the same day; the floor guards against regressions.
+  EXPECT_GE(recall, 0.90) << r.found << " of " << r.total << " fields";
+}
+
+// A scanned flowsheet: a ruled table, skewed, blurred, noisy and JPEG-compressed. The rules are removed
+// before recognition and rows are built on the deskewed page, so the vitals grid is read cell by cell.
+TEST(OcrExtract, ScannedFlowsheetTableIsRead) {
+  const fs::path dir = fs::temp_directory_path() / ("mv_extract_scan_" + std::to_string(::getpid()));
+  synth::SynthOptions o;
+  o.out_dir = dir;
+  o.count = 1;
+  o.seed = 777;
+  o.types = {"icu_flowsheet"};
+  o.degrade = "scan";
+  o.threads = 1;
+  synth::run_synth(o);
+  auto ex = make_extractor("ocr");
+  Recall r;
+  int docs = 0;
+  for (const auto& entry : fs::directory_iterator(dir)) {
+    const auto ext = entry.path().extension();
+    if (ext != ".jpg" && ext != ".png" && ext != ".pdf") continue;
+    ++docs;
+    auto truth = nlohmann::json::parse(read_file(fs::path(entry.path()).replace_extension(".json")));
+    auto pred = to_json(ex->extract(load_pages(entry.path()), {}));
+    // Vitals are matched by name and time (a grid holds one reading per name and column).
+    for (const auto& t : truth["vitals"]) {
+      const nlohmann::json* match = nullptr;
+      for (const auto& p : pred["vitals"])
+        if (lower(p.value("name", "")) == lower(t.value("name", "")) &&
+            p.value("time", "") == t.value("time", ""))
+          match = &p;
+      for (const auto& [field, value] : t.items()) {
+        if (field == "provenance") continue;
+        ++r.total;
+        if (match && match->contains(field) && (*match)[field] == value) ++r.found;
+      }
+    }
+  }
+  fs::remove_all(dir);
+  ASSERT_EQ(docs, 1);
+  ASSERT_GT(r.total, 40);
+  const double recall = static_cast<double>(r.found) / r.total;
+  std::printf("scanned flowsheet vitals: %d of %d fields = %.3f\n", r.found, r.total, recall);
+  // 0.690 (116 of 168) measured on 2026-11-23; the column times sit on a dark header bar, and before the
+  // bar was inverted none were read (0 of 168).
+  EXPECT_GE(recall, 0.65) << r.found << " of " << r.total << " fields";
 }
 
 TEST(OcrExtract, EmptyPageListIsAnError) {

@@ -1,6 +1,7 @@
 // The structurer on pages built from word geometry (no OCR): list markers read as symbols, follow-ups,
 // diagnosis codes with the letter I read as 1, wrapped diagnoses and vaccine names, side-by-side lab tables,
-// page footers and 12-hour flowsheet columns.
+// page footers and 12-hour flowsheet columns, misread flowsheet times and flag marks, prescriber pads and
+// wrapped provider names, diagnosis tables, pathology diagnoses.
 #include <gtest/gtest.h>
 
 #include <string>
@@ -112,6 +113,118 @@ TEST(Structurer, WrappedVaccineNameAndLotDigitZero) {
   EXPECT_EQ(im.lot, "YL061");
   EXPECT_EQ(im.route, "SC");
   EXPECT_EQ(im.site, "L deltoid");
+}
+
+// One page from words placed at given left edges (10 px per character, 20 px high, one line per entry).
+OcrPage page_at(const std::vector<std::vector<std::pair<std::string, double>>>& lines) {
+  OcrPage p;
+  p.width = 2000;
+  p.height = 100 + 30 * static_cast<int>(lines.size());
+  std::vector<std::vector<int>> line_words;
+  for (std::size_t li = 0; li < lines.size(); ++li) {
+    const double y = 50 + 30.0 * li;
+    line_words.emplace_back();
+    for (const auto& [w, x] : lines[li]) {
+      line_words.back().push_back(static_cast<int>(p.words.size()));
+      p.words.push_back({w, {x, y, x + 10.0 * w.size(), y + 20}, 0.9, false});
+    }
+  }
+  p.rows = build_rows(p.words, line_words);
+  return p;
+}
+
+TEST(Structurer, FlowsheetMisreadColumnTimeAndFlagMarksApart) {
+  // Columns at x = 300, 500, 700 (centres 325, 525, 725); the middle time was read as "66:00". The flag marks
+  // "!!" and "*" stand apart from their values (a cell of their own) but in the same column.
+  OcrPage p = page_at({{{"Date:", 50}, {"08/02/2019", 110}},
+                       {{"Parameter", 50}, {"06:00", 300}, {"66:00", 500}, {"08:00", 700}},
+                       {{"HR", 50}, {"(bpm)", 80}, {"84", 315}, {"79", 515}, {"83", 715}},
+                       {{"Glucose", 50},
+                        {"(mg/dL)", 130},
+                        {"510", 290},
+                        {"H", 325},
+                        {"!!", 350},
+                        {"99", 515},
+                        {"120", 690},
+                        {"H", 725},
+                        {"*", 750}}});
+  auto e = structure_document({p}, vocab());
+  ASSERT_EQ(e.vitals.size(), 3u);
+  EXPECT_EQ(e.vitals[0].time, "2019-08-02T06:00");
+  EXPECT_EQ(e.vitals[1].time, "2019-08-02T07:00");  // from the column's place between 06:00 and 08:00
+  EXPECT_EQ(e.vitals[1].value, "79");
+  EXPECT_EQ(e.vitals[2].time, "2019-08-02T08:00");
+  ASSERT_EQ(e.labs.size(), 3u);
+  EXPECT_EQ(e.labs[0].value, "510");
+  EXPECT_EQ(e.labs[0].flag, "HH");  // "H" and "!!"
+  EXPECT_EQ(e.labs[1].value, "99");
+  EXPECT_FALSE(e.labs[1].flag);
+  EXPECT_EQ(e.labs[2].flag, "H");  // "H" and "*"
+}
+
+TEST(Structurer, PrescriberPadWrappedProviderAndCentredDepartment) {
+  // A pad: the prescriber with credentials on top (large print), the practice under it.
+  OcrPage pad;
+  pad.width = 1275;
+  pad.height = 1650;
+  std::vector<std::vector<int>> lines;
+  auto add = [&](const std::vector<std::string>& words, double x, double y, double h) {
+    lines.emplace_back();
+    for (const auto& w : words) {
+      lines.back().push_back(static_cast<int>(pad.words.size()));
+      pad.words.push_back({w, {x, y, x + 0.5 * h * w.size(), y + h}, 0.9, false});
+      x += 0.5 * h * w.size() + 0.5 * h;
+    }
+  };
+  add({"Sarah", "T.", "Garcia,", "MD"}, 450, 60, 30);
+  add({"Pinecrest", "Hollow", "Memorial", "Hospital"}, 400, 100, 24);
+  add({"6184", "Millbrook", "Crossing,", "Saltmarsh,", "NC", "21212"}, 380, 135, 14);
+  for (int k = 0; k < 20; ++k) add({"Body", "text", "line"}, 100, 300 + 25.0 * k, 16);
+  pad.rows = build_rows(pad.words, lines);
+  auto e = structure_document({pad}, vocab());
+  ASSERT_TRUE(e.encounter);
+  EXPECT_EQ(e.encounter->provider, "Sarah T. Garcia, MD");
+  EXPECT_EQ(e.encounter->facility, "Pinecrest Hollow Memorial Hospital");
+  EXPECT_FALSE(e.encounter->department);
+
+  // A name wrapped at the end of its row continues on the next row only when that completes a credential.
+  auto w = run({"Gender: Male  Date: 9/25/24 20:00  Reconciled by: Sharon Kim,", "PharmD",
+                "Type: Transfer reconciliation"});
+  ASSERT_TRUE(w.encounter);
+  EXPECT_EQ(w.encounter->provider, "Sharon Kim, PharmD");
+  auto n = run({"Gender: Male  Ordering Provider: Steven L. Campbell, MD", "Fasting: No"});
+  ASSERT_TRUE(n.encounter);
+  EXPECT_EQ(n.encounter->provider, "Steven L. Campbell, MD");
+}
+
+TEST(Structurer, DiagnosisTableRowNumbersStatusColumnAndLetterZ) {
+  auto e = run({"ASSESSMENT", "#  Diagnosis  ICD-10  Status",
+                "1  Urinary tract infection, site not specified  N39.0  Active",
+                "3  Long term (current) use of insulin  279.4  Resolved"});
+  ASSERT_EQ(e.diagnoses.size(), 2u);
+  EXPECT_EQ(e.diagnoses[0].text, "Urinary tract infection, site not specified");
+  EXPECT_EQ(e.diagnoses[0].status, "active");
+  EXPECT_EQ(e.diagnoses[1].icd10, "Z79.4");
+  EXPECT_EQ(e.diagnoses[1].status, "resolved");
+  EXPECT_EQ(e.diagnoses[1].text, "Long term (current) use of insulin");
+}
+
+TEST(Structurer, PathologyDiagnosisWithSpecimenAndCodeOnTheWrappedLine) {
+  auto e = run({"Final Diagnosis",
+                "FINAL DIAGNOSIS - A. Femoral head, right: Femoral head with acute fracture and",
+                "osteopenia. Negative for neoplasm.  ICD-10: S72.001A"});
+  ASSERT_EQ(e.diagnoses.size(), 1u);
+  EXPECT_EQ(e.diagnoses[0].text, "Femoral head with acute fracture and osteopenia. Negative for neoplasm");
+  EXPECT_EQ(e.diagnoses[0].icd10, "S72.001A");
+  EXPECT_EQ(e.diagnoses[0].role, "pathologic");
+}
+
+TEST(Structurer, FootersWithMisreadPageCountsAndRunningHeadersAreSkipped) {
+  auto e = run({"Follow-up", "*  Repeat CBC - in 2 weeks",
+                "MFMC | Printed 09/13/2022 07:29  SYNTHETIC TEST DOCUMENT - NOT AREAL PATIENT  Page lof 1",
+                "Elijah D. Watson  MRN: 59858560  DOB: Oct 10, 1988  (continued)"});
+  ASSERT_EQ(e.followups.size(), 1u);
+  EXPECT_EQ(e.followups[0].text, "Repeat CBC");
 }
 
 }  // namespace
