@@ -441,8 +441,13 @@ bool pdl_enabled() {
   }
   int major = 0;
   const char* env = std::getenv("MV_PDL");
+  // The kernels must also have been compiled for compute capability 9.0 or later (a build for sm_80 only,
+  // run through the driver's PTX compiler on a newer GPU, has no dependency waits in its kernels).
+  cudaFuncAttributes fa{};
   const bool on = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess &&
-                  major >= 9 && !(env && std::string_view(env) == "0");
+                  major >= 9 && cudaFuncGetAttributes(&fa, argmax_pick_kernel) == cudaSuccess &&
+                  fa.ptxVersion >= 90 && !(env && std::string_view(env) == "0");
+  cudaGetLastError();
   if (slot) slot->store(on ? 2 : 1, std::memory_order_relaxed);
   return on;
 }
