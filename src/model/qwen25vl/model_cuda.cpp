@@ -216,13 +216,13 @@ class CudaModel final : public Model {
   class DeviceFeatures final : public ImageFeatures {
    public:
     DeviceFeatures(const CudaModel* owner, Buffer buf, std::int64_t rows, std::int64_t cols)
-        : owner_(owner), buf_(std::move(buf)), rows_(rows), cols_(cols) {}
+        : owner_(owner), device_(owner->device_), buf_(std::move(buf)), rows_(rows), cols_(cols) {}
     std::int64_t rows() const override { return rows_; }
     std::span<const float> host() const override {
       std::lock_guard lock(mu_);
       if (host_.empty() && rows_ > 0) {
         std::vector<float> h(static_cast<std::size_t>(rows_ * cols_));
-        cuda::check(cudaSetDevice(owner_->device_), "select device");
+        cuda::check(cudaSetDevice(device_), "select device");
         cuda::check(cudaMemcpy(h.data(), buf_.data(), h.size() * sizeof(float), cudaMemcpyDeviceToHost),
                     "features download");
         host_ = std::move(h);
@@ -233,7 +233,8 @@ class CudaModel final : public Model {
     const float* device() const { return buf_.as<float>(); }
 
    private:
-    const CudaModel* owner_;
+    const CudaModel* owner_;  // compared, never dereferenced after construction (may outlive the model)
+    int device_;
     Buffer buf_;
     std::int64_t rows_, cols_;
     mutable std::mutex mu_;
