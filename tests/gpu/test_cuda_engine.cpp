@@ -537,18 +537,32 @@ TEST_P(CudaParity, TeacherForcedLogitsEveryStep) {
               GetParam().c_str(), tokens.size(), worst);
 }
 
+// The fixture's prompt and images, and the last-position logits of prefill() with the images.
+struct PromptPass {
+  std::vector<std::int32_t> ids;
+  std::vector<PixelValues> px;
+  std::vector<std::array<std::int64_t, 3>> grids;
+  std::vector<float> logits;
+};
+PromptPass prompt_pass(Pair& p) {
+  PromptPass r;
+  r.ids = p.expected["input_ids"].get<std::vector<std::int32_t>>();
+  r.px = pixels(p);
+  for (const auto& x : r.px) r.grids.push_back(x.grid_thw);
+  r.logits.resize(static_cast<std::size_t>(p.gpu->config().text.vocab_size));
+  auto s = p.gpu->new_session(static_cast<std::int64_t>(r.ids.size()));
+  p.gpu->prefill(*s, r.ids, r.px, r.logits);
+  return r;
+}
+
 TEST_P(CudaParity, PrefillWithHostFeaturesMatchesPrefill) {
   SKIP_WITHOUT_GPU();
   auto& p = pair_for(GetParam());
-  const auto ids = p.expected["input_ids"].get<std::vector<std::int32_t>>();
-  const auto px = pixels(p);
-  std::vector<std::array<std::int64_t, 3>> grids;
-  for (const auto& x : px) grids.push_back(x.grid_thw);
-  const std::size_t V = static_cast<std::size_t>(p.gpu->config().text.vocab_size);
-  auto s1 = p.gpu->new_session(static_cast<std::int64_t>(ids.size()));
+  const PromptPass q = prompt_pass(p);
+  const auto& [ids, px, grids, a] = q;
+  const std::size_t V = a.size();
   auto s2 = p.gpu->new_session(static_cast<std::int64_t>(ids.size()));
-  std::vector<float> a(V), b(V);
-  p.gpu->prefill(*s1, ids, px, a);
+  std::vector<float> b(V);
   p.gpu->prefill_with_features(*s2, ids, grids, p.gpu->encode_images(px), b);
   EXPECT_LE(rel_l2(b, a), 1e-6);
 }
@@ -558,15 +572,11 @@ TEST_P(CudaParity, PrefillWithHostFeaturesMatchesPrefill) {
 TEST_P(CudaParity, PrefillWithResidentFeaturesMatchesPrefill) {
   SKIP_WITHOUT_GPU();
   auto& p = pair_for(GetParam());
-  const auto ids = p.expected["input_ids"].get<std::vector<std::int32_t>>();
-  const auto px = pixels(p);
-  std::vector<std::array<std::int64_t, 3>> grids;
-  for (const auto& x : px) grids.push_back(x.grid_thw);
-  const std::size_t V = static_cast<std::size_t>(p.gpu->config().text.vocab_size);
-  auto s1 = p.gpu->new_session(static_cast<std::int64_t>(ids.size()));
+  const PromptPass q = prompt_pass(p);
+  const auto& [ids, px, grids, a] = q;
+  const std::size_t V = a.size();
   auto s2 = p.gpu->new_session(static_cast<std::int64_t>(ids.size()));
-  std::vector<float> a(V), b(V);
-  p.gpu->prefill(*s1, ids, px, a);
+  std::vector<float> b(V);
   const auto features = p.gpu->encode_images_resident(px);
   p.gpu->prefill_with_features(*s2, ids, grids, *features, b);
   EXPECT_LE(rel_l2(b, a), 1e-6);

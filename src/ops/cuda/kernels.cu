@@ -221,6 +221,22 @@ __global__ void rope_split_decode_kernel(QkvDecodeSplit a) {
 // `cols` when no value is above −inf, or −1 when it holds a NaN); then one warp per row picks among the
 // slices' winners (larger value, then smaller index).
 constexpr int kArgmaxThreads = 1024;
+
+// (best, bi) ← (v, i) when v is larger, or equal with a smaller index.
+__device__ __forceinline__ void argmax_merge(float& best, std::int64_t& bi, float v, std::int64_t i) {
+  if (v > best || (v == best && i < bi)) {
+    best = v;
+    bi = i;
+  }
+}
+// The warp's winner in every lane.
+__device__ __forceinline__ void warp_argmax(float& best, std::int64_t& bi) {
+  for (int o = 16; o > 0; o >>= 1) {
+    const float v = __shfl_xor_sync(0xffffffffu, best, o);
+    const std::int64_t i = __shfl_xor_sync(0xffffffffu, bi, o);
+    argmax_merge(best, bi, v, i);
+  }
+}
 constexpr int kArgmaxMaxSlices = 64;
 
 __global__ void __launch_bounds__(kArgmaxThreads)
@@ -242,14 +258,7 @@ __global__ void __launch_bounds__(kArgmaxThreads)
   }
   nan = __syncthreads_or(nan);
   // Warp, then block: larger value wins, then the smaller index.
-  for (int o = 16; o > 0; o >>= 1) {
-    const float v2 = __shfl_xor_sync(0xffffffffu, best, o);
-    const std::int64_t i2 = __shfl_xor_sync(0xffffffffu, bi, o);
-    if (v2 > best || (v2 == best && i2 < bi)) {
-      best = v2;
-      bi = i2;
-    }
-  }
+  warp_argmax(best, bi);
   __shared__ float sv[kArgmaxThreads / 32];
   __shared__ std::int64_t si[kArgmaxThreads / 32];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -259,11 +268,7 @@ __global__ void __launch_bounds__(kArgmaxThreads)
   }
   __syncthreads();
   if (threadIdx.x != 0) return;
-  for (int w = 1; w < static_cast<int>(blockDim.x >> 5); ++w)
-    if (sv[w] > best || (sv[w] == best && si[w] < bi)) {
-      best = sv[w];
-      bi = si[w];
-    }
+  for (int w = 1; w < static_cast<int>(blockDim.x >> 5); ++w) argmax_merge(best, bi, sv[w], si[w]);
   part_v[b * gridDim.x + sl] = best;
   part_i[b * gridDim.x + sl] = nan ? -1 : static_cast<std::int32_t>(bi);
 }
@@ -278,20 +283,10 @@ __global__ void argmax_pick_kernel(const float* part_v, const std::int32_t* part
     const float v = part_v[b * slices + s];
     const std::int32_t i = part_i[b * slices + s];
     if (i < 0) nan = 1;
-    if (i >= 0 && i < cols && (v > best || (v == best && i < bi))) {
-      best = v;
-      bi = i;
-    }
+    if (i >= 0 && i < cols) argmax_merge(best, bi, v, i);
   }
   nan = __any_sync(0xffffffffu, nan);
-  for (int o = 16; o > 0; o >>= 1) {
-    const float v2 = __shfl_xor_sync(0xffffffffu, best, o);
-    const std::int64_t i2 = __shfl_xor_sync(0xffffffffu, bi, o);
-    if (v2 > best || (v2 == best && i2 < bi)) {
-      best = v2;
-      bi = i2;
-    }
-  }
+  warp_argmax(best, bi);
   if (lane == 0) out[b] = nan || bi >= cols ? -1 : static_cast<std::int32_t>(bi);
 }
 
