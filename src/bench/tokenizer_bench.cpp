@@ -13,6 +13,7 @@
 #include "core/error.hpp"
 #include "core/file.hpp"
 #include "core/log.hpp"
+#include "core/time_stats.hpp"
 #include "text/tokenizer.hpp"
 
 namespace mv::bench {
@@ -33,15 +34,6 @@ std::string cpu_model() {
     }
   }
   return "unknown";
-}
-
-std::string utc_now_iso() {
-  const std::time_t t = std::time(nullptr);
-  std::tm tm{};
-  gmtime_r(&t, &tm);
-  char buf[32];
-  std::strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%SZ", &tm);
-  return buf;
 }
 
 double thread_cpu_seconds() {
@@ -160,7 +152,7 @@ nlohmann::json run_tokenizer_bench(const TokenizerBenchOptions& options) {
 
   return {
       {"benchmark", "tokenizer_encode"},
-      {"date", utc_now_iso()},
+      {"date", utc_timestamp()},
       {"machine", machine_info()},
       {"threads", 1},
       {"tokenizer", tok_path.string()},

@@ -10,6 +10,7 @@
 #include "core/file.hpp"
 #include "core/log.hpp"
 #include "core/system_info.hpp"
+#include "core/time_stats.hpp"
 #include "data/clinical_tables.hpp"
 #include "eval/evaluate.hpp"
 #include "extract/extractor.hpp"
@@ -17,18 +18,7 @@
 
 namespace mv::cli {
 
-namespace {
-
-std::string utc_now() {
-  const std::time_t t = std::time(nullptr);
-  std::tm tm{};
-  gmtime_r(&t, &tm);
-  char buf[32];
-  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
-  return buf;
-}
-
-}  // namespace
+namespace {}  // namespace
 
 void add_eval_command(CLI::App& app) {
   struct Args {
@@ -108,7 +98,7 @@ void add_eval_command(CLI::App& app) {
       if (!args->adapter.empty()) report.meta["adapter"] = args->adapter;
     }
     const auto cpu = query_cpu();
-    report.meta["date"] = utc_now();
+    report.meta["date"] = utc_timestamp();
     report.meta["machine"] = fmt::format("{} ({} logical cores)", cpu.model, cpu.logical_cores);
     report.meta["medvision_version"] = MEDVISION_VERSION;
     report.meta["schema_version"] = extract::kSchemaVersion;

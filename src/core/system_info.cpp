@@ -1,20 +1,21 @@
 #include "core/system_info.hpp"
 
+#include <cblas.h>
+#include <curl/curl.h>
+#include <fmt/format.h>
+#include <jpeglib.h>
+#include <openssl/crypto.h>
 #include <sys/utsname.h>
 #include <unistd.h>
 
+#include <CLI/Version.hpp>
 #include <chrono>
 #include <ctime>
 #include <fstream>
 #include <sstream>
 #include <thread>
 
-#include <CLI/Version.hpp>
-#include <cblas.h>
-#include <curl/curl.h>
-#include <fmt/format.h>
-#include <jpeglib.h>
-#include <openssl/crypto.h>
+#include "core/time_stats.hpp"
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
 #include <png.h>
@@ -137,7 +138,8 @@ nlohmann::json system_report() {
   j["os"] = {{"name", os.empty() ? std::string(u.sysname) : os},
              {"kernel", fmt::format("{} {}", u.sysname, u.release)}};
   const CpuInfo cpu = query_cpu();
-  j["cpu"] = {{"arch", cpu.arch}, {"model", cpu.model}, {"logical_cores", cpu.logical_cores}, {"simd", cpu.simd}};
+  j["cpu"] = {
+      {"arch", cpu.arch}, {"model", cpu.model}, {"logical_cores", cpu.logical_cores}, {"simd", cpu.simd}};
   j["memory"] = {{"total_bytes", meminfo_kib("MemTotal") * 1024},
                  {"available_bytes", meminfo_kib("MemAvailable") * 1024}};
   const GpuReport g = query_gpus();
@@ -158,10 +160,7 @@ nlohmann::json system_report() {
                {"gpus", gpus}};
   if (!g.error.empty()) j["cuda"]["error"] = g.error;
   j["libraries"] = library_versions();
-  const auto now = std::chrono::system_clock::to_time_t(std::chrono::system_clock::now());
-  char buf[64];
-  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&now));
-  j["timestamp"] = buf;
+  j["timestamp"] = utc_timestamp();
   char host[256] = {0};
   ::gethostname(host, sizeof host - 1);
   j["hostname"] = host;

@@ -31,6 +31,7 @@
 
 #include "core/file.hpp"
 #include "core/system_info.hpp"
+#include "core/time_stats.hpp"
 
 namespace {
 
@@ -58,15 +59,6 @@ double metric(const std::string& text, const std::string& name) {
   while (std::getline(in, line))
     if (line.rfind(name + " ", 0) == 0) return std::stod(line.substr(name.size() + 1));
   return -1;
-}
-
-double percentile(std::vector<double> v, double p) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  const double rank = p / 100.0 * static_cast<double>(v.size() - 1);
-  const auto lo = static_cast<std::size_t>(rank);
-  const auto hi = std::min(lo + 1, v.size() - 1);
-  return v[lo] + (v[hi] - v[lo]) * (rank - static_cast<double>(lo));
 }
 
 }  // namespace
@@ -170,9 +162,9 @@ TEST(LoadTest, ConcurrentExtractRequests) {
       {"wall_seconds", wall},
       {"requests_per_second", ok.load() / wall},
       {"latency_seconds",
-       {{"p50", percentile(latencies, 50)},
-        {"p90", percentile(latencies, 90)},
-        {"p99", percentile(latencies, 99)},
+       {{"p50", mv::percentile(latencies, 50)},
+        {"p90", mv::percentile(latencies, 90)},
+        {"p99", mv::percentile(latencies, 99)},
         {"max", latencies.empty() ? 0.0 : *std::max_element(latencies.begin(), latencies.end())}}},
       {"server_rss_mib", {{"before", rss_before / 1048576.0}, {"after", rss_after / 1048576.0}}},
       {"server_exit", WIFEXITED(status) ? WEXITSTATUS(status) : -1}};

@@ -26,15 +26,6 @@ double seconds_between(Clock::time_point a, Clock::time_point b) {
   return std::chrono::duration<double>(b - a).count();
 }
 
-std::string utc_now() {
-  const std::time_t t = std::time(nullptr);
-  std::tm tm{};
-  gmtime_r(&t, &tm);
-  char buf[32];
-  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
-  return buf;
-}
-
 // The declared type of the data: URL (the server sniffs the bytes itself; this only keeps the URL honest).
 std::string mime_of(std::string_view bytes) {
   if (bytes.substr(0, 8) == std::string_view("\x89PNG\r\n\x1a\n", 8)) return "image/png";
@@ -353,15 +344,6 @@ std::map<std::string, double> parse_prometheus(std::string_view text) {
   return out;
 }
 
-double percentile(std::vector<double> v, double p) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  const double rank = p / 100.0 * static_cast<double>(v.size() - 1);
-  const auto lo = static_cast<std::size_t>(rank);
-  const auto hi = std::min(lo + 1, v.size() - 1);
-  return v[lo] + (v[hi] - v[lo]) * (rank - static_cast<double>(lo));
-}
-
 json run_chat_load(const ChatLoadOptions& o) {
   if (o.concurrency < 1) fail(Errc::kUsage, "load test: the concurrency must be at least 1");
   if (o.max_tokens < 1) fail(Errc::kUsage, "load test: max_tokens must be at least 1");
@@ -392,7 +374,7 @@ json run_chat_load(const ChatLoadOptions& o) {
   }
 
   const auto metrics_text_before = target.get("/metrics");
-  const std::string started_at = utc_now();
+  const std::string started_at = utc_timestamp();
   const auto t0 = Clock::now();
   const auto results =
       run_requests(target, request_body(model, image_url, o.prompt, o.max_tokens), o.concurrency, requests);

@@ -12,6 +12,8 @@
 #include <string_view>
 #include <vector>
 
+#include "core/time_stats.hpp"
+
 namespace mv::loadtest {
 
 struct ChatLoadOptions {
@@ -44,7 +46,7 @@ class SseParser {
 std::map<std::string, double> parse_prometheus(std::string_view text);
 
 // Linear interpolation between closest ranks (numpy's default); 0 for an empty sample.
-double percentile(std::vector<double> values, double p);
+using mv::percentile;
 
 // Runs the load: /health, /v1/models and /metrics first, the warm-up, the measured requests, /metrics again.
 // Returns the report (docs/design/server.md lists its fields). Throws mv::Error when the image cannot be read
