@@ -13,6 +13,7 @@
 #include <cfloat>
 
 #include "ops/cuda/attention_kernels.hpp"
+#include "ops/cuda/device_math.cuh"
 
 namespace mv::cuda {
 namespace {
@@ -22,15 +23,6 @@ using namespace nvcuda;
 constexpr int kBQ = kAttnBlockQ;  // query rows per block
 constexpr int kBK = 64;           // keys per tile
 constexpr int kThreads = 128;     // 4 warps × 16 rows
-
-__device__ __forceinline__ float warp_sum_f(float v) {
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
-__device__ __forceinline__ float warp_max_f(float v) {
-  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-  return v;
-}
 
 template <int HDP>
 struct Smem {
@@ -135,7 +127,7 @@ __global__ void __launch_bounds__(kThreads) flash_attention_kernel(AttnArgs a, f
       if (r >= it.qn) limit = 0;
       float s0 = lane < limit ? Ss[r * L::kLdS + lane] * scale : -FLT_MAX;
       float s1 = lane + 32 < limit ? Ss[r * L::kLdS + lane + 32] * scale : -FLT_MAX;
-      const float mx = warp_max_f(fmaxf(s0, s1));
+      const float mx = warp_max(fmaxf(s0, s1));
       const float m_old = row_m[r];
       const float m_new = fmaxf(m_old, mx);
       float p0 = 0.0f, p1 = 0.0f, corr = 1.0f;
@@ -144,7 +136,7 @@ __global__ void __launch_bounds__(kThreads) flash_attention_kernel(AttnArgs a, f
         p1 = lane + 32 < limit ? __expf(s1 - m_new) : 0.0f;
         corr = __expf(m_old - m_new);
       }
-      const float ps = warp_sum_f(p0 + p1);
+      const float ps = warp_sum(p0 + p1);
       Ps[r * L::kLdP + lane] = __float2bfloat16(p0);
       Ps[r * L::kLdP + lane + 32] = __float2bfloat16(p1);
       if (lane == 0) {

@@ -19,6 +19,7 @@
 #include <utility>
 
 #include "ops/cuda/cuda_ops.hpp"
+#include "ops/cuda/device_math.cuh"
 #include "ops/cuda/pdl.cuh"
 
 namespace mv::cuda {
@@ -53,15 +54,6 @@ struct Params {
   float* part_o;       // [batch][n_heads][splits][hd]
   float* part_ml;      // [batch][n_heads][splits][2]
 };
-
-__device__ __forceinline__ float warp_sum(float v) {
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
-__device__ __forceinline__ float warp_max(float v) {
-  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-  return v;
-}
 
 // 16-byte global → shared copy (cp.async, L2 only); zero-fills the 16 bytes instead when !valid.
 __device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {

@@ -10,16 +10,12 @@
 #include <string_view>
 
 #include "ops/cuda/cuda_ops.hpp"
+#include "ops/cuda/device_math.cuh"
 #include "ops/cuda/pdl.cuh"
 #include "ops/cuda/weight_formats.hpp"
 
 namespace mv::cuda {
 namespace {
-
-__device__ __forceinline__ float warp_sum(float v) {
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
 
 // Block-wide sum for blockDim.x a multiple of 32 (≤ 1024); every thread gets the result.
 __device__ float block_sum(float v) {
@@ -50,7 +46,6 @@ __global__ void rms_norm_kernel(const float* x, std::int64_t dim, std::int64_t x
 
 // out[r][c] = silu(g)·u for c < inter, 0 for inter <= c < ldo (the zero padding a GEMM with an aligned
 // inner dimension reads). Grid (column blocks, row blocks); a thread takes 4 consecutive columns.
-__device__ __forceinline__ float silu_times(float g, float u) { return g / (1.0f + __expf(-g)) * u; }
 
 template <typename T>
 __global__ void silu_mul_kernel(const float* gu, std::int64_t rows, std::int64_t inter, std::int64_t ldo,

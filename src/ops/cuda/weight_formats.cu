@@ -6,6 +6,7 @@
 #include <cfloat>
 #include <type_traits>
 
+#include "ops/cuda/device_math.cuh"
 #include "ops/cuda/pdl.cuh"
 #include "ops/cuda/weight_formats.hpp"
 
@@ -23,15 +24,6 @@ __constant__ float kThresholds[15] = {
     0.5016634166240692f,   0.6427869200706482f,   0.8614784181118011f,
 };
 
-__device__ __forceinline__ float warp_sum(float v) {
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
-__device__ __forceinline__ float warp_max(float v) {
-  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-  return v;
-}
-
 __device__ __forceinline__ float to_f32(float v) { return v; }
 __device__ __forceinline__ float to_f32(__half v) { return __half2float(v); }
 __device__ __forceinline__ float to_f32(bf16 v) { return __bfloat162float(v); }
@@ -39,7 +31,6 @@ __device__ __forceinline__ void put(float* p, float v) { *p = v; }
 __device__ __forceinline__ void put(bf16* p, float v) { *p = __float2bfloat16(v); }
 
 // ---- GEMV inputs (GemvIn) ------------------------------------------------------------------------------
-__device__ __forceinline__ float silu_times(float g, float u) { return g / (1.0f + __expf(-g)) * u; }
 
 // Element j of input row i as the GEMV multiplies it; kRmsNorm adds the raw value's square to ss.
 template <GemvIn IN>
@@ -74,38 +65,6 @@ __device__ __forceinline__ float2 input_pair(const float* x, std::int64_t k, int
       a.y *= w.y;
     }
     return a;
-  }
-}
-// Elements [e, e + 8) of input row i as two float4; k and e multiples of 4.
-template <GemvIn IN>
-__device__ __forceinline__ void input_oct(const float* x, std::int64_t k, int i, std::int64_t e,
-                                          const float* nw, float& ss, float4& a, float4& b) {
-  if constexpr (IN == GemvIn::kSiluMul) {
-    const float4* g = reinterpret_cast<const float4*>(x + 2 * i * k + e);
-    const float4* u = reinterpret_cast<const float4*>(x + 2 * i * k + k + e);
-    const float4 ga = __ldg(g), gb = __ldg(g + 1), ua = __ldg(u), ub = __ldg(u + 1);
-    a = make_float4(silu_times(ga.x, ua.x), silu_times(ga.y, ua.y), silu_times(ga.z, ua.z),
-                    silu_times(ga.w, ua.w));
-    b = make_float4(silu_times(gb.x, ub.x), silu_times(gb.y, ub.y), silu_times(gb.z, ub.z),
-                    silu_times(gb.w, ub.w));
-  } else {
-    const float4* xv = reinterpret_cast<const float4*>(x + i * k + e);
-    a = __ldg(xv);
-    b = __ldg(xv + 1);
-    if constexpr (IN == GemvIn::kRmsNorm) {
-      ss = fmaf(a.x, a.x, ss);
-      ss = fmaf(a.y, a.y, ss);
-      ss = fmaf(a.z, a.z, ss);
-      ss = fmaf(a.w, a.w, ss);
-      ss = fmaf(b.x, b.x, ss);
-      ss = fmaf(b.y, b.y, ss);
-      ss = fmaf(b.z, b.z, ss);
-      ss = fmaf(b.w, b.w, ss);
-      const float4* w = reinterpret_cast<const float4*>(nw + e);
-      const float4 wa = __ldg(w), wb = __ldg(w + 1);
-      a = make_float4(a.x * wa.x, a.y * wa.y, a.z * wa.z, a.w * wa.w);
-      b = make_float4(b.x * wb.x, b.y * wb.y, b.z * wb.z, b.w * wb.w);
-    }
   }
 }
 // The factor a kRmsNorm row's dot products are multiplied by.
@@ -232,11 +191,10 @@ __global__ void __launch_bounds__(256) nf4_dequant_kernel(Nf4Ref q, T* dst) {
 // Fused NF4 GEMV, general shapes: one warp per output row, element by element with the block of each
 // element (rows that start inside a block or a byte, e.g. in = 3420). nf4_gemv_rows_kernel below is the
 // fast path.
-template <int M, GemvIn IN>
+template <int M>
 __global__ void __launch_bounds__(kWarps * 32)
     nf4_gemv_kernel(const float* __restrict__ x, Nf4Ref q, std::int64_t n, std::int64_t k,
-                    const float* __restrict__ bias, float* y, std::int64_t ldy, bool accumulate,
-                    const float* __restrict__ nw, float eps) {
+                    const float* __restrict__ bias, float* y, std::int64_t ldy, bool accumulate) {
   __shared__ float lut[16];
   __shared__ float ncode[256];
   load_tables(q, lut, ncode);
@@ -246,9 +204,9 @@ __global__ void __launch_bounds__(kWarps * 32)
   const std::int64_t row = static_cast<std::int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5);
   if (row >= n) return;
   const std::int64_t e0 = row * k;
-  float acc[M], ss[M];
+  float acc[M];
 #pragma unroll
-  for (int i = 0; i < M; ++i) acc[i] = ss[i] = 0.0f;
+  for (int i = 0; i < M; ++i) acc[i] = 0.0f;
   {
     for (std::int64_t j = lane; j < k; j += 32) {
       const std::int64_t e = e0 + j;
@@ -256,13 +214,12 @@ __global__ void __launch_bounds__(kWarps * 32)
       const float w =
           __fmul_rn(lut[(e & 1) ? (byte & 15u) : (byte >> 4)], nf4_scale(q, ncode, e >> q.block_shift));
 #pragma unroll
-      for (int i = 0; i < M; ++i) acc[i] += w * input_elem<IN>(x, k, i, j, nw, ss[i]);
+      for (int i = 0; i < M; ++i) acc[i] += w * x[i * k + j];
     }
   }
 #pragma unroll
   for (int i = 0; i < M; ++i) {
-    float v = warp_sum(acc[i]);
-    if constexpr (IN == GemvIn::kRmsNorm) v *= rms_factor(warp_sum(ss[i]), k, eps);
+    const float v = warp_sum(acc[i]);
     if (lane == 0) {
       float r = v + (bias ? bias[row] : 0.0f);
       if (accumulate) r += y[i * ldy + row];
@@ -282,17 +239,15 @@ __global__ void __launch_bounds__(kWarps * 32)
 // by a' once; with more rows the decoded levels are multiplied by a' instead (fewer registers). Warp sums
 // of a team meet in shared memory and are added in warp order.
 constexpr int kNf4Rows = 4;
-template <int M, int G, GemvIn IN>
+template <int M, int G>
 __global__ void __launch_bounds__(kWarps * 32, 2)
     nf4_gemv_rows_kernel(const float* __restrict__ x, Nf4Ref q, std::int64_t n, std::int64_t k,
-                         const float* __restrict__ bias, float* y, std::int64_t ldy, bool accumulate,
-                         const float* __restrict__ nw, float eps) {
+                         const float* __restrict__ bias, float* y, std::int64_t ldy, bool accumulate) {
   static_assert(kWarps % G == 0, "a team is a divisor of the block's warps");
   constexpr bool kScaleLevels = M > 4;
   __shared__ float lut[16];
   __shared__ float ncode[256];
   __shared__ float red[G > 1 ? kWarps : 1][kNf4Rows][M];
-  __shared__ float ssred[G > 1 && IN == GemvIn::kRmsNorm ? kWarps : 1][M];
   load_tables(q, lut, ncode);  // weights: independent of the previous kernel
   pdl_trigger();
   pdl_wait();
@@ -305,9 +260,6 @@ __global__ void __launch_bounds__(kWarps * 32, 2)
 #pragma unroll
   for (int r = 0; r < kNf4Rows; ++r) base[r] = (row0 + r < n ? row0 + r : (row0 < n ? row0 : 0)) * k;
   float acc[kNf4Rows][M];
-  float ss[M];  // kRmsNorm: this thread's share of each input row's sum of squares
-#pragma unroll
-  for (int i = 0; i < M; ++i) ss[i] = 0.0f;
 #pragma unroll
   for (int r = 0; r < kNf4Rows; ++r)
 #pragma unroll
@@ -325,6 +277,7 @@ __global__ void __launch_bounds__(kWarps * 32, 2)
     for (int r = 0; r < kNf4Rows; ++r)
 #pragma unroll
       for (int i = 0; i < M; ++i) part[r][i] = 0.0f;
+    const float* xc = x + (c << 5);
 #pragma unroll 1
     // One 32-bit word (8 codes) of each row per pass, not unrolled: the words move down one place per
     // pass (raw[r].x is always the current one), which keeps the decoded levels of one pass in registers.
@@ -350,8 +303,8 @@ __global__ void __launch_bounds__(kWarps * 32, 2)
       }
 #pragma unroll
       for (int i = 0; i < M; ++i) {
-        float4 xa, xb;
-        input_oct<IN>(x, k, i, (c << 5) + wi * 8, nw, ss[i], xa, xb);
+        const float4* xv = reinterpret_cast<const float4*>(xc + i * k + wi * 8);
+        const float4 xa = __ldg(xv), xb = __ldg(xv + 1);
 #pragma unroll
         for (int r = 0; r < kNf4Rows; ++r) {
           const float d = wv[r][0] * xa.x + wv[r][1] * xa.y + wv[r][2] * xa.z + wv[r][3] * xa.w +
@@ -374,31 +327,18 @@ __global__ void __launch_bounds__(kWarps * 32, 2)
   for (int r = 0; r < kNf4Rows; ++r)
 #pragma unroll
     for (int i = 0; i < M; ++i) acc[r][i] = warp_sum(acc[r][i]);
-  if constexpr (IN == GemvIn::kRmsNorm) {
-#pragma unroll
-    for (int i = 0; i < M; ++i) ss[i] = warp_sum(ss[i]);
-  }
   if constexpr (G > 1) {
     if (lane == 0) {
 #pragma unroll
       for (int r = 0; r < kNf4Rows; ++r)
 #pragma unroll
         for (int i = 0; i < M; ++i) red[warp][r][i] = acc[r][i];
-      if constexpr (IN == GemvIn::kRmsNorm) {
-#pragma unroll
-        for (int i = 0; i < M; ++i) ssred[warp][i] = ss[i];
-      }
     }
     __syncthreads();
     if (wt != 0 || lane >= kNf4Rows * M) return;
     const int r = lane / M, i = lane % M;
     float v = red[warp][r][i];
     for (int g = 1; g < G; ++g) v += red[warp + g][r][i];
-    if constexpr (IN == GemvIn::kRmsNorm) {
-      float t = ssred[warp][i];
-      for (int g = 1; g < G; ++g) t += ssred[warp + g][i];
-      v *= rms_factor(t, k, eps);
-    }
     const std::int64_t row = row0 + r;
     if (row < n) {
       float o = v + (bias ? bias[row] : 0.0f);
@@ -413,9 +353,7 @@ __global__ void __launch_bounds__(kWarps * 32, 2)
       if (row >= n) continue;
 #pragma unroll
       for (int i = 0; i < M; ++i) {
-        float o = acc[r][i];
-        if constexpr (IN == GemvIn::kRmsNorm) o *= rms_factor(ss[i], k, eps);
-        o += bias ? bias[row] : 0.0f;
+        float o = acc[r][i] + (bias ? bias[row] : 0.0f);
         if (accumulate) o += y[i * ldy + row];
         y[i * ldy + row] = o;
       }
@@ -705,17 +643,14 @@ void with_rows_input(int m, GemvIn in, F&& f) {
 void nf4_gemv(cudaStream_t s, const float* x, int m, const Nf4Ref& q, std::int64_t n, std::int64_t k,
               const float* bias, float* y, std::int64_t ldy, bool accumulate) {
   if (m <= 0 || n <= 0) return;
-  // Plain inputs only: the kernels are written for any GemvIn, but the NF4 GEMV is bound by instruction
-  // issue, and a norm or SwiGLU product formed in every block made it slower (DLinear forms it once).
-  constexpr GemvIn IN = GemvIn::kPlain;
-  const float* nw = nullptr;
-  const float eps = 0.0f;
+  // Plain inputs only: the NF4 GEMV is bound by instruction issue, and a norm or SwiGLU product formed in
+  // every block made it slower (7B decode 181 -> 144 tok/s on the H100); DLinear forms it once instead.
   const bool fast = (k & 31) == 0 && q.block_shift >= 5;
   if (!fast) {
     const unsigned blocks = warp_blocks(n);
     with_rows(m, [&](auto mc) {
-      launch_pdl(nf4_gemv_kernel<decltype(mc)::value, IN>, dim3(blocks), dim3(kWarps * 32), 0, s, x, q, n, k,
-                 bias, y, ldy, accumulate, nw, eps);
+      launch_pdl(nf4_gemv_kernel<decltype(mc)::value>, dim3(blocks), dim3(kWarps * 32), 0, s, x, q, n, k,
+                 bias, y, ldy, accumulate);
     });
     check_launch("nf4_gemv");
     return;
@@ -730,17 +665,17 @@ void nf4_gemv(cudaStream_t s, const float* x, int m, const Nf4Ref& q, std::int64
   with_rows(m, [&](auto mc) {
     constexpr int M = decltype(mc)::value;
     if (g == 1)
-      launch_pdl(nf4_gemv_rows_kernel<M, 1, IN>, dim3(blocks), dim3(kWarps * 32), 0, s, x, q, n, k, bias, y,
-                 ldy, accumulate, nw, eps);
+      launch_pdl(nf4_gemv_rows_kernel<M, 1>, dim3(blocks), dim3(kWarps * 32), 0, s, x, q, n, k, bias, y, ldy,
+                 accumulate);
     else if (g == 2)
-      launch_pdl(nf4_gemv_rows_kernel<M, 2, IN>, dim3(blocks), dim3(kWarps * 32), 0, s, x, q, n, k, bias, y,
-                 ldy, accumulate, nw, eps);
+      launch_pdl(nf4_gemv_rows_kernel<M, 2>, dim3(blocks), dim3(kWarps * 32), 0, s, x, q, n, k, bias, y, ldy,
+                 accumulate);
     else if (g == 4)
-      launch_pdl(nf4_gemv_rows_kernel<M, 4, IN>, dim3(blocks), dim3(kWarps * 32), 0, s, x, q, n, k, bias, y,
-                 ldy, accumulate, nw, eps);
+      launch_pdl(nf4_gemv_rows_kernel<M, 4>, dim3(blocks), dim3(kWarps * 32), 0, s, x, q, n, k, bias, y, ldy,
+                 accumulate);
     else
-      launch_pdl(nf4_gemv_rows_kernel<M, 8, IN>, dim3(blocks), dim3(kWarps * 32), 0, s, x, q, n, k, bias, y,
-                 ldy, accumulate, nw, eps);
+      launch_pdl(nf4_gemv_rows_kernel<M, 8>, dim3(blocks), dim3(kWarps * 32), 0, s, x, q, n, k, bias, y, ldy,
+                 accumulate);
   });
   check_launch("nf4_gemv");
 }
