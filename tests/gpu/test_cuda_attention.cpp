@@ -17,6 +17,7 @@
 
 #include "common/numeric.hpp"
 #include "core/error.hpp"
+#include "gpu/gpu_test_util.hpp"
 #include "model/qwen25vl/model.hpp"
 
 #if MEDVISION_HAS_CUDA
@@ -228,9 +229,6 @@ void check_problem(const Problem& p) {
   std::printf("[ attention ] %-44s rel L2: mma %.2e, wmma %.2e, mma vs wmma %.2e\n", p.name.c_str(), e_mma,
               e_wmma, e_pair);
 }
-
-#define SKIP_WITHOUT_GPU() \
-  if (!qwen25vl::cuda_available()) GTEST_SKIP() << "no usable GPU (or built without CUDA)"
 
 }  // namespace
 

@@ -20,6 +20,7 @@
 #include "common/numeric.hpp"
 #include "core/error.hpp"
 #include "core/file.hpp"
+#include "gpu/gpu_test_util.hpp"
 #include "model/qwen25vl/model.hpp"
 #include "model/qwen25vl/random_checkpoint.hpp"
 #include "ops/ops.hpp"
@@ -41,53 +42,15 @@ constexpr double kModelRelL2 = 2e-2;
 
 using mv::test::rel_l2;
 
-#define SKIP_WITHOUT_GPU() \
-  if (!cuda_available()) GTEST_SKIP() << "no usable GPU (or built without CUDA)"
-
 #if MEDVISION_HAS_CUDA
-
-float bf16_round(float f) {
-  std::uint32_t u;
-  std::memcpy(&u, &f, 4);
-  u += 0x7fff + ((u >> 16) & 1);
-  u &= 0xffff0000u;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
+using mv::test::download;
+using mv::test::from_bf16;
+using mv::test::to_bf16;
+using mv::test::upload;
 
 std::vector<float> random_vec(std::size_t n, std::mt19937& rng, float scale = 1.0f) {
-  std::normal_distribution<float> d(0.0f, scale);
-  std::vector<float> v(n);
-  for (auto& x : v) x = bf16_round(d(rng));
-  return v;
+  return test::random_bf16(n, rng, scale);
 }
-
-std::vector<cuda::bf16> to_bf16(const std::vector<float>& v) {
-  std::vector<cuda::bf16> out(v.size());
-  for (std::size_t i = 0; i < v.size(); ++i) out[i] = __float2bfloat16(v[i]);
-  return out;
-}
-
-std::vector<float> from_bf16(const std::vector<cuda::bf16>& v) {
-  std::vector<float> out(v.size());
-  for (std::size_t i = 0; i < v.size(); ++i) out[i] = __bfloat162float(v[i]);
-  return out;
-}
-
-template <typename T>
-cuda::Buffer upload(const std::vector<T>& v) {
-  cuda::Buffer b(v.size() * sizeof(T));
-  cuda::check(cudaMemcpy(b.data(), v.data(), v.size() * sizeof(T), cudaMemcpyHostToDevice), "test upload");
-  return b;
-}
-
-template <typename T>
-std::vector<T> download(const cuda::Buffer& b, std::size_t n) {
-  std::vector<T> v(n);
-  cuda::check(cudaMemcpy(v.data(), b.data(), n * sizeof(T), cudaMemcpyDeviceToHost), "test download");
-  return v;
-}
-
 #endif
 
 }  // namespace

@@ -14,6 +14,7 @@
 
 #include "common/numeric.hpp"
 #include "core/error.hpp"
+#include "gpu/gpu_test_util.hpp"
 #include "model/qwen25vl/model.hpp"
 #include "ops/ops.hpp"
 
@@ -25,51 +26,17 @@ using namespace mv;
 
 namespace {
 
-#define SKIP_WITHOUT_GPU() \
-  if (!qwen25vl::cuda_available()) GTEST_SKIP() << "no usable GPU (or built without CUDA)"
-
 #if MEDVISION_HAS_CUDA
 
+using mv::test::bf16_round;
+using mv::test::download;
+using mv::test::random_bf16;
 using mv::test::rel_l2;
+using mv::test::to_bf16;
+using mv::test::upload;
 
 constexpr int kLayers = 2;  // caches hold two layers; the tests attend at layer 1
 constexpr int kLayer = 1;
-
-float bf16_round(float f) {
-  std::uint32_t u;
-  std::memcpy(&u, &f, 4);
-  u += 0x7fff + ((u >> 16) & 1);
-  u &= 0xffff0000u;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
-
-std::vector<float> random_bf16(std::size_t n, std::mt19937& rng) {
-  std::normal_distribution<float> d(0.0f, 1.0f);
-  std::vector<float> v(n);
-  for (auto& x : v) x = bf16_round(d(rng));
-  return v;
-}
-
-std::vector<cuda::bf16> to_bf16(const std::vector<float>& v) {
-  std::vector<cuda::bf16> out(v.size());
-  for (std::size_t i = 0; i < v.size(); ++i) out[i] = __float2bfloat16(v[i]);
-  return out;
-}
-
-template <typename T>
-cuda::Buffer upload(const std::vector<T>& v) {
-  cuda::Buffer b(v.size() * sizeof(T));
-  cuda::check(cudaMemcpy(b.data(), v.data(), v.size() * sizeof(T), cudaMemcpyHostToDevice), "test upload");
-  return b;
-}
-
-template <typename T>
-std::vector<T> download(const cuda::Buffer& b, std::size_t n) {
-  std::vector<T> v(n);
-  cuda::check(cudaMemcpy(v.data(), b.data(), n * sizeof(T), cudaMemcpyDeviceToHost), "test download");
-  return v;
-}
 
 // One sequence's cache: [kLayers][n_kv][capacity][hd] on the host (fp32 of bf16 values) and the device.
 struct Cache {

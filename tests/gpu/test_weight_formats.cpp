@@ -23,6 +23,7 @@
 
 #include "common/numeric.hpp"
 #include "core/file.hpp"
+#include "gpu/gpu_test_util.hpp"
 #include "io/safetensors.hpp"
 #include "model/qwen25vl/model.hpp"
 #include "model/qwen25vl/random_checkpoint.hpp"
@@ -40,9 +41,6 @@ namespace fs = std::filesystem;
 using namespace mv;
 using namespace mv::qwen25vl;
 using mv::test::rel_l2;
-
-#define SKIP_WITHOUT_GPU() \
-  if (!cuda_available()) GTEST_SKIP() << "no usable GPU (or built without CUDA)"
 
 namespace {
 
@@ -83,20 +81,8 @@ bool same_bits(const void* a, const void* b, std::size_t n) { return n == 0 || s
 
 namespace {
 
-template <typename T>
-cuda::Buffer upload(const std::vector<T>& v) {
-  cuda::Buffer b(std::max<std::size_t>(v.size() * sizeof(T), 1));
-  if (!v.empty())
-    cuda::check(cudaMemcpy(b.data(), v.data(), v.size() * sizeof(T), cudaMemcpyHostToDevice), "test upload");
-  return b;
-}
-
-template <typename T>
-std::vector<T> download(const cuda::Buffer& b, std::size_t n) {
-  std::vector<T> v(n);
-  if (n) cuda::check(cudaMemcpy(v.data(), b.data(), n * sizeof(T), cudaMemcpyDeviceToHost), "test download");
-  return v;
-}
+using mv::test::download;
+using mv::test::upload;
 
 // Quantizes `values` (stored as dt) on the CPU and on the GPU and checks every output bit.
 void expect_identical_quantization(const std::vector<float>& values, DType dt, const std::string& what) {
