@@ -3,6 +3,7 @@
 #pragma once
 #include <algorithm>
 #include <cstddef>
+#include <cstdint>
 #include <random>
 #include <vector>
 
@@ -56,6 +57,47 @@ std::vector<T> download(const cuda::Buffer& b, std::size_t n) {
   std::vector<T> v(n);
   if (n) cuda::check(cudaMemcpy(v.data(), b.data(), n * sizeof(T), cudaMemcpyDeviceToHost), "test download");
   return v;
+}
+
+// A sequence's KV cache in the engine's paged layout (cuda_ops.hpp), made from contiguous host caches
+// k/v [layers][n_kv][cap][hd] (positions past cap are zero): its pages lie in one device buffer in a
+// shuffled order, so a kernel that ignored the page table would read the wrong positions.
+struct PagedCache {
+  cuda::KvPageGeometry geo;
+  cuda::Buffer pool;   // the pages
+  cuda::Buffer table;  // device array of page addresses, in position order
+  std::int64_t pages = 0;
+  cuda::bf16* const* table_ptr() const { return table.as<cuda::bf16* const>(); }
+};
+
+inline PagedCache make_paged(const std::vector<float>& k, const std::vector<float>& v, int layers, int n_kv,
+                             std::int64_t cap, int hd, std::mt19937& rng) {
+  PagedCache c;
+  c.geo = cuda::KvPageGeometry{layers, n_kv, hd};
+  const std::int64_t P = cuda::kKvPageTokens;
+  c.pages = std::max<std::int64_t>(1, (cap + P - 1) / P);
+  const std::int64_t page_elems = 2 * c.geo.v_offset();
+  std::vector<cuda::bf16> host(static_cast<std::size_t>(c.pages * page_elems), __float2bfloat16(0.0f));
+  std::vector<std::int64_t> slot(static_cast<std::size_t>(c.pages));  // position page i → pool slot
+  for (std::int64_t i = 0; i < c.pages; ++i) slot[static_cast<std::size_t>(i)] = i;
+  std::shuffle(slot.begin(), slot.end(), rng);
+  for (int l = 0; l < layers; ++l)
+    for (int g = 0; g < n_kv; ++g)
+      for (std::int64_t j = 0; j < cap; ++j)
+        for (int d = 0; d < hd; ++d) {
+          const std::size_t src = ((static_cast<std::size_t>(l) * n_kv + g) * cap + j) * hd + d;
+          const std::int64_t base = slot[static_cast<std::size_t>(j / P)] * page_elems +
+                                    ((static_cast<std::int64_t>(l) * n_kv + g) * P + j % P) * hd + d;
+          host[static_cast<std::size_t>(base)] = __float2bfloat16(k[src]);
+          host[static_cast<std::size_t>(base + c.geo.v_offset())] = __float2bfloat16(v[src]);
+        }
+  c.pool = upload(host);
+  std::vector<cuda::bf16*> table(static_cast<std::size_t>(c.pages));
+  for (std::int64_t i = 0; i < c.pages; ++i)
+    table[static_cast<std::size_t>(i)] =
+        c.pool.as<cuda::bf16>() + slot[static_cast<std::size_t>(i)] * page_elems;
+  c.table = upload(table);
+  return c;
 }
 #endif
 

@@ -241,8 +241,9 @@ TEST(CudaOps, AttentionMatchesCpu) {
       // disturb it, and its own result is the causal attention of an earlier row.
       const std::int32_t len = static_cast<std::int32_t>(keys);
       const std::int32_t len2 = static_cast<std::int32_t>(std::max<std::int64_t>(1, keys - 5));
-      std::vector<cuda::DecodeSeq> seqs{{dk.as<cuda::bf16>(), dv.as<cuda::bf16>(), keys * c.hd, len, 0},
-                                        {dk.as<cuda::bf16>(), dv.as<cuda::bf16>(), keys * c.hd, len2, 0}};
+      // The same keys in the paged layout (one layer).
+      const auto paged = mv::test::make_paged(k, v, 1, c.kv, keys, c.hd, rng);
+      std::vector<cuda::DecodeSeq> seqs{{paged.table_ptr(), len, 0}, {paged.table_ptr(), len2, 0}};
       auto dseq = upload(seqs);
       // Both sequences ask with the last query row.
       std::vector<float> q2(q.begin() + last * nq, q.begin() + (last + 1) * nq);
@@ -255,7 +256,7 @@ TEST(CudaOps, AttentionMatchesCpu) {
                              nq,
                              dseq.as<cuda::DecodeSeq>(),
                              0,
-                             c.hd,
+                             paged.geo,
                              dout1.as<float>(),
                              nq,
                              c.heads,

@@ -13,7 +13,9 @@
 # "serve" (no test_gpu run): the serving benchmark: `medvision serve --device cuda --max-batch 32` with the
 # 7B random checkpoint on a loopback port, medvision-chat-load at concurrency 1, 8 and 32 (MV_CONCURRENCY
 # overrides; 2 x C requests, at least 4, of MV_NEW_TOKENS = 256 tokens each, after C warm-up requests) into
-# $OUT/serve_c{C}.json, then SIGTERM and a check that the server exits 0 (bundle medvision-chat-load too).
+# $OUT/serve_c{C}.json, then SIGTERM and a check that the server exits 0 (bundle medvision-chat-load too);
+# with "nf4gemm" (no full test_gpu run): the fused NF4 GEMM tests and timings, then the NF4 7B decode
+# benchmark at concurrency 32 (MV_CONCURRENCY overrides) with the fused GEMM and with MV_NF4_GEMM=0.
 # Logs go to $OUT.
 set -o pipefail
 cd "$(dirname "$0")/../.."
@@ -25,7 +27,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.used,memory.total,clocks.sm,cl
 date -u | tee -a "$OUT/gpu.txt"
 if [ "${1:-}" != bench-only ] && [ "${1:-}" != logits ] && [ "${1:-}" != nf4 ] && [ "${1:-}" != decode ] &&
   [ "${1:-}" != lora ] && [ "${1:-}" != profile ] && [ "${1:-}" != serve ] &&
-  [ "${1:-}" != attn ]; then
+  [ "${1:-}" != attn ] && [ "${1:-}" != nf4gemm ]; then
   MV_GPU_TIMINGS=1 test_gpu 2>&1 | tee "$OUT/test_gpu.log"
 fi
 if [ "${1:-}" = logits ]; then
@@ -57,6 +59,9 @@ if [ "${1:-}" = decode ]; then
   test_gpu --gtest_filter='CudaOps.*:*CudaParity.*:CudaBatchScheduler.*:CudaDecodeAttention.*' 2>&1 |
     tee "$OUT/test_decode.log"
   MV_GPU_TIMINGS=1 test_gpu --gtest_filter='CudaTimings.DecodeAttention*' 2>&1 | tee -a "$OUT/test_decode.log"
+  # The scalar decode-attention kernel too (the tensor-core one is the default where it applies).
+  MV_DECODE_ATTN=scalar MV_GPU_TIMINGS=1 test_gpu --gtest_filter='CudaDecodeAttention.*:CudaTimings.DecodeAttention*' \
+    2>&1 | tee "$OUT/test_decode_scalar.log"
   M=/tmp/qwen25vl-7b-random
   [ -f "$M/config.json" ] || medvision -q debug random-checkpoint --config 7b --out "$M" --json > "$OUT/random_checkpoint.json"
   python3 -c "from PIL import Image; Image.open('docs/images/synth_discharge_summary_fax.png').convert('RGB').resize((1008, 1316), Image.BICUBIC).save('/tmp/page.png')"
@@ -133,4 +138,20 @@ if [ "${1:-}" = serve ]; then
   wait "$SERVER"
   echo "server exit status after SIGTERM: $?" | tee -a "$OUT/serve.log"
   tail -5 "$OUT/serve_server.log"
+fi
+if [ "${1:-}" = nf4gemm ]; then
+  test_gpu --gtest_filter='*Nf4Gemm*' 2>&1 | tee "$OUT/test_nf4gemm.log"
+  MV_GPU_TIMINGS=1 test_gpu --gtest_filter='*Nf4Gemm*Timing*' 2>&1 | tee -a "$OUT/test_nf4gemm.log"
+  M=/tmp/qwen25vl-7b-random Q=/tmp/qwen25vl-7b-nf4
+  [ -f "$M/config.json" ] || medvision -q debug random-checkpoint --config 7b --out "$M" --json > "$OUT/random_checkpoint.json"
+  [ -f "$Q/config.json" ] || medvision -q quantize --model "$M" --out "$Q" --device cuda > "$OUT/quantize_nf4_cuda.json"
+  python3 -c "from PIL import Image; Image.open('docs/images/synth_discharge_summary_fax.png').convert('RGB').resize((1008, 1316), Image.BICUBIC).save('/tmp/page.png')"
+  for C in ${MV_CONCURRENCY:-32}; do
+    for G in 1 0; do
+      MV_NF4_GEMM=$G medvision bench --model "$Q" --image /tmp/page.png --max-new-tokens "${MV_NEW_TOKENS:-256}" \
+        --ignore-eos --runs "${MV_RUNS:-2}" --warmup 1 --device cuda --concurrency "$C" \
+        --json "$OUT/bench_nf4_c${C}_gemm$G.json" 2>&1 | grep '^bench' | sed "s/^/MV_NF4_GEMM=$G /" |
+        tee -a "$OUT/bench_nf4gemm.log"
+    done
+  done
 fi

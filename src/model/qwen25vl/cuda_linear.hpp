@@ -77,8 +77,13 @@ struct DLinear {
   // Any number of rows with fp32 activations, nearly unrounded (decode batches above kGemvMaxRows):
   // bf16 weights run one tensor-core GEMM over the two-term bf16 split of x ([hi; lo], 2·rows rows, so the
   // weight is still read once) and sum the halves; NF4 above kGemvMaxRows rows does the same on a bf16
-  // dequantization of the weight; other formats (and NF4 up to kGemvMaxRows) run the fp32 GEMV in groups.
+  // dequantization of the weight (unless the fused NF4 GEMM takes it: nf4_gemm_parts); other formats (and
+  // NF4 up to kGemvMaxRows) run the fp32 GEMV in groups.
   void gemm_f32(const LinearContext& c, const float* x, std::int64_t rows, float* y, bool accumulate) const;
+  // NF4: gemm_f32 by the fused NF4 GEMM (cuda::nf4_gemm, in launches of up to 64 rows) when every part is
+  // NF4 and qualifies and MV_NF4_GEMM is not 0; false (nothing done) otherwise.
+  bool nf4_gemm_parts(const LinearContext& c, const float* x, std::int64_t rows, float* y,
+                      bool accumulate) const;
   // Makes gemm() multiply over new_in columns, the weight's columns from `in` on being zero, so that the
   // GEMM's inner dimension is 16-byte aligned: cuBLASLt picks its fast kernels only then (the vision MLP's
   // 3420 is not). Callers then pass activation rows of lda() = new_in elements whose padding is finite

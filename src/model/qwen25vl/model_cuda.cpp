@@ -9,14 +9,17 @@
 #include <cstdlib>
 #include <cstring>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <set>
+#include <unordered_map>
 
 #include "core/error.hpp"
 #include "core/log.hpp"
 #include "model/qwen25vl/cuda_linear.hpp"
 #include "model/qwen25vl/engine_checks.hpp"
+#include "model/qwen25vl/kv_pages.hpp"
 #include "model/qwen25vl/model.hpp"
 #include "model/qwen25vl/vision.hpp"
 #include "model/qwen25vl/weights.hpp"
@@ -55,32 +58,36 @@ struct DVisionBlock {
   DLinear qkv, proj, gate_up, down;
 };
 
+// A sequence's KV cache: pages of cuda::kKvPageTokens positions from the model's pool (cuda_ops.hpp has the
+// page layout). The session reserves the pages its capacity can need when it is created and takes them as
+// it grows.
 class CudaSession final : public Session {
  public:
-  CudaSession(const void* owner, int layers, int kv_heads, int head_dim, std::int64_t capacity)
-      : owner_(owner), layers_(layers), kv_heads_(kv_heads), head_dim_(head_dim), capacity_(capacity) {
-    const std::size_t n = static_cast<std::size_t>(layers) * kv_heads * capacity * head_dim;
-    k_.resize(n * sizeof(bf16));
-    v_.resize(n * sizeof(bf16));
-  }
+  CudaSession(const void* owner, std::shared_ptr<PagePool> pool, std::int64_t capacity)
+      : owner_(owner),
+        pool_(std::move(pool)),
+        table_(*pool_, cuda::kKvPageTokens, capacity),
+        capacity_(capacity) {}
   std::int64_t length() const override { return length_; }
   std::int64_t capacity() const override { return capacity_; }
   std::int64_t rope_delta() const override { return rope_delta_; }
   void reset() override {
     length_ = 0;
     rope_delta_ = 0;
+    table_.clear();
   }
-  std::int64_t head_stride() const { return capacity_ * head_dim_; }
-  std::int64_t layer_stride() const { return kv_heads_ * head_stride(); }
-  bf16* k_layer(int l) const { return k_.as<bf16>() + l * layer_stride(); }
-  bf16* v_layer(int l) const { return v_.as<bf16>() + l * layer_stride(); }
+  // Page addresses covering positions [0, tokens), taking pages as needed.
+  const std::vector<void*>& pages_for(std::int64_t tokens) {
+    table_.cover(tokens);
+    return table_.pages();
+  }
 
   const void* owner_;
-  int layers_, kv_heads_, head_dim_;
+  std::shared_ptr<PagePool> pool_;  // outlives table_
+  PageTable table_;
   std::int64_t capacity_;
   std::int64_t length_ = 0;
   std::int64_t rope_delta_ = 0;
-  Buffer k_, v_;  // bf16 [layers][kv_heads][capacity][head_dim]
 };
 
 // Bytes of pinned host memory for small per-call uploads (ids, positions, attention items).
@@ -106,6 +113,35 @@ class HostStage {
 
 std::size_t align_up(std::size_t n) { return (n + 255) & ~std::size_t{255}; }
 
+// The KV page pool of a model: arenas are counted device buffers (cuda::memory_stats), held by the
+// pool's backing so that the pool may outlive the model while sessions are still alive.
+std::shared_ptr<PagePool> make_kv_pool(std::size_t page_bytes, int device) {
+  struct Arenas {
+    std::mutex mu;
+    std::unordered_map<void*, Buffer> live;
+  };
+  auto arenas = std::make_shared<Arenas>();
+  PagePool::Backing backing{[arenas, device](std::size_t bytes) -> void* {
+                              cuda::check(cudaSetDevice(device), "select device");
+                              Buffer b(bytes);  // throws kTooLarge when the device is full
+                              void* p = b.data();
+                              std::lock_guard lock(arenas->mu);
+                              arenas->live.emplace(p, std::move(b));
+                              return p;
+                            },
+                            [arenas, device](void* p) {
+                              cudaSetDevice(device);
+                              std::lock_guard lock(arenas->mu);
+                              arenas->live.erase(p);
+                            }};
+  // Arenas of at least 64 MiB, doubling up to 1 GiB.
+  const auto pages_of = [&](std::size_t bytes) {
+    return std::max<std::int64_t>(1, static_cast<std::int64_t>(bytes / page_bytes));
+  };
+  return std::make_shared<PagePool>(page_bytes, pages_of(std::size_t{64} << 20),
+                                    pages_of(std::size_t{1} << 30), std::move(backing));
+}
+
 class CudaModel final : public Model {
  public:
   CudaModel(ModelConfig config, const Weights& w, int device) : config_(std::move(config)), device_(device) {
@@ -120,6 +156,9 @@ class CudaModel final : public Model {
     nkv_ = t.num_key_value_heads;
     I_ = t.intermediate_size;
     V_ = t.vocab_size;
+    kv_geo_ = cuda::KvPageGeometry{static_cast<int>(t.num_hidden_layers), static_cast<int>(nkv_),
+                                   static_cast<int>(hd_)};
+    kv_pool_ = make_kv_pool(kv_geo_.page_bytes(), device_);
 
     const auto before = cuda::memory_stats().allocated;
     {
@@ -195,9 +234,7 @@ class CudaModel final : public Model {
     if (max_tokens <= 0)
       fail(Errc::kInvalidInput, "session: max_tokens must be positive, got {}", max_tokens);
     cuda::check(cudaSetDevice(device_), "select device");
-    const TextConfig& t = config_.text;
-    return std::make_unique<CudaSession>(this, t.num_hidden_layers, t.num_key_value_heads,
-                                         static_cast<int>(t.head_dim()), max_tokens);
+    return std::make_unique<CudaSession>(this, kv_pool_, max_tokens);
   }
 
   std::vector<float> encode_images(std::span<const PixelValues> images) override {
@@ -556,15 +593,19 @@ class CudaModel final : public Model {
       items.push_back({static_cast<std::int32_t>(q0),
                        static_cast<std::int32_t>(std::min<std::int64_t>(cuda::kAttnBlockQ, n - q0)), 0,
                        static_cast<std::int32_t>(past + n), static_cast<std::int32_t>(past + q0)});
+    // The session's pages for positions [0, past + n), then the page table with the other inputs.
+    const std::vector<void*>& pages = s.pages_for(past + n);
     const std::size_t ids_b = align_up(sizeof(std::int32_t) * n), frow_b = ids_b,
                       pos_b = align_up(sizeof(std::int64_t) * 3 * n),
-                      items_b = align_up(sizeof(cuda::AttnItem) * std::max<std::size_t>(items.size(), 1));
-    const std::size_t total = ids_b + frow_b + pos_b + items_b;
+                      items_b = align_up(sizeof(cuda::AttnItem) * std::max<std::size_t>(items.size(), 1)),
+                      pages_b = align_up(sizeof(void*) * pages.size());
+    const std::size_t total = ids_b + frow_b + pos_b + items_b + pages_b;
     auto* h = static_cast<char*>(tstage_.get(total));
     std::memcpy(h, ids, sizeof(std::int32_t) * n);
     std::memcpy(h + ids_b, frow, sizeof(std::int32_t) * n);
     std::memcpy(h + ids_b + frow_b, pos, sizeof(std::int64_t) * 3 * n);
     std::memcpy(h + ids_b + frow_b + pos_b, items.data(), sizeof(cuda::AttnItem) * items.size());
+    std::memcpy(h + ids_b + frow_b + pos_b + items_b, pages.data(), sizeof(void*) * pages.size());
     tin_.ensure(total);
     char* d = tin_.as<char>();
     cuda::check(cudaMemcpyAsync(d, h, total, cudaMemcpyHostToDevice, stream_), "prompt upload");
@@ -572,6 +613,12 @@ class CudaModel final : public Model {
     const auto* d_frow = reinterpret_cast<const std::int32_t*>(d + ids_b);
     const auto* d_pos = reinterpret_cast<const std::int64_t*>(d + ids_b + frow_b);
     const auto* d_items = reinterpret_cast<const cuda::AttnItem*>(d + ids_b + frow_b + pos_b);
+    auto* const* d_pages = reinterpret_cast<bf16* const*>(d + ids_b + frow_b + pos_b + items_b);
+    // Contiguous staging cache of one layer for the prompt's attention: [n_kv][past + n][hd], K then V.
+    const std::int64_t span = past + n;
+    tkv_.ensure(static_cast<std::size_t>(2 * nkv_ * span * hd_) * sizeof(bf16));
+    bf16* kc = tkv_.as<bf16>();
+    bf16* vc = kc + nkv_ * span * hd_;
 
     tx_.ensure(static_cast<std::size_t>(n * H_) * sizeof(float));
     const std::int64_t mlp = std::min(n, kMlpRows);
@@ -594,8 +641,6 @@ class CudaModel final : public Model {
     float* h32 = th32_.as<float>();
     for (std::size_t l = 0; l < layers_.size(); ++l) {
       const DTextLayer& L = layers_[l];
-      bf16* kc = s.k_layer(static_cast<int>(l));
-      bf16* vc = s.v_layer(static_cast<int>(l));
       const cuda::QkvSplit sp{y,
                               nq + 2 * nkv,
                               n,
@@ -607,17 +652,24 @@ class CudaModel final : public Model {
                               q,
                               kc,
                               vc,
-                              s.head_stride(),
+                              span * hd_,
                               hd_,
                               past};
       cuda::rms_norm(stream_, x, n, H_, H_, L.in_norm.as<float>(), eps, a);
       L.qkv.gemm(lc_, a, n, y, false);
       cuda::rope_split_qkv(stream_, sp);
+      // Older positions from the pages into the staging cache; the new ones from it into the pages.
+      cuda::KvPageCopy cp{d_pages, kv_geo_, static_cast<int>(l), kc, vc, span * hd_, 0, past, false};
+      cuda::kv_page_copy(stream_, cp);
+      cp.pos0 = past;
+      cp.rows = n;
+      cp.to_pages = true;
+      cuda::kv_page_copy(stream_, cp);
       const cuda::AttnArgs at{q,
                               nq,
                               kc,
                               vc,
-                              s.head_stride(),
+                              span * hd_,
                               hd_,
                               a,
                               nq,
@@ -671,7 +723,7 @@ class CudaModel final : public Model {
 
   // Sizes the decode buffers for B rows (rounded up to a power of two, at least kGemvMaxRows, so that
   // batch sizes that come and go do not reallocate); any reallocation drops the captured graphs.
-  void ensure_decode_buffers(std::int64_t B) {
+  void ensure_decode_buffers(std::int64_t B, std::size_t input_bytes) {
     if (B > dec_rows_) {
       std::int64_t rows = cuda::kGemvMaxRows;
       while (rows < B) rows *= 2;
@@ -692,6 +744,8 @@ class CudaModel final : public Model {
       cuda::check(cudaMemsetAsync(dattn_.data(), 0, dattn_.size(), stream_), "decode attention workspace");
       dec_rows_ = rows;
     }
+    // The per-step inputs end with the page tables, which grow with the sequences.
+    if (din_.size() < input_bytes) din_.resize(std::max(input_bytes, 2 * din_.size()));
     // The graphs hold these addresses (and the linear layers' scratch buffer, which may grow).
     const std::vector<const void*> now{din_.data(),  dx_.data(),    dh_.data(),         da_.data(),
                                        dy_.data(),   dq_.data(),    dcs_.data(),        dlogits_.data(),
@@ -731,23 +785,35 @@ class CudaModel final : public Model {
       if (ss[i]->length_ + 1 > ss[i]->capacity_)
         fail(Errc::kTooLarge, "decode: the session is full ({} tokens)", ss[i]->capacity_);
     }
-    ensure_decode_buffers(B);
-
-    // Inputs → pinned block → one copy.
+    // Pages for the new positions (within each session's reservation), then the inputs → pinned block →
+    // one copy: sequences, positions, ids, and the page tables after them.
+    std::vector<const std::vector<void*>*> tables(ss.size());
+    std::size_t entries = 0;
+    for (std::size_t i = 0; i < ss.size(); ++i) {
+      tables[i] = &ss[i]->pages_for(ss[i]->length_ + 1);
+      entries += tables[i]->size();
+    }
     const DecodeLayout lay = decode_layout(B);
-    auto* h = static_cast<char*>(dstage_.get(lay.total));
+    const std::size_t in_bytes = lay.total + sizeof(void*) * entries;
+    ensure_decode_buffers(B, in_bytes);
+    auto* h = static_cast<char*>(dstage_.get(in_bytes));
     auto* hseq = reinterpret_cast<cuda::DecodeSeq*>(h);
     auto* hpos = reinterpret_cast<std::int64_t*>(h + lay.pos);
     auto* hids = reinterpret_cast<std::int32_t*>(h + lay.ids);
+    auto* htab = reinterpret_cast<void**>(h + lay.total);
+    auto* dtab = reinterpret_cast<bf16**>(din_.as<char>() + lay.total);
     for (std::int64_t i = 0; i < B; ++i) {
       const CudaSession& s = *ss[static_cast<std::size_t>(i)];
-      hseq[i] = cuda::DecodeSeq{s.k_.as<bf16>(), s.v_.as<bf16>(), s.head_stride(),
-                                static_cast<std::int32_t>(s.length_ + 1), 0};
+      const std::vector<void*>& t = *tables[static_cast<std::size_t>(i)];
+      std::memcpy(htab, t.data(), sizeof(void*) * t.size());
+      hseq[i] = cuda::DecodeSeq{dtab, static_cast<std::int32_t>(s.length_ + 1), 0};
+      htab += t.size();
+      dtab += t.size();
       const std::int64_t p = s.length_ + s.rope_delta_;  // text position: length + rope delta (spec §5.4)
       hpos[i] = hpos[B + i] = hpos[2 * B + i] = p;
       hids[i] = tokens[static_cast<std::size_t>(i)];
     }
-    cuda::check(cudaMemcpyAsync(din_.data(), h, lay.total, cudaMemcpyHostToDevice, stream_), "decode inputs");
+    cuda::check(cudaMemcpyAsync(din_.data(), h, in_bytes, cudaMemcpyHostToDevice, stream_), "decode inputs");
 
     const bool greedy = next_out != nullptr;
     const auto key = std::make_pair(static_cast<int>(B), greedy);
@@ -830,7 +896,9 @@ class CudaModel final : public Model {
     const float eps = static_cast<float>(t.rms_norm_eps);
     const std::int64_t nq = nh_ * hd_, nkv = nkv_ * hd_, half = hd_ / 2;
     const int rows = static_cast<int>(B);
-    const bool gemv = B <= kDecodeGemvRows;
+    // NF4 weights: the GEMV for one sequence only; from two on, the fused NF4 GEMM of gemm_f32 is faster.
+    const bool nf4 = !layers_.empty() && layers_.front().gate_up.format == cudaeng::WeightFormat::kNF4;
+    const bool gemv = B <= (nf4 ? 1 : kDecodeGemvRows);
     const DecodeLayout lay = decode_layout(B);
     const char* d = din_.as<char>();
     const auto* seqs = reinterpret_cast<const cuda::DecodeSeq*>(d + lay.seqs);
@@ -879,13 +947,13 @@ class CudaModel final : public Model {
                                     q,
                                     seqs,
                                     static_cast<int>(l),
-                                    hd_};
+                                    kv_geo_};
       cuda::rope_split_qkv_decode(stream_, sp);
       const cuda::DecodeAttnArgs da{q,
                                     nq,
                                     seqs,
                                     static_cast<int>(l),
-                                    hd_,
+                                    kv_geo_,
                                     h32,
                                     nq,
                                     static_cast<int>(nh_),
@@ -919,6 +987,8 @@ class CudaModel final : public Model {
   cudaeng::LinearContext lc_;
   std::int64_t H_ = 0, hd_ = 0, nh_ = 0, nkv_ = 0, I_ = 0, V_ = 0;
   std::uint64_t weight_bytes_ = 0;
+  cuda::KvPageGeometry kv_geo_;
+  std::shared_ptr<PagePool> kv_pool_;
   std::mutex mutex_;
   // Weights.
   DLinear embed_, lm_head_;
@@ -931,7 +1001,7 @@ class CudaModel final : public Model {
   Buffer inv_freq_, pair_stream_;
   // Work buffers (grown on demand).
   Buffer vin_, va_, vact_, vx_, vy_, vq_, features_;
-  Buffer tin_, tx_, ta_, ty_, tq_, tcs_, th32_, logits_dev_;
+  Buffer tin_, tx_, ta_, ty_, tq_, tcs_, th32_, tkv_, logits_dev_;
   HostStage vstage_, tstage_, lstage_;
   // Decode step: its own buffers (fixed addresses while graphs use them) and the captured graphs.
   Buffer din_, dx_, dh_, da_, dy_, dq_, dcs_, dlogits_, dtok_, dattn_;

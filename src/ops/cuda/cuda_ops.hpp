@@ -187,20 +187,50 @@ bool attention_mma_supports(const AttnArgs& a);
 // not support.
 void attention(cudaStream_t s, const AttnArgs& a, AttnKernel kernel = AttnKernel::kAuto);
 
-// One sequence of a decode step, as the kernels read it from device memory (so that a captured CUDA graph
-// serves every step: only these values change). Cache layout of a sequence: element (layer l, kv head g,
-// row j, dim d) at k + (l·n_kv + g)·head_stride + j·row_stride + d (v likewise); head_stride differs
-// between sequences (it is their capacity · row_stride), row_stride is shared.
-struct DecodeSeq {
+// ---- paged KV cache ---------------------------------------------------------------------------------
+// The decode-time KV cache is paged: a page holds kKvPageTokens consecutive positions of one sequence for
+// every layer and kv head, K first, then V: element (layer l, kv head g, slot j, dim d) of K at
+// page + ((l·n_kv + g)·kKvPageTokens + j)·hd + d, and of V at the same place + v_offset, with
+// v_offset = layers·n_kv·kKvPageTokens·hd. Position t of a sequence lies in page table[t / kKvPageTokens],
+// slot t % kKvPageTokens. A page of 32 positions is one shared-memory tile of decode attention.
+constexpr int kKvPageTokens = 32;
+struct KvPageGeometry {
+  int layers = 0, n_kv = 0, hd = 0;
+  // Elements from a page's K part to its V part.
+  __host__ __device__ std::int64_t v_offset() const {
+    return static_cast<std::int64_t>(layers) * n_kv * kKvPageTokens * hd;
+  }
+  // Bytes of one page (K and V, bf16).
+  std::size_t page_bytes() const { return static_cast<std::size_t>(2 * v_offset()) * sizeof(bf16); }
+};
+
+// Copies positions [pos0, pos0 + rows) of layer `layer` between a sequence's pages (device table `pages`)
+// and a contiguous bf16 staging cache (element (kv head g, row j, dim d) at k + g·head_stride + j·hd + d,
+// v likewise; row j = position j). to_pages: staging → pages, else pages → staging. The prompt pass writes
+// its new keys into the staging cache, fills the older ones from the pages, attends there, and stores the
+// new ones into the pages.
+struct KvPageCopy {
+  bf16* const* pages;  // device array: page i covers positions [32i, 32i + 32)
+  KvPageGeometry geo;
+  int layer;
   bf16* k;
   bf16* v;
   std::int64_t head_stride;
-  std::int32_t len;  // keys after this step: the new token is written at row len − 1 and attended to
+  std::int64_t pos0, rows;
+  bool to_pages;
+};
+void kv_page_copy(cudaStream_t s, const KvPageCopy& a);
+
+// One sequence of a decode step, as the kernels read it from device memory (so that a captured CUDA graph
+// serves every step: only these values change).
+struct DecodeSeq {
+  bf16* const* pages;  // device array of the sequence's pages (at least ceil(len / kKvPageTokens))
+  std::int32_t len;    // keys after this step: the new token is written at position len − 1 and attended to
   std::int32_t pad;
 };
 
-// Decode variant of rope_split_qkv: row r belongs to sequence r, and its k/v go to row seqs[r].len − 1 of
-// that sequence's cache at `layer`.
+// Decode variant of rope_split_qkv: row r belongs to sequence r, and its k/v go to position seqs[r].len − 1
+// of that sequence's pages at `layer`.
 struct QkvDecodeSplit {
   const float* qkv;
   std::int64_t qkv_stride;
@@ -211,12 +241,12 @@ struct QkvDecodeSplit {
   bf16* q_out;  // [rows][n_heads][hd]
   const DecodeSeq* seqs;
   int layer;
-  std::int64_t kv_row_stride;
+  KvPageGeometry geo;
 };
 void rope_split_qkv_decode(cudaStream_t s, const QkvDecodeSplit& a);
 
 // Decode attention: for each sequence b, one query row q[b] (bf16 [n_heads][hd], row stride q_stride)
-// against keys [0, seqs[b].len) of its cache at `layer`; a sequence of length 0 gives zeros.
+// against positions [0, seqs[b].len) of its paged cache at `layer`; a sequence of length 0 gives zeros.
 // Flash-decoding: each sequence's keys are split over several blocks (the split count depends only on
 // n_heads, n_kv, hd, batch and the device, never on the lengths, so the launch can be captured in a graph
 // and replayed for other lengths) and merged exactly on the device. `work` is a device workspace of
@@ -228,8 +258,8 @@ struct DecodeAttnArgs {
   std::int64_t q_stride;
   const DecodeSeq* seqs;  // device array [batch]
   int layer;
-  std::int64_t kv_row_stride;
-  float* out;  // fp32 (it feeds the fp32 decode GEMV)
+  KvPageGeometry geo;  // geo.n_kv and geo.hd equal n_kv and hd
+  float* out;          // fp32 (it feeds the fp32 decode GEMV)
   std::int64_t out_stride;
   int n_heads, n_kv, hd, batch;
   void* work;
@@ -238,6 +268,11 @@ struct DecodeAttnArgs {
 std::size_t decode_attention_workspace(int n_heads, int n_kv, int hd, int max_batch);
 // Blocks per (sequence, kv head) that decode_attention uses on the current device (for reports).
 int decode_attention_splits(int n_heads, int n_kv, int hd, int batch);
+// Whether decode_attention runs its tensor-core kernel for these heads on the current device (head dims that
+// are multiples of 16 up to 128, up to 16 query heads per kv head, sm_80+, 16-byte aligned q rows, and
+// MV_DECODE_ATTN not "scalar"). That kernel rounds the probabilities to bf16 before P·V, as the prefill
+// kernel does (about 1e-3 relative); the scalar kernel keeps them in fp32.
+bool decode_attention_tensor_cores(int n_heads, int n_kv, int hd);
 void decode_attention(cudaStream_t s, const DecodeAttnArgs& a);
 
 // out[b] = argmax of logits row b (first index on ties, as torch.argmax); −1 when the row holds a NaN or

@@ -200,16 +200,38 @@ __global__ void rope_split_kernel(QkvSplit a) {
 }
 
 // gridDim.y blocks per sequence (= row; a decode row is small, so it is spread over several blocks for
-// latency); the destination row comes from the sequence's length.
+// latency); the destination is position len − 1 of the sequence's pages.
 __global__ void rope_split_decode_kernel(QkvDecodeSplit a) {
   const std::int64_t r = blockIdx.x;
   const int half = a.hd / 2;
   const DecodeSeq sq = a.seqs[r];
-  const std::int64_t kv_off = static_cast<std::int64_t>(a.layer) * a.n_kv * sq.head_stride +
-                              static_cast<std::int64_t>(sq.len - 1) * a.kv_row_stride;
+  const int t = sq.len - 1;
+  bf16* page = sq.pages[t / kKvPageTokens];
+  bf16* k_row =
+      page + (static_cast<std::int64_t>(a.layer) * a.n_kv * kKvPageTokens + t % kKvPageTokens) * a.hd;
   rope_split_row(a.qkv + r * a.qkv_stride, a.cos + r * half, a.sin + r * half, a.n_heads, a.n_kv, a.hd,
-                 a.q_out + r * a.n_heads * a.hd, sq.k + kv_off, sq.v + kv_off, sq.head_stride,
-                 blockIdx.y * blockDim.x + threadIdx.x, gridDim.y * blockDim.x);
+                 a.q_out + r * a.n_heads * a.hd, k_row, k_row + a.geo.v_offset(),
+                 static_cast<std::int64_t>(kKvPageTokens) * a.hd, blockIdx.y * blockDim.x + threadIdx.x,
+                 gridDim.y * blockDim.x);
+}
+
+// Block (row, kv head, K or V) copies one position's head vector between the staging cache and its page,
+// 16 bytes per thread when the head dim allows it.
+__global__ void kv_page_copy_kernel(KvPageCopy a) {
+  const std::int64_t j = a.pos0 + blockIdx.x;
+  const int g = blockIdx.y, is_v = blockIdx.z, hd = a.geo.hd;
+  bf16* page = a.pages[j / kKvPageTokens];
+  bf16* pv = page + (is_v ? a.geo.v_offset() : 0) +
+             ((static_cast<std::int64_t>(a.layer) * a.geo.n_kv + g) * kKvPageTokens + j % kKvPageTokens) * hd;
+  bf16* sv = (is_v ? a.v : a.k) + g * a.head_stride + j * hd;
+  bf16* dst = a.to_pages ? pv : sv;
+  const bf16* src = a.to_pages ? sv : pv;
+  if ((hd & 7) == 0) {
+    for (int c = threadIdx.x; c < hd / 8; c += blockDim.x)
+      reinterpret_cast<uint4*>(dst)[c] = reinterpret_cast<const uint4*>(src)[c];
+  } else {
+    for (int d = threadIdx.x; d < hd; d += blockDim.x) dst[d] = src[d];
+  }
 }
 
 // Argmax in two steps: block (s, b) takes slice s of row b (first index of the maximum in the slice, or
@@ -398,6 +420,18 @@ void rope_split_qkv_decode(cudaStream_t s, const QkvDecodeSplit& a) {
   const unsigned slices = static_cast<unsigned>(std::max(1, std::min(16, (pairs + 255) / 256)));
   rope_split_decode_kernel<<<dim3(static_cast<unsigned>(a.rows), slices), 256, 0, s>>>(a);
   check_launch("rope_split_qkv_decode");
+}
+
+void kv_page_copy(cudaStream_t s, const KvPageCopy& a) {
+  if (a.rows <= 0) return;
+  if (a.pages == nullptr || a.geo.n_kv <= 0 || a.geo.n_kv > 65535 || a.geo.hd <= 0 || a.pos0 < 0 ||
+      a.rows > INT32_MAX)
+    check(cudaErrorInvalidValue, "kv_page_copy: bad arguments");
+  const int threads =
+      (a.geo.hd & 7) == 0 ? std::max(32, std::min(256, a.geo.hd / 8)) : std::min(256, a.geo.hd);
+  kv_page_copy_kernel<<<dim3(static_cast<unsigned>(a.rows), static_cast<unsigned>(a.geo.n_kv), 2),
+                        static_cast<unsigned>(threads), 0, s>>>(a);
+  check_launch("kv_page_copy");
 }
 
 std::size_t argmax_workspace(std::int64_t rows, std::int64_t cols) {

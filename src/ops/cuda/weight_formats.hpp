@@ -63,6 +63,30 @@ void nf4_dequantize(cudaStream_t s, const Nf4Ref& q, bf16* dst);
 void nf4_gemv(cudaStream_t s, const float* x, int m, const Nf4Ref& q, std::int64_t n, std::int64_t k,
               const float* bias, float* y, std::int64_t ldy, bool accumulate);
 
+// ---- fused NF4 GEMM for decode batches (nf4_gemm.cu) ---------------------------------------------------
+// y[i·ldy + r] = Σ_j x[i·k + j] · w[r, j] + bias[r] (+ y when accumulate) for m <= kNf4GemmMaxRows rows on
+// tensor cores (mma.sync, fp32 accumulators): x is rounded to bf16, w = bf16(code level) · a' of its block
+// (within half a bf16 ulp of W', like a bf16 dequantization), each packed byte read once. The output rows
+// [0, n) are the parts in order (up to kNf4GemmMaxParts NF4 tensors, e.g. q/k/v, each with its own blocks).
+// Needs nf4_gemm_supports() for every part and a device workspace of nf4_gemm_workspace() bytes (256-byte
+// aligned). splits > 0 forces the number of k ranges (0: chosen from the shape and the GPU); with several,
+// the partial sums are added in a fixed order, so results are deterministic for a given GPU.
+inline constexpr int kNf4GemmMaxRows = 64;
+inline constexpr int kNf4GemmMaxParts = 4;
+struct Nf4GemmPart {
+  Nf4Ref q;
+  std::int64_t row0 = 0, rows = 0;
+};
+// k % 64 == 0, block size >= 64, 8-byte aligned codes, scales present, compute capability >= 8.0.
+bool nf4_gemm_supports(const Nf4Ref& q, std::int64_t k);
+std::size_t nf4_gemm_workspace(int m, const Nf4GemmPart* parts, int nparts, std::int64_t n, std::int64_t k,
+                               int splits = 0);
+// The number of k ranges nf4_gemm chooses for this shape (splits = 0).
+int nf4_gemm_splits(int m, const Nf4GemmPart* parts, int nparts, std::int64_t n, std::int64_t k);
+void nf4_gemm(cudaStream_t s, const float* x, int m, const Nf4GemmPart* parts, int nparts, std::int64_t n,
+              std::int64_t k, const float* bias, float* y, std::int64_t ldy, bool accumulate, void* workspace,
+              std::size_t workspace_bytes, int splits = 0);
+
 // ---- dense weights in their own type -----------------------------------------------------------------
 // GEMV with a weight of type wt (f32, f16 or bf16) and output row stride ldy; `in` says how x is read
 // (m <= kGemvFusedMaxRows unless plain).
