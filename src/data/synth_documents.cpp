@@ -184,7 +184,7 @@ void radiology_report(Doc& d) {
   const Provider ordering = d.gen.provider(), radiologist = d.gen.physician();
   const Date exam = d.date;
   d.patient_block({{"Exam Date", {d.enc_date(exam, true)}},
-                   {"Ordering Physician", {S(ordering.full())}},
+                   {"Ordering Physician", {d.enc_field("provider", ordering.full())}},
                    {"Accession #", {S(fmt::format("{}{:07d}", study->modality, r.range(0, 9999999)))}}},
                   r.chance(0.7));
 

@@ -218,6 +218,8 @@ Vocabulary Vocabulary::load(const std::filesystem::path& data_dir) {
     for (const auto& [kind, list] : lj["medication_table_columns"].items())
       v.medication_columns[kind] = strings(list, labels_file, "medication_table_columns");
   }
+  if (lj.contains("department_words"))
+    v.department_words = strings(lj["department_words"], labels_file, "department_words");
   if (lj.contains("strength_tail_units"))
     v.strength_tail_units = strings(lj["strength_tail_units"], labels_file, "strength_tail_units");
   // The dose units of the drug and infusion tables ("mcg/kg/min", "units/hr") are dose units as printed.
@@ -443,7 +445,13 @@ std::optional<ParsedMedication> parse_medication(std::string_view text, const Vo
 // ---------------------------------------------------------------------------------------------------- labs
 
 std::optional<std::string> normalise_flag(std::string_view printed, const Vocabulary& v) {
-  std::string p = to_lower(trim(printed));
+  std::string t = trim(printed);
+  // Flag codes are printed in capitals ("L", "HH"); a lower-case "l" or "ll" is a column rule or a bar
+  // that OCR read as letters.
+  if (!t.empty() && t.size() <= 2 &&
+      std::all_of(t.begin(), t.end(), [](char c) { return std::islower(static_cast<unsigned char>(c)); }))
+    return std::nullopt;
+  std::string p = to_lower(t);
   auto it = v.lab_flags.find(p);
   if (it != v.lab_flags.end()) return it->second;
   return std::nullopt;
@@ -576,6 +584,7 @@ std::optional<ParsedLab> parse_lab_row(std::string_view text, const Vocabulary& 
   std::string lname = to_lower(p.lab.test);
   static const std::regex loinc_re(R"(^\d{1,5}-\d$)");
   bool qualitative_range = false;
+  int skipped = 0;  // words between the name and the value
   for (std::size_t k = 0; k < toks.size(); ++k) {
     const std::string& t = toks[k].t;
     std::string lt = to_lower(t);
@@ -612,7 +621,10 @@ std::optional<ParsedLab> parse_lab_row(std::string_view text, const Vocabulary& 
         p.spans["value"] = toks[k].sp;
         continue;
       }
-      continue;  // text before the value (method, specimen): skip
+      // Text before the value (method, specimen: "Glucose, fasting  95"): skipped, but only a few words; a
+      // sentence that starts with a test name ("INR check at the clinic: in 3 days") is not a result row.
+      if (++skipped > 3) return std::nullopt;
+      continue;
     }
     // flag: one or two tokens ("CRIT HIGH", "H !!", "L *")
     if (!p.lab.flag) {

@@ -36,7 +36,8 @@ struct Vocabulary {
       severities;
   std::vector<std::string> no_known_allergies;
   std::map<std::string, std::vector<std::string>> medication_columns;  // column kind -> header words
-  std::vector<std::string> credentials;  // professional credentials after a name ("MD", "PharmD", "RN")
+  std::vector<std::string> department_words;  // words that name a department, not a facility ("services")
+  std::vector<std::string> credentials;       // professional credentials after a name ("MD", "PharmD", "RN")
   std::map<std::string, std::string> ocr_fixes;  // misread word -> word (same length)
   std::vector<std::pair<std::string, std::vector<std::string>>> document_types;  // type -> title phrases
   std::vector<std::pair<std::string, std::vector<std::string>>> document_cues;   // type -> content phrases

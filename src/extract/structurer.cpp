@@ -4,7 +4,9 @@
 
 #include <algorithm>
 #include <cctype>
+#include <chrono>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <deque>
 #include <regex>
@@ -144,6 +146,19 @@ bool has_digit(std::string_view s) {
   return std::any_of(s.begin(), s.end(), [](char c) { return std::isdigit(static_cast<unsigned char>(c)); });
 }
 
+// An ISO date ("2019-03-06") moved by `days`; the text as given when it is not a full date.
+std::string add_days(const std::string& iso, int days) {
+  if (days == 0 || iso.size() != 10) return iso;
+  int y = 0;
+  unsigned m = 0, d = 0;
+  if (std::sscanf(iso.c_str(), "%4d-%2u-%2u", &y, &m, &d) != 3) return iso;
+  const std::chrono::year_month_day ymd{std::chrono::year{y}, std::chrono::month{m}, std::chrono::day{d}};
+  if (!ymd.ok()) return iso;
+  const std::chrono::year_month_day out{std::chrono::sys_days{ymd} + std::chrono::days{days}};
+  return fmt::format("{:04d}-{:02d}-{:02d}", static_cast<int>(out.year()), static_cast<unsigned>(out.month()),
+                     static_cast<unsigned>(out.day()));
+}
+
 class Builder {
  public:
   Builder(const Vocabulary& v, const StructureOptions& o) : v_(v), o_(o) {}
@@ -172,16 +187,24 @@ class Builder {
   Extraction e_;
   std::string section_;
   std::optional<std::size_t> diagnosis_open_;
+  bool diagnosis_code_below_ = false;  // the open diagnosis ended with a code label, its code below
   struct ImmunizationOpen {
     std::size_t item;
-    double x0;  // left edge of the vaccine name
+    double x0;        // left edge of the vaccine name
+    std::string raw;  // the name as printed up to the wrap, with its final punctuation ("quadrivalent,")
   };
   std::optional<ImmunizationOpen> immunization_open_;  // the diagnosis whose text may go on in the next row
   std::string doc_title_row_;
   std::optional<std::size_t> last_procedure_;
+  struct StudyOpen {
+    std::size_t item;  // the procedure whose paragraph goes on
+    bool impression;   // past its "Impression:" label
+  };
+  std::optional<StudyOpen> study_open_;
   std::set<std::string> seen_procedures_;
   struct Grid {
     std::vector<std::pair<double, std::string>> columns;  // x centre, HH:MM
+    std::vector<int> days;                                // days after the encounter date, per column
     double first_x = 0;
   };
   std::optional<Grid> grid_;
@@ -191,9 +214,11 @@ class Builder {
     int page;
     double x0, x1;
   };
-  std::optional<Column> indication_column_;  // the indication column of the current medication table  //
-                                             // "Taken at 11:21": the time of the vitals below  // rows joined
-                                             // with their continuation (stable addresses)
+  std::optional<Column> indication_column_;
+  std::optional<Column>
+      prior_column_;  // the prior-result column of the current results table  // the indication column of the
+                      // current medication table  // "Taken at 11:21": the time of the vitals below  // rows
+                      // joined with their continuation (stable addresses)
 
   // ----------------------------------------------------------------------------------- header and type
   void header(const std::vector<RowView>& rows, const OcrPage& p) {
@@ -267,7 +292,7 @@ class Builder {
         if (!after_provider && fb && wb && std::abs(wb->x0 - fb->x0) < std::max(r.height, 10.0) &&
             cell_height(w, 0) >= 0.8 * cell_height(r, 0) && wb->y0 - fb->y1 < 0.45 * cell_height(r, 0) &&
             !t.empty() && t.size() <= 30 && !has_digit(t) && !is_title(t) &&
-            t.find(':') == std::string::npos) {
+            t.find(':') == std::string::npos && !names_department(t)) {
           facility += " " + t;
           auto p2 = make_provenance(w, {{"facility", w.cells[0]}});
           const BBox &a = prov.fields["facility"], &b = p2.fields["facility"];
@@ -278,20 +303,33 @@ class Builder {
       }
       enc.facility = facility;
       add_field_box(enc.provenance, prov, "facility");
-      // Department: the next left-aligned smaller row without digits that is neither a title nor a label.
-      for (std::size_t j = next; j < std::min(rows.size(), next + 2); ++j) {
+      // Department: a left-aligned (or centred) row under the facility, printed smaller, without digits, in
+      // the rows before the first field label: "Department of Radiology". The address, the contact line and
+      // a title in large print may come between.
+      for (std::size_t j = next; j < std::min(rows.size(), next + 4); ++j) {
         const RowView& d = rows[j];
         if (d.cells.empty()) continue;
-        std::string t = d.cell(0);
-        // Printed smaller than the facility; a row as large is a title (or the name's next line).
-        if (starts_with_title(d.text) || cell_height(d, 0) > 0.9 * cell_height(r, 0)) continue;
+        if (d.box.y0 > 0.25 * p.height) break;
+        std::string t = trim(d.cell(0));
+        if (t.find(':') != std::string::npos || is_label(t)) break;
+        // A title is printed large; a department that is also a title word ("Cardiology") is body size.
+        if (starts_with_title(d.text) && d.height >= 1.15 * body) continue;
+        if (cell_height(d, 0) > 0.9 * cell_height(r, 0)) continue;
+        if (has_digit(t) || t.size() < 3 || t.size() > 48 || !std::isupper(static_cast<unsigned char>(t[0])))
+          continue;
+        // Another cell on the row is the address or contact line of a two-column letterhead.
+        if (d.cells.size() > 1) {
+          const std::string c1 = trim(d.cell(1));
+          if (c1.empty() || !(std::isdigit(static_cast<unsigned char>(c1[0])) || c1.rfind("Tel", 0) == 0 ||
+                              c1.rfind("Fax", 0) == 0 || c1.rfind("Phone", 0) == 0))
+            continue;
+        }
         // Under the facility: left-aligned with it, or centred under it (a centred letterhead).
         const auto fb = r.box_of(r.cells[0]), db = d.box_of(d.cells[0]);
         const bool aligned = std::abs(d.box.x0 - r.box.x0) <= 40 ||
                              (fb && db && std::abs((fb->x0 + fb->x1) - (db->x0 + db->x1)) <= 80);
-        if (has_digit(t) || !aligned || t.find(':') != std::string::npos) break;
-        if (trim(t).size() < 3 || is_label(t)) break;
-        enc.department = trim(t);
+        if (!aligned) continue;
+        enc.department = t;
         add_field_box(enc.provenance, make_provenance(d, {{"department", d.cells[0]}}), "department");
         break;
       }
@@ -299,6 +337,13 @@ class Builder {
     }
   }
 
+  // A line with a word that names a department ("Hospital Medicine", "Pharmacy Services").
+  bool names_department(const std::string& text) const {
+    const std::string t = to_lower(text);
+    for (const auto& w : v_.department_words)
+      if (find_phrase(t, w) != std::string::npos) return true;
+    return false;
+  }
   // A row whose text begins with a title phrase ("Laboratory  Results - Extended Panel").
   bool starts_with_title(const std::string& text) const {
     std::string t = collapse_spaces(text);
@@ -330,6 +375,14 @@ class Builder {
       for (const auto& l : labels)
         if (t == l) return true;
     return false;
+  }
+  // A row of field labels over their values (a boxed header grid: "NAME  DATE OF BIRTH  MRN"): at least half
+  // of its cells are labels. A table's column header ("Vaccine  Date  Dose  Manufacturer ...") is not one,
+  // and the row under it is the table's first row, not the value of "Date".
+  bool label_row(const RowView& r) const {
+    std::size_t n = 0;
+    for (std::size_t c = 0; c < r.cells.size(); ++c) n += is_label(r.cell(c)) ? 1 : 0;
+    return 2 * n >= r.cells.size();
   }
   // A person's name with a professional credential at the end ("Sarah T. Garcia, MD").
   bool has_credential(const std::string& text) const {
@@ -410,7 +463,7 @@ class Builder {
       } else if (ci + 1 < r.cells.size() && c.back() == ':') {
         out.push_back(wrapped_name(rows, ri, {best_field, &r, r.cells[ci + 1]}));
         ++ci;
-      } else if (ri + 1 < rows.size()) {
+      } else if (ri + 1 < rows.size() && label_row(r)) {
         // Label above its value: the next row's cell that overlaps this cell horizontally.
         const RowView& n = rows[ri + 1];
         auto lb = r.box_of(r.cells[ci]);
@@ -471,12 +524,23 @@ class Builder {
     } else if (field == "mrn") {
       std::string w = trim(val.substr(0, val.find(' ')));
       if (w.empty() || !has_digit(w)) return;
+      // OCR look-alikes in an identifier of a letter and digits: "$791307" is S791307, "HO25855" H025855.
+      if (w.size() > 4 && w[0] == '$' && std::all_of(w.begin() + 1, w.end(), [](char ch) {
+            return std::isdigit(static_cast<unsigned char>(ch));
+          }))
+        w[0] = 'S';
+      w = fix_lot(w);
       out = w;
       sp = {kv.value.first, kv.value.first + val.find(' ')};
       if (val.find(' ') == std::string::npos) sp = kv.value;
     } else {
       std::string t = trim(val);
       if (t.empty() || t.size() > 200) return;
+      if (field == "provider") {
+        // A middle initial that OCR set against the first name ("PaulA. Castillo"): "Paul A. Castillo".
+        static const std::regex glued_initial(R"(([a-z])([A-Z]\.)(?= ))");
+        t = std::regex_replace(t, glued_initial, "$1 $2");
+      }
       out = t;
     }
     Provenance p = make_provenance(*kv.row, {{field, sp}});
@@ -511,12 +575,16 @@ class Builder {
     diagnosis_open_.reset();
     immunization_open_.reset();
     if (auto h = heading(r)) {
+      study_open_.reset();
+      prior_column_.reset();
       section_ = *h;
       vitals_time_.reset();
       indication_column_.reset();
       grid_.reset();
       return i;
     }
+    if (study_continuation(rows, i)) return i;
+    if (prior_column_header(r)) return i;
     if (medication_table_header(r)) return i;
     if (grid_header(r)) return i;
     if (grid_ && grid_row(r)) return i;
@@ -527,7 +595,15 @@ class Builder {
           (lower[h.size()] == ':' || lower.substr(h.size(), 2) == " :")) {
         std::size_t b = lower.find(':') + 1;
         allergy_list(r, b);
-        return i;
+        // A list that ends its row with a separator goes on in the next row ("...; " / "Heparin - ...").
+        std::size_t j = i;
+        while (j + 1 < rows.size() && !rows[j].text.empty() && rows[j].text.back() == ';' &&
+               rows[j + 1].page == rows[j].page && !heading(rows[j + 1]) && key_values(rows, j + 1).empty() &&
+               rows[j + 1].box.y0 - rows[j].box.y1 < 1.5 * std::max(rows[j].height, 8.0)) {
+          ++j;
+          allergy_list(rows[j], 0);
+        }
+        return j;
       }
     }
     // "Taken at 11:21" above a block of vitals: the time of those vitals, on the encounter's date.
@@ -573,7 +649,12 @@ class Builder {
       std::size_t j = medication(rows, i);
       if (j != std::string::npos) return j;
     }
-    if (section_ == "followups" || (skip_marker(r.text) > 0 && known_followup(r.text))) followup(r);
+    if (section_ == "followups" || (skip_marker(r.text) > 0 && known_followup(r.text))) {
+      const std::size_t before = e_.followups.size();
+      followup(r);
+      if (e_.followups.size() > before && i + 1 < rows.size() && followup_continuation(r, rows[i + 1]))
+        return i + 1;
+    }
     if (section_ == "vitals") vitals(r);
     return i;
   }
@@ -642,6 +723,13 @@ class Builder {
         std::sort(g.columns.begin(), g.columns.end());
       }
     }
+    // A grid runs forward in time: a column time earlier than the one before it is on the next day
+    // ("18:00  22:00  02:00").
+    int day = 0;
+    for (std::size_t c = 0; c < g.columns.size(); ++c) {
+      if (c > 0 && g.columns[c].second < g.columns[c - 1].second) ++day;
+      g.days.push_back(day);
+    }
     g.first_x = r.box.x0;
     grid_ = g;
     return true;
@@ -685,6 +773,7 @@ class Builder {
     static const std::regex range_re(R"(^[<>]=?\s?\d+(?:\.\d+)?$|^-?\d+(?:\.\d+)?\s?-\s?\d+(?:\.\d+)?$)");
     struct Val {
       std::string value, time;
+      int day = 0;
       std::optional<std::string> flag;
       Span vs, fs;
     };
@@ -697,8 +786,11 @@ class Builder {
       // nearest time column
       double best = 1e9;
       std::string time;
-      for (const auto& [x, tm] : grid_->columns)
-        if (std::abs(x - cx) < best) best = std::abs(x - cx), time = tm;
+      int day = 0;
+      for (std::size_t k = 0; k < grid_->columns.size(); ++k)
+        if (std::abs(grid_->columns[k].first - cx) < best)
+          best = std::abs(grid_->columns[k].first - cx), time = grid_->columns[k].second,
+          day = grid_->days[k];
       double pitch =
           grid_->columns.size() > 1 ? std::abs(grid_->columns[1].first - grid_->columns[0].first) : 100;
       if (best > 0.45 * pitch) {
@@ -726,6 +818,7 @@ class Builder {
       v.value = sp == std::string::npos ? t : t.substr(0, sp);
       v.vs = {r.cells[c].first, r.cells[c].first + v.value.size()};
       v.time = time;
+      v.day = day;
       if (sp != std::string::npos) {
         if (auto f = normalise_flag(t.substr(sp + 1), v_)) {
           v.flag = f;
@@ -753,7 +846,7 @@ class Builder {
     if (vals.empty()) return false;
     for (const auto& v : vals) {
       std::map<std::string, Span> spans{{"value", v.vs}};
-      std::string when = date.empty() ? "" : date + "T" + v.time;
+      std::string when = date.empty() ? "" : add_days(date, v.day) + "T" + v.time;
       if (is_lab && !is_vital) {
         Lab l;
         l.test = name;
@@ -825,6 +918,12 @@ class Builder {
     if (sub.empty() || sub.size() > 80) return false;
     std::size_t sb = s.first + body.find(sub);
     a.substance = sub;
+    // A capital I that OCR read as a lower-case l at the start ("lodinated contrast media"): the
+    // vocabulary's allergen when only that letter differs.
+    if (sub.size() > 3 && sub[0] == 'l' &&
+        std::find(v_.allergens.begin(), v_.allergens.end(), sub) == v_.allergens.end() &&
+        std::find(v_.allergens.begin(), v_.allergens.end(), "I" + sub.substr(1)) != v_.allergens.end())
+      a.substance = "I" + sub.substr(1);
     spans["substance"] = {sb, sb + sub.size()};
     if (dash != std::string::npos) {
       std::string reac = body.substr(dash + 2);
@@ -939,6 +1038,18 @@ class Builder {
         while (start < t.size() && (t[start] == ' ' || t[start] == '-' || t[start] == ':')) ++start;
       }
     }
+    // A code label that ends the row with its code wrapped onto the next line ("... neoplasm.  ICD-10:" /
+    // "S72.001A").
+    bool code_below = false;
+    if (!has_code) {
+      static const std::regex code_label(R"(\s*\bICD-?10(?:-CM)?:?\s*$)");
+      std::smatch lm;
+      std::string body = t.substr(start, text_end - start);
+      if (std::regex_search(body, lm, code_label)) {
+        text_end = start + static_cast<std::size_t>(lm.position(0));
+        code_below = true;
+      }
+    }
     // Status after " - " at the end.
     std::size_t dash = t.rfind(" - ");
     if (dash != std::string::npos && dash >= start) {
@@ -971,8 +1082,9 @@ class Builder {
     e_.diagnoses.push_back(std::move(d));
     // A text that runs to the end of the row may continue on the next row ("... of left" / "lower
     // extremity").
-    diagnosis_open_ =
-        text_end == t.size() ? std::optional<std::size_t>(e_.diagnoses.size() - 1) : std::nullopt;
+    diagnosis_open_ = text_end == t.size() || code_below ? std::optional<std::size_t>(e_.diagnoses.size() - 1)
+                                                         : std::nullopt;
+    diagnosis_code_below_ = code_below;
     return true;
   }
 
@@ -984,6 +1096,25 @@ class Builder {
     const RowView& prev = rows[i - 1];
     std::string t = r.text;
     Diagnosis& d = e_.diagnoses[*diagnosis_open_];
+    if (diagnosis_code_below_) {
+      // The code of a label that ended the row above: a row of one code. OCR reads an S as "$".
+      diagnosis_code_below_ = false;
+      static const std::regex code_row(R"(^\s*([A-Z$][0-9][0-9AB](?:\.[0-9A-Z]{1,4})?)\s*$)");
+      std::smatch km;
+      if (d.icd10 || r.page != prev.page || r.box.y0 - prev.box.y1 > 0.8 * std::max(prev.height, 1.0) ||
+          !std::regex_match(t, km, code_row))
+        return false;
+      std::string code = km[1].str();
+      if (code[0] == '$') code[0] = 'S';
+      d.icd10 = code;
+      if (d.provenance) {
+        if (auto b = r.box_of({static_cast<std::size_t>(km.position(1)),
+                               static_cast<std::size_t>(km.position(1) + km.length(1))}))
+          d.provenance->fields["icd10"] = round_box(*b);
+      }
+      diagnosis_open_.reset();
+      return true;
+    }
     // The code may close the continued line in a cell of its own ("osteopenia.  ICD-10: S72.001A").
     static const std::regex code_cell(
         R"(  (?:ICD-?10(?:-CM)?:?\s*|\()([A-Z][0-9][0-9AB](?:\.[0-9A-Z]{1,4})?)\)?\s*$)");
@@ -1037,6 +1168,70 @@ class Builder {
     p.provenance = make_provenance(r, spans);
     e_.procedures.push_back(std::move(p));
     last_procedure_ = e_.procedures.size() - 1;
+    // A study reported in a paragraph of its own: "24-hour Holter monitor: <findings> Impression: <...>",
+    // possibly wrapped over the next rows.
+    study_open_.reset();
+    if (f->second.first == skip_marker(r.text) && f->second.second < r.text.size() &&
+        r.text[f->second.second] == ':') {
+      study_open_ = StudyOpen{*last_procedure_, false};
+      study_text(r, f->second.second + 1);
+    }
+    return true;
+  }
+  // Adds the text of `r` from `from` to the open study's findings, switching to its impression after an
+  // "Impression:" label.
+  void study_text(const RowView& r, std::size_t from) {
+    static const std::regex label(R"((?:^|\s)Impression:\s*)", std::regex::icase);
+    std::size_t b = from;
+    while (b < r.text.size()) {
+      std::smatch m;
+      const std::string rest = r.text.substr(b);
+      const bool found = std::regex_search(rest, m, label);
+      const std::size_t e = found ? b + static_cast<std::size_t>(m.position(0)) : r.text.size();
+      append_study(r, {b, e}, study_open_->impression ? "impression" : "findings");
+      if (!found) break;
+      study_open_->impression = true;
+      b = e + static_cast<std::size_t>(m.length(0));
+    }
+  }
+  void append_study(const RowView& r, Span sp, const std::string& field) {
+    while (sp.first < sp.second && r.text[sp.first] == ' ') ++sp.first;
+    while (sp.second > sp.first && r.text[sp.second - 1] == ' ') --sp.second;
+    if (sp.first >= sp.second) return;
+    Procedure& p = e_.procedures[study_open_->item];
+    std::optional<std::string>& slot = field == "findings" ? p.findings : p.impression;
+    const std::string t = r.text.substr(sp.first, sp.second - sp.first);
+    if (!slot)
+      slot = t;
+    else if (slot->size() + t.size() < 3900)
+      *slot += " " + t;
+    if (!p.provenance) return;
+    if (auto b = r.box_of(sp)) {
+      auto it = p.provenance->fields.find(field);
+      if (it == p.provenance->fields.end())
+        p.provenance->fields[field] = round_box(*b);
+      else
+        it->second = round_box({std::min(it->second.x0, b->x0), std::min(it->second.y0, b->y0),
+                                std::max(it->second.x1, b->x1), std::max(it->second.y1, b->y1)});
+    }
+  }
+  // The next row of an open study paragraph: set tight under the row before, on the same page, and not the
+  // start of another study.
+  bool study_continuation(const std::vector<RowView>& rows, std::size_t i) {
+    if (!study_open_ || i == 0) return false;
+    const RowView& r = rows[i];
+    const RowView& prev = rows[i - 1];
+    if (r.page != prev.page || r.box.y0 - prev.box.y1 > 0.8 * std::max(prev.height, 1.0)) {
+      study_open_.reset();
+      return false;
+    }
+    if (auto f = find_longest(r.text, v_.procedures); f && f->second.first == skip_marker(r.text) &&
+                                                      f->second.second < r.text.size() &&
+                                                      r.text[f->second.second] == ':') {
+      study_open_.reset();
+      return false;
+    }
+    study_text(r, 0);
     return true;
   }
   void procedure_text(const RowView& r) {
@@ -1065,6 +1260,7 @@ class Builder {
   bool immunization(const RowView& r) {
     auto f = find_longest(r.text, v_.vaccines);
     std::size_t cell0 = 0;
+    std::optional<std::size_t> name_end;  // where the name ends when a date follows it in its cell
     if (!f || f->second.first > 6) {
       // In an immunization table, a row whose first cell is text and that holds a date is a vaccine given,
       // even when the name is not in the vocabulary or wraps before the part that is.
@@ -1076,6 +1272,14 @@ class Builder {
       bool dated = false;
       for (std::size_t c = 1; c < r.cells.size() && !dated; ++c)
         dated = normalise_date(r.cell(c), false).has_value();
+      // The date run into the name's cell ("Pneumococcal polysaccharide 2015-10-01").
+      Span ds;
+      if (!dated && normalise_date(c0, false, &ds) && ds.second == c0.size() && ds.first > 3) {
+        dated = true;
+        std::size_t e = r.cells[0].first + ds.first;
+        while (e > r.cells[0].first && r.text[e - 1] == ' ') --e;
+        name_end = e;
+      }
       if (!dated) return false;
     } else {
       // The whole cell that holds the name is the vaccine as printed.
@@ -1085,7 +1289,36 @@ class Builder {
     Immunization im;
     std::map<std::string, Span> spans;
     im.vaccine = trim(r.cell(cell0));
+    std::string vaccine_raw = r.cell(cell0);
     spans["vaccine"] = r.cells[cell0];
+    if (name_end) {
+      const std::size_t b = r.cells[cell0].first;
+      im.vaccine = trim(r.text.substr(b, *name_end - b));
+      vaccine_raw = r.text.substr(b, *name_end - b);
+      spans["vaccine"] = {b, *name_end};
+      Span ds;
+      const std::string rest = r.text.substr(*name_end, r.cells[cell0].second - *name_end);
+      if (auto d = normalise_date(rest, false, &ds)) {
+        im.date = d;
+        spans["date"] = {*name_end + ds.first, *name_end + ds.second};
+      }
+    }
+    // A short name whose space OCR lost ("HepA" for "Hep A"): the vocabulary's spelling when the two differ
+    // only in spaces and letter case.
+    {
+      auto squeeze = [](const std::string& t) {
+        std::string o;
+        for (char ch : t)
+          if (ch != ' ') o += static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+        return o;
+      };
+      const std::string sq = squeeze(im.vaccine);
+      for (const auto& name : v_.vaccines)
+        if (name != im.vaccine && squeeze(name) == sq) {
+          im.vaccine = name;
+          break;
+        }
+    }
     double vaccine_x0 = r.box.x1;
     for (const auto& [sp, w] : r.words)
       if (sp.first >= r.cells[cell0].first && sp.second <= r.cells[cell0].second)
@@ -1094,6 +1327,11 @@ class Builder {
     for (std::size_t c = 0; c < r.cells.size(); ++c) {
       if (c == cell0) continue;
       std::string t = trim(r.cell(c));
+      // A speck or a rule end that OCR put before the cell's text ("=IM", "=MWK48357").
+      std::size_t lead = 0;
+      while (lead < t.size() && (t[lead] == '=' || t[lead] == '~' || t[lead] == '|')) ++lead;
+      t = t.substr(lead);
+      Span cell_span{r.cells[c].first + lead, r.cells[c].second};
       if (t.empty()) continue;
       Span ds;
       if (!im.date) {
@@ -1118,27 +1356,32 @@ class Builder {
         });
         if (it != v_.route_abbr.end()) {
           im.route = *it;
-          spans["route"] = r.cells[c];
+          spans["route"] = cell_span;
           continue;
         }
       }
       std::string lt = to_lower(t);
       if (!im.site && (lt.find("deltoid") != std::string::npos || lt.find("thigh") != std::string::npos ||
-                       lt.find("arm") != std::string::npos || lt.find("gluteal") != std::string::npos)) {
+                       lt.find("arm") != std::string::npos || lt.find("gluteal") != std::string::npos ||
+                       lt.find("upper") != std::string::npos)) {
+        // The side glued to the site ("Rdeltoid"): "R deltoid".
+        if (t.size() > 4 && (t[0] == 'L' || t[0] == 'R') && std::islower(static_cast<unsigned char>(t[1])))
+          t.insert(1, " ");
         im.site = t;
-        spans["site"] = r.cells[c];
+        spans["site"] = cell_span;
         continue;
       }
-      if (!im.lot && std::regex_match(t, lot)) {
-        // Lot numbers run letters then digits: a letter O right before a digit, after a letter or a digit,
-        // is the digit zero that OCR read as a letter ("YLO61" -> "YL061").
-        for (std::size_t k = 1; k + 1 < t.size(); ++k)
-          if (t[k] == 'O' && std::isdigit(static_cast<unsigned char>(t[k + 1])) &&
-              std::isalnum(static_cast<unsigned char>(t[k - 1])))
-            t[k] = '0';
-        im.lot = t;
-        spans["lot"] = r.cells[c];
-        continue;
+      if (!im.lot) {
+        // A lot number in capitals and digits; OCR may lower the case of a letter ("Jw441190").
+        std::string up = t;
+        for (char& ch : up) ch = static_cast<char>(std::toupper(static_cast<unsigned char>(ch)));
+        const auto digits = std::count_if(
+            t.begin(), t.end(), [](char ch) { return std::isdigit(static_cast<unsigned char>(ch)); });
+        if (std::regex_match(t, lot) || (digits >= 3 && std::regex_match(up, lot))) {
+          im.lot = fix_lot(up);
+          spans["lot"] = cell_span;
+          continue;
+        }
       }
       if (!im.manufacturer && !has_digit(t) && t.size() > 3) {
         im.manufacturer = t;
@@ -1147,7 +1390,7 @@ class Builder {
     }
     im.provenance = make_provenance(r, spans);
     e_.immunizations.push_back(std::move(im));
-    immunization_open_ = ImmunizationOpen{e_.immunizations.size() - 1, vaccine_x0};
+    immunization_open_ = ImmunizationOpen{e_.immunizations.size() - 1, vaccine_x0, vaccine_raw};
     return true;
   }
 
@@ -1159,16 +1402,71 @@ class Builder {
     const RowView& prev = rows[i - 1];
     if (r.cells.empty() || r.words.empty() || r.page != prev.page) return false;
     if (r.box.y0 - prev.box.y1 > 0.8 * std::max(prev.height, 1.0)) return false;
-    if (std::abs(r.words.front().second->box.x0 - immunization_open_->x0) > std::max(prev.height, 8.0))
-      return false;
     for (std::size_t c = 0; c < r.cells.size(); ++c)
       if (normalise_date(r.cell(c), false, nullptr)) return false;
-    std::string extra = trim(r.cell(0));
-    if (extra.empty() || extra.size() > 40) return false;
-    auto& vaccine = e_.immunizations[immunization_open_->item].vaccine;
-    vaccine += " " + extra;
+    Immunization& im = e_.immunizations[immunization_open_->item];
+    if (!im.provenance) return false;
+    // Every cell of the row lies under a wrapped cell of the item (vaccine, lot, site), or right of them
+    // all (the "Given by" column); the vaccine name's part starts where the name starts.
+    const double slack = std::max(prev.height, 8.0);
+    double right = 0;
+    for (const auto& [f, b] : im.provenance->fields) right = std::max(right, b.x1);
+    std::vector<std::pair<std::string, std::size_t>> parts;  // field, cell
+    for (std::size_t c = 0; c < r.cells.size(); ++c) {
+      auto cb = r.box_of(r.cells[c]);
+      if (!cb) return false;
+      std::string field;
+      for (const char* f : {"vaccine", "lot", "site"}) {
+        auto it = im.provenance->fields.find(f);
+        if (it == im.provenance->fields.end()) continue;
+        const BBox& fb = it->second;
+        if (cb->x0 < fb.x1 && cb->x1 > fb.x0 &&
+            (std::string(f) != "vaccine" || std::abs(cb->x0 - fb.x0) <= slack))
+          field = f;
+      }
+      if (field.empty()) {
+        if (cb->x0 >= right) continue;
+        return false;
+      }
+      std::string t = trim(r.cell(c));
+      if (t.empty() || t.size() > 40) return false;
+      parts.push_back({field, c});
+    }
+    if (parts.empty()) return false;
+    for (const auto& [field, c] : parts) {
+      std::string t = trim(r.cell(c));
+      if (field == "vaccine") {
+        // A name wrapped after a hyphen ("20-" / "valent") joins without a space; the punctuation before
+        // the wrap stays ("quadrivalent," / "inactivated").
+        std::string head = immunization_open_->raw;
+        while (!head.empty() && head.back() == ' ') head.pop_back();
+        im.vaccine = head + (!head.empty() && head.back() == '-' ? "" : " ") + t;
+      } else if (field == "lot") {
+        if (!std::all_of(t.begin(), t.end(),
+                         [](char ch) { return std::isalnum(static_cast<unsigned char>(ch)); }))
+          continue;
+        im.lot = fix_lot(*im.lot + t);
+      } else if (im.site) {
+        *im.site += " " + t;
+      }
+      if (auto b = r.box_of(r.cells[c])) {
+        BBox& fb = im.provenance->fields[field];
+        fb = round_box(
+            {std::min(fb.x0, b->x0), std::min(fb.y0, b->y0), std::max(fb.x1, b->x1), std::max(fb.y1, b->y1)});
+      }
+    }
     immunization_open_.reset();
     return true;
+  }
+
+  // Lot numbers run letters then digits: a letter O right before a digit, after a letter or a digit, is the
+  // digit zero that OCR read as a letter ("YLO61" -> "YL061", "NROOO6" -> "NR0006").
+  static std::string fix_lot(std::string t) {
+    for (std::size_t k = t.size() >= 2 ? t.size() - 2 : 0; k >= 1 && k + 1 < t.size(); --k)
+      if (t[k] == 'O' && std::isdigit(static_cast<unsigned char>(t[k + 1])) &&
+          std::isalnum(static_cast<unsigned char>(t[k - 1])))
+        t[k] = '0';
+    return t;
   }
 
   // ---------------------------------------------------------------------------------------------- labs
@@ -1210,7 +1508,51 @@ class Builder {
     return any;
   }
 
+  // A results table whose header has a prior-result column ("Test / LOINC  Result  Prior 11/25/2024 ..."):
+  // the header row sets the column; numbers under it are earlier results, never the row's value (when the
+  // result column is lost, the prior one would otherwise be read as the result).
+  bool prior_column_header(const RowView& r) {
+    const std::string c0 = to_lower(r.cell(0));
+    if (r.cells.size() < 3 || c0.rfind("test", 0) != 0 ||
+        (c0.size() > 4 && std::isalpha(static_cast<unsigned char>(c0[4]))))
+      return false;
+    for (std::size_t c = 1; c < r.cells.size(); ++c) {
+      if (to_lower(r.cell(c)).rfind("prior", 0) != 0) continue;
+      auto b = r.box_of(r.cells[c]);
+      if (!b) return false;
+      prior_column_ = Column{r.page, b->x0, b->x1};
+      return true;
+    }
+    prior_column_.reset();
+    return false;
+  }
   bool lab(const RowView& r) {
+    if (prior_column_ && prior_column_->page == r.page) {
+      RowView kept;
+      kept.page = r.page;
+      kept.box = r.box;
+      kept.height = r.height;
+      for (std::size_t c = 0; c < r.cells.size(); ++c) {
+        auto b = r.box_of(r.cells[c]);
+        if (c > 0 && b && (b->x0 + b->x1) / 2 > prior_column_->x0 - 10 &&
+            (b->x0 + b->x1) / 2 < prior_column_->x1 + 10)
+          continue;
+        if (!kept.text.empty()) kept.text += "  ";
+        const std::size_t cb = kept.text.size();
+        for (const auto& [sp, w] : r.words)
+          if (sp.first >= r.cells[c].first && sp.second <= r.cells[c].second)
+            kept.words.push_back({{cb + sp.first - r.cells[c].first, cb + sp.second - r.cells[c].first}, w});
+        kept.text += r.cell(c);
+        kept.cells.push_back({cb, kept.text.size()});
+      }
+      if (kept.cells.size() != r.cells.size()) {
+        merged_rows_.push_back(std::move(kept));
+        return lab_cells(merged_rows_.back());
+      }
+    }
+    return lab_cells(r);
+  }
+  bool lab_cells(const RowView& r) {
     // Side-by-side result tables ("Test Result Units Range | Test Result Units Range") print two results
     // in one row: the row is cut before each later cell that starts with a test name and is read piece
     // by piece.
@@ -1419,6 +1761,26 @@ class Builder {
     return f && f->second.first == 0;
   }
 
+  // The timing of a follow-up wrapped onto the next row ("... - immediately if" / "symptoms worsen"): one
+  // short cell set tight under it, starting in lower case, with no list marker.
+  bool followup_continuation(const RowView& r, const RowView& n) {
+    Followup& fu = e_.followups.back();
+    if (!fu.when || n.page != r.page || n.cells.size() != 1) return false;
+    if (n.box.y0 - r.box.y1 > 0.8 * std::max(r.height, 1.0)) return false;
+    const std::string t = trim(n.text);
+    if (t.empty() || t.size() > 40 || !std::islower(static_cast<unsigned char>(t[0])) ||
+        skip_marker(n.text) > 0)
+      return false;
+    *fu.when += " " + t;
+    if (fu.provenance) {
+      if (auto b = n.box_of({0, n.text.size()})) {
+        BBox& w = fu.provenance->fields["when"];
+        w = round_box(
+            {std::min(w.x0, b->x0), std::min(w.y0, b->y0), std::max(w.x1, b->x1), std::max(w.y1, b->y1)});
+      }
+    }
+    return true;
+  }
   void followup(const RowView& r) {
     std::size_t mk = skip_marker(r.text);
     std::string t = r.text.substr(mk);

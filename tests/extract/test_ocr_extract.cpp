@@ -133,8 +133,9 @@ TEST(OcrExtract, ScannedFlowsheetTableIsRead) {
   const double recall = static_cast<double>(r.found) / r.total;
   std::printf("scanned flowsheet vitals: %d of %d fields = %.3f\n", r.found, r.total, recall);
   // 0.690 (116 of 168) measured on 2026-11-23; the column times sit on a dark header bar, and before the
-  // bar was inverted none were read (0 of 168).
-  EXPECT_GE(recall, 0.65) << r.found << " of " << r.total << " fields";
+  // bar was inverted none were read (0 of 168). 0.857 (144 of 168) once columns past midnight were put on
+  // the next day (same day, later).
+  EXPECT_GE(recall, 0.80) << r.found << " of " << r.total << " fields";
 }
 
 TEST(OcrExtract, EmptyPageListIsAnError) {

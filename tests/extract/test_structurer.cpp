@@ -1,7 +1,8 @@
 // The structurer on pages built from word geometry (no OCR): list markers read as symbols, follow-ups,
 // diagnosis codes with the letter I read as 1, wrapped diagnoses and vaccine names, side-by-side lab tables,
 // page footers and 12-hour flowsheet columns, misread flowsheet times and flag marks, prescriber pads and
-// wrapped provider names, diagnosis tables, pathology diagnoses.
+// wrapped provider names, diagnosis tables, pathology diagnoses, flowsheets past midnight, vaccine tables
+// with wrapped cells, study paragraphs, allergy lists over two rows, identifier look-alikes.
 #include <gtest/gtest.h>
 
 #include <string>
@@ -225,6 +226,159 @@ TEST(Structurer, FootersWithMisreadPageCountsAndRunningHeadersAreSkipped) {
                 "Elijah D. Watson  MRN: 59858560  DOB: Oct 10, 1988  (continued)"});
   ASSERT_EQ(e.followups.size(), 1u);
   EXPECT_EQ(e.followups[0].text, "Repeat CBC");
+}
+
+// A page from words placed at given x positions: one line per entry, words 10 px per character, 20 px high.
+OcrPage page_at(const std::vector<std::vector<std::pair<double, std::string>>>& lines) {
+  OcrPage p;
+  p.width = 2000;
+  p.height = 100 + 30 * static_cast<int>(lines.size());
+  std::vector<std::vector<int>> line_words;
+  for (std::size_t li = 0; li < lines.size(); ++li) {
+    const double y = 50 + 30.0 * li;
+    line_words.emplace_back();
+    for (const auto& [x, w] : lines[li]) {
+      line_words.back().push_back(static_cast<int>(p.words.size()));
+      p.words.push_back(OcrWord{w, {x, y, x + 10.0 * w.size(), y + 20}, 0.9, false});
+    }
+  }
+  p.rows = build_rows(p.words, line_words);
+  return p;
+}
+
+TEST(Structurer, FlowsheetColumnsPastMidnightAreOnTheNextDay) {
+  const std::vector<std::vector<std::pair<double, std::string>>> lines = {
+      {{100, "Date:"}, {160, "2019-12-31"}},
+      {{100, "Vital"}, {160, "Signs"}},
+      {{100, "Parameter"}, {300, "18:00"}, {400, "22:00"}, {500, "02:00"}, {600, "06:00"}},
+      {{100, "HR"}, {130, "(bpm)"}, {310, "80"}, {410, "82"}, {510, "84"}, {610, "86"}},
+  };
+  auto e = structure_document({page_at(lines)}, vocab());
+  ASSERT_EQ(e.vitals.size(), 4u);
+  EXPECT_EQ(e.vitals[0].time, "2019-12-31T18:00");
+  EXPECT_EQ(e.vitals[1].time, "2019-12-31T22:00");
+  EXPECT_EQ(e.vitals[2].time, "2020-01-01T02:00");
+  EXPECT_EQ(e.vitals[3].time, "2020-01-01T06:00");
+  EXPECT_EQ(e.vitals[3].value, "86");
+}
+
+TEST(Structurer, VaccineTableHeaderIsNotALabelRowAndWrappedCellsJoin) {
+  // Columns: vaccine 100, date 420, dose 560, manufacturer 620, lot 800, route 920, site 980, given by 1120.
+  const std::vector<std::vector<std::pair<double, std::string>>> lines = {
+      {{100, "RECORD"}, {170, "DATE"}},
+      {{100, "Nov"}, {140, "16,"}, {180, "2019"}},
+      {{100, "Vaccines"}, {190, "Administered:"}},
+      {{100, "Vaccine"},
+       {420, "Date"},
+       {560, "Dose"},
+       {620, "Manufacturer"},
+       {800, "Lot"},
+       {840, "#"},
+       {920, "Route"},
+       {980, "Site"},
+       {1120, "Given"},
+       {1180, "By"}},
+      {{100, "Influenza,"},
+       {210, "quadrivalent,"},
+       {420, "2014-01-01"},
+       {560, "1"},
+       {620, "Sanofi"},
+       {690, "Pasteur"},
+       {800, "XZJ29296"},
+       {920, "=IM"},
+       {980, "R"},
+       {1000, "upper"},
+       {1120, "Lisa"},
+       {1170, "Cook,"},
+       {1230, "RN"}},
+      {{100, "inactivated"}, {220, "(IIV4)"}, {800, "5"}, {980, "arm"}},
+      {{100, "HepA"},
+       {420, "2015-10-01"},
+       {560, "2"},
+       {620, "Merck"},
+       {800, "NROOO6"},
+       {920, "IM"},
+       {980, "Rdeltoid"},
+       {1120, "Anna"},
+       {1170, "Lee"}},
+  };
+  auto e = structure_document({page_at(lines)}, vocab());
+  ASSERT_TRUE(e.encounter && e.encounter->date);
+  EXPECT_EQ(*e.encounter->date, "2019-11-16");  // the record date, not the first vaccine's
+  ASSERT_EQ(e.immunizations.size(), 2u);
+  const auto& a = e.immunizations[0];
+  EXPECT_EQ(a.vaccine, "Influenza, quadrivalent, inactivated (IIV4)");
+  EXPECT_EQ(a.date, "2014-01-01");
+  EXPECT_EQ(a.lot, "XZJ292965");
+  EXPECT_EQ(a.route, "IM");
+  EXPECT_EQ(a.site, "R upper arm");
+  const auto& b = e.immunizations[1];
+  EXPECT_EQ(b.vaccine, "Hep A");
+  EXPECT_EQ(b.lot, "NR0006");
+  EXPECT_EQ(b.site, "R deltoid");
+}
+
+TEST(Structurer, StudyParagraphGivesFindingsAndImpression) {
+  auto e = run({"Diagnostic Studies",
+                "24-hour Holter monitor: Predominant sinus rhythm. Rare PACs and PVCs. No pauses longer than",
+                "2 seconds. Impression: No significant", "arrhythmia.",
+                "12-lead electrocardiogram: Sinus rhythm. Impression: Normal ECG.", "Laboratory Data"});
+  ASSERT_EQ(e.procedures.size(), 2u);
+  EXPECT_EQ(e.procedures[0].name, "24-hour Holter monitor");
+  EXPECT_EQ(e.procedures[0].findings,
+            "Predominant sinus rhythm. Rare PACs and PVCs. No pauses longer than 2 seconds.");
+  EXPECT_EQ(e.procedures[0].impression, "No significant arrhythmia.");
+  EXPECT_EQ(e.procedures[1].findings, "Sinus rhythm.");
+  EXPECT_EQ(e.procedures[1].impression, "Normal ECG.");
+}
+
+TEST(Structurer, SentencesStartingWithATestNameAreNotResults) {
+  auto e = run({"Follow-up", "*  INR check at anticoagulation clinic: in 3 days", "Results",
+                "BUN  15  ll  mg/dL  7-20"});
+  ASSERT_EQ(e.labs.size(), 1u);  // BUN only; "INR ... 3 days" is a follow-up
+  EXPECT_EQ(e.labs[0].test, "BUN");
+  EXPECT_EQ(e.labs[0].value, "15");
+  EXPECT_FALSE(e.labs[0].flag.has_value());  // "ll" is a rule read as letters, not the flag LL
+  EXPECT_EQ(e.labs[0].unit, "mg/dL");
+  ASSERT_EQ(e.followups.size(), 1u);
+  EXPECT_EQ(e.followups[0].text, "INR check at anticoagulation clinic");
+}
+
+TEST(Structurer, FollowUpTimingWrappedOntoTheNextRow) {
+  auto e = run({"Plan", "2. Return to the emergency department for chest pain - immediately if",
+                "symptoms worsen", "3. Cardiology clinic follow-up - in 4 weeks"});
+  ASSERT_EQ(e.followups.size(), 2u);
+  EXPECT_EQ(e.followups[0].when, "immediately if symptoms worsen");
+  EXPECT_EQ(e.followups[1].text, "Cardiology clinic follow-up");
+}
+
+TEST(Structurer, AllergyListWrappedAfterASemicolon) {
+  auto e = run({"Allergies: Latex - Anaphylaxis (severe); lodinated contrast media - Hives (moderate);",
+                "Heparin - Thrombocytopenia (HIT) (severe)"});
+  ASSERT_EQ(e.allergies.size(), 3u);
+  EXPECT_EQ(e.allergies[1].substance, "Iodinated contrast media");
+  EXPECT_EQ(e.allergies[2].substance, "Heparin");
+  EXPECT_TRUE(e.medications.empty());
+}
+
+TEST(Structurer, PathologyCodeLabelWithTheCodeOnTheNextRow) {
+  auto e =
+      run({"Final Diagnosis",
+           "FINAL DIAGNOSIS - A. Femoral head, right: Femoral head with fracture.  ICD-10:", "$72.001A"});
+  ASSERT_EQ(e.diagnoses.size(), 1u);
+  EXPECT_EQ(e.diagnoses[0].text, "Femoral head with fracture");
+  EXPECT_EQ(e.diagnoses[0].icd10, "S72.001A");
+}
+
+TEST(Structurer, IdentifierAndProviderLookAlikes) {
+  auto e = run({"MRN: HO25855", "Attending: PaulA. Castillo, DO"});
+  ASSERT_TRUE(e.patient && e.patient->mrn);
+  EXPECT_EQ(*e.patient->mrn, "H025855");
+  ASSERT_TRUE(e.encounter && e.encounter->provider);
+  EXPECT_EQ(*e.encounter->provider, "Paul A. Castillo, DO");
+  auto f = run({"MRN: $791307"});
+  ASSERT_TRUE(f.patient && f.patient->mrn);
+  EXPECT_EQ(*f.patient->mrn, "S791307");
 }
 
 }  // namespace
