@@ -159,6 +159,8 @@ class CudaModel final : public Model {
     kv_geo_ = cuda::KvPageGeometry{static_cast<int>(t.num_hidden_layers), static_cast<int>(nkv_),
                                    static_cast<int>(hd_)};
     kv_pool_ = make_kv_pool(kv_geo_.page_bytes(), device_);
+    fused_rope_ = cuda::decode_attention_tensor_cores(static_cast<int>(nh_), static_cast<int>(nkv_),
+                                                      static_cast<int>(hd_));
 
     const auto before = cuda::memory_stats().allocated;
     {
@@ -948,20 +950,27 @@ class CudaModel final : public Model {
                                     seqs,
                                     static_cast<int>(l),
                                     kv_geo_};
-      cuda::rope_split_qkv_decode(stream_, sp);
-      const cuda::DecodeAttnArgs da{q,
-                                    nq,
-                                    seqs,
-                                    static_cast<int>(l),
-                                    kv_geo_,
-                                    h32,
-                                    nq,
-                                    static_cast<int>(nh_),
-                                    static_cast<int>(nkv_),
-                                    static_cast<int>(hd_),
-                                    rows,
-                                    dattn_.data(),
-                                    static_cast<int>(dec_rows_)};
+      // With the tensor-core decode attention, the rope/split happens inside it (no launch of its own).
+      if (!fused_rope_) cuda::rope_split_qkv_decode(stream_, sp);
+      cuda::DecodeAttnArgs da{q,
+                              nq,
+                              seqs,
+                              static_cast<int>(l),
+                              kv_geo_,
+                              h32,
+                              nq,
+                              static_cast<int>(nh_),
+                              static_cast<int>(nkv_),
+                              static_cast<int>(hd_),
+                              rows,
+                              dattn_.data(),
+                              static_cast<int>(dec_rows_)};
+      if (fused_rope_) {
+        da.qkv = y;
+        da.qkv_stride = nq + 2 * nkv;
+        da.cos = cos;
+        da.sin = sin;
+      }
       cuda::decode_attention(stream_, da);
       linear(L.o, h32, x, true);
       norm_linear(L.post_norm, L.gate_up, y);
@@ -989,6 +998,7 @@ class CudaModel final : public Model {
   std::uint64_t weight_bytes_ = 0;
   cuda::KvPageGeometry kv_geo_;
   std::shared_ptr<PagePool> kv_pool_;
+  bool fused_rope_ = false;  // decode attention does the rope/split (tensor-core kernel)
   std::mutex mutex_;
   // Weights.
   DLinear embed_, lm_head_;

@@ -264,6 +264,15 @@ struct DecodeAttnArgs {
   int n_heads, n_kv, hd, batch;
   void* work;
   int work_batch;
+  // Optional: rope/split fused in (the tensor-core kernel only, see decode_attention_tensor_cores). When qkv
+  // is set, q is not read: each block rotates its query heads from sequence b's fp32 qkv row (q | k | v, row
+  // stride qkv_stride; cos/sin [batch][hd/2], as rope_split_qkv_decode takes them), and the block whose keys
+  // hold position len − 1 first writes that position's rotated k and its v into the pages, so that the
+  // separate rope_split_qkv_decode launch is not needed.
+  const float* qkv = nullptr;
+  std::int64_t qkv_stride = 0;
+  const float* cos = nullptr;
+  const float* sin = nullptr;
 };
 std::size_t decode_attention_workspace(int n_heads, int n_kv, int hd, int max_batch);
 // Blocks per (sequence, kv head) that decode_attention uses on the current device (for reports).

@@ -395,15 +395,49 @@ __global__ void __launch_bounds__(kMmaThreads)
     return;
   }
 
-  // Q rows (query heads of the group; rows past nh zero) and this warp's first K/V tile: one group.
-  const bf16* qrow = a.q + static_cast<std::int64_t>(b) * a.q_stride + static_cast<std::int64_t>(h0) * HD;
-  for (int i = tid; i < kMmaRows * kChunks; i += kMmaThreads) {
-    const int r = i / kChunks, c = i - r * kChunks;
-    const bool ok = r < nh;
-    mma::cp_async16(mma::smem_u32(Qs + r * P + c * 8), ok ? qrow + r * HD + c * 8 : qrow, ok);
-  }
   const std::int64_t head_off = (static_cast<std::int64_t>(a.layer) * a.n_kv + g) * kKvPageTokens * HD;
   const std::int64_t v_off = a.geo.v_offset();
+  if (a.qkv != nullptr) {
+    // Fused rope/split: the rotations of rope_split_row (kernels.cu), same expressions.
+    constexpr int half = HD / 2;
+    const float* row = a.qkv + static_cast<std::int64_t>(b) * a.qkv_stride;
+    const float* cs = a.cos + static_cast<std::int64_t>(b) * half;
+    const float* sn = a.sin + static_cast<std::int64_t>(b) * half;
+    if (split == n_used - 1) {  // this block's keys hold position len − 1: store its k and v first
+      const int t = len - 1;
+      bf16* krow = sq.pages[t / kKvPageTokens] + head_off + static_cast<std::int64_t>(t % kKvPageTokens) * HD;
+      const float* ksrc = row + static_cast<std::int64_t>(a.n_heads + g) * HD;
+      const float* vsrc = row + static_cast<std::int64_t>(a.n_heads + a.n_kv + g) * HD;
+      for (int j = tid; j < half; j += kMmaThreads) {
+        const float x0 = ksrc[j], x1 = ksrc[j + half];
+        const float y0 = x0 * cs[j] - x1 * sn[j], y1 = x1 * cs[j] + x0 * sn[j];
+        krow[j] = __float2bfloat16(y0);
+        krow[j + half] = __float2bfloat16(y1);
+      }
+      for (int d = tid; d < HD; d += kMmaThreads) krow[v_off + d] = __float2bfloat16(vsrc[d]);
+    }
+    for (int i = tid; i < kMmaRows * half; i += kMmaThreads) {
+      const int r = i / half, j = i - r * half;
+      float y0 = 0.0f, y1 = 0.0f;
+      if (r < nh) {
+        const float* src = row + static_cast<std::int64_t>(h0 + r) * HD;
+        const float x0 = src[j], x1 = src[j + half];
+        y0 = x0 * cs[j] - x1 * sn[j];
+        y1 = x1 * cs[j] + x0 * sn[j];
+      }
+      Qs[r * P + j] = __float2bfloat16(y0);
+      Qs[r * P + j + half] = __float2bfloat16(y1);
+    }
+    __syncthreads();  // the new k/v are stored before any warp's cp.async reads them
+  } else {
+    // Q rows (query heads of the group; rows past nh zero), in the same group as the first K/V tile.
+    const bf16* qrow = a.q + static_cast<std::int64_t>(b) * a.q_stride + static_cast<std::int64_t>(h0) * HD;
+    for (int i = tid; i < kMmaRows * kChunks; i += kMmaThreads) {
+      const int r = i / kChunks, c = i - r * kChunks;
+      const bool ok = r < nh;
+      mma::cp_async16(mma::smem_u32(Qs + r * P + c * 8), ok ? qrow + r * HD + c * 8 : qrow, ok);
+    }
+  }
   const int ntiles = (k1 - k0 + kTileKeys - 1) / kTileKeys;
   bf16* wk = warp_base + warp * L::kWarpElems;  // [stage][K, V][32][P]
   auto load_tile = [&](int t, int stage) {      // tile t of the split (keys k0 + 32t …), by this warp
@@ -740,9 +774,13 @@ void decode_attention(cudaStream_t s, const DecodeAttnArgs& a) {
   if (a.batch <= 0) return;
   if (a.geo.n_kv != a.n_kv || a.geo.hd != a.hd || a.layer < 0 || a.layer >= a.geo.layers)
     check(cudaErrorInvalidValue, "decode_attention: the page geometry does not match the heads or layer");
-  // The tensor-core kernel reads q rows with 16-byte copies.
-  const bool q_aligned = a.q_stride % 8 == 0 && (reinterpret_cast<std::uintptr_t>(a.q) & 15) == 0;
+  // The tensor-core kernel reads q rows with 16-byte copies (or forms them itself from qkv).
+  const bool q_aligned =
+      a.qkv != nullptr || (a.q_stride % 8 == 0 && (reinterpret_cast<std::uintptr_t>(a.q) & 15) == 0);
   const Geometry G = geometry(a.n_heads, a.n_kv, a.hd, a.batch, q_aligned);
+  if (a.qkv != nullptr && (!G.mma || a.cos == nullptr || a.sin == nullptr))
+    check(cudaErrorInvalidValue,
+          "decode_attention: the fused rope/split needs the tensor-core kernel and cos/sin tables");
   Params p{};
   p.scale = 1.4426950408889634f / sqrtf(static_cast<float>(a.hd));
   p.group = G.group;
