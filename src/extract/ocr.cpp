@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cctype>
 #include <chrono>
 #include <cmath>
 #include <cstdlib>
@@ -267,6 +268,60 @@ std::unique_ptr<OcrEngine::Instance> OcrEngine::acquire() {
 void OcrEngine::release(std::unique_ptr<Instance> inst) {
   std::lock_guard lock(mutex_);
   free_.push_back(std::move(inst));
+}
+
+std::optional<OcrEngine::Reread> OcrEngine::reread(const Page& page, const BBox& box,
+                                                   const std::string& whitelist) {
+  const ImageRGB8& img = page.image;
+  if (img.width <= 0 || img.height <= 0 ||
+      img.pixels.size() != static_cast<std::size_t>(img.width) * img.height * 3)
+    fail(Errc::kInvalidInput, "OCR: page {} has no pixels", page.number);
+  const double h = box.y1 - box.y0;
+  if (!(h > 0) || !(box.x1 > box.x0)) return std::nullopt;
+  const int x0 = std::max(0, static_cast<int>(std::floor(box.x0 - 0.8 * h)));
+  const int y0 = std::max(0, static_cast<int>(std::floor(box.y0 - 0.6 * h)));
+  const int x1 = std::min(img.width, static_cast<int>(std::ceil(box.x1 + 0.8 * h)));
+  const int y1 = std::min(img.height, static_cast<int>(std::ceil(box.y1 + 0.6 * h)));
+  if (x1 - x0 < 2 || y1 - y0 < 2) return std::nullopt;
+  ImageRGB8 crop;
+  crop.width = x1 - x0;
+  crop.height = y1 - y0;
+  crop.pixels.resize(static_cast<std::size_t>(crop.width) * crop.height * 3);
+  for (int y = y0; y < y1; ++y)
+    std::copy_n(img.row(y) + 3 * x0, 3 * crop.width,
+                crop.pixels.data() + static_cast<std::size_t>(y - y0) * crop.width * 3);
+  PixPtr gray = to_gray_pix(crop);
+  PixPtr up(pixScaleGrayLI(gray.get(), 3.0f, 3.0f));
+  if (!up) return std::nullopt;
+  // A white border: Tesseract reads a word poorly when its ink touches the image edge.
+  const int pad = static_cast<int>(std::lround(h * 3 * 0.5));
+  PixPtr padded(pixAddBorder(up.get(), pad, 255));
+  if (!padded) return std::nullopt;
+
+  auto inst = acquire();
+  struct Releaser {
+    OcrEngine* self;
+    std::unique_ptr<Instance>* inst;
+    ~Releaser() {
+      auto& api = (*inst)->api;
+      api.Clear();
+      api.SetVariable("tessedit_char_whitelist", "");
+      self->release(std::move(*inst));
+    }
+  } releaser{this, &inst};
+  auto& api = inst->api;
+  api.SetVariable("tessedit_char_whitelist", whitelist.c_str());
+  api.SetImage(padded.get());
+  api.SetPageSegMode(tesseract::PSM_SINGLE_LINE);
+  api.SetSourceResolution(300);  // the crop holds one line of large print; no page resolution applies
+  if (api.Recognize(nullptr) != 0) return std::nullopt;
+  std::unique_ptr<char[]> txt(api.GetUTF8Text());
+  Reread r;
+  if (txt) r.text = txt.get();
+  while (!r.text.empty() && std::isspace(static_cast<unsigned char>(r.text.back()))) r.text.pop_back();
+  while (!r.text.empty() && std::isspace(static_cast<unsigned char>(r.text.front()))) r.text.erase(0, 1);
+  r.confidence = std::clamp(api.MeanTextConf() / 100.0, 0.0, 1.0);
+  return r;
 }
 
 OcrPage OcrEngine::recognize(const Page& page) {

@@ -70,6 +70,16 @@ class OcrEngine {
 
   OcrPage recognize(const Page& page);
 
+  // Reads one small region again on its own: `box` (pixels of the page as given) cropped with a margin
+  // (0.8 x its height across, 0.6 x down: boxes mapped back through a deskew can be a few pixels off),
+  // upscaled 3x, recognised as a single text line with only the characters of `whitelist`. Returns the
+  // text and Tesseract's mean confidence (0..1), or nothing when the box is empty or off the page.
+  struct Reread {
+    std::string text;
+    double confidence = 0;
+  };
+  std::optional<Reread> reread(const Page& page, const BBox& box, const std::string& whitelist);
+
  private:
   struct Instance;
   std::unique_ptr<Instance> acquire();

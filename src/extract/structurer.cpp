@@ -71,6 +71,13 @@ struct RowView {
     }
     return b;
   }
+  // Lowest Tesseract confidence of the words under a span (1 when no word lies under it).
+  double min_confidence(Span s) const {
+    double m = 1;
+    for (const auto& [sp, w] : words)
+      if (!(sp.second <= s.first || sp.first >= s.second)) m = std::min(m, w->confidence);
+    return m;
+  }
   void confidence_of(Span s, double& sum, int& n) const {
     for (const auto& [sp, w] : words)
       if (!(sp.second <= s.first || sp.first >= s.second)) sum += w->confidence, ++n;
@@ -185,6 +192,12 @@ class Builder {
   const Vocabulary& v_;
   const StructureOptions& o_;
   Extraction e_;
+
+  // A lab or vital whose value lies on a word of lower Tesseract confidence than
+  // `min_value_confidence` is left out (off by default: docs/design/extract.md has the dev curve).
+  bool confident_value(const RowView& r, Span value) const {
+    return o_.min_value_confidence <= 0 || r.min_confidence(value) >= o_.min_value_confidence;
+  }
   std::string section_;
   std::optional<std::size_t> diagnosis_open_;
   bool diagnosis_code_below_ = false;  // the open diagnosis ended with a code label, its code below
@@ -860,6 +873,7 @@ class Builder {
           if (auto f = derive_flag(v.value, *range)) l.flag = *f;
         if (!when.empty()) l.time = when;
         l.provenance = make_provenance(r, spans);
+        if (!confident_value(r, v.vs)) continue;
         e_.labs.push_back(std::move(l));
       } else {
         Vital x;
@@ -869,6 +883,7 @@ class Builder {
         if (!unit.empty()) x.unit = unit, spans["unit"] = unit_span;
         if (!when.empty()) x.time = when;
         x.provenance = make_provenance(r, spans);
+        if (!confident_value(r, v.vs)) continue;
         e_.vitals.push_back(std::move(x));
       }
     }
@@ -1501,7 +1516,7 @@ class Builder {
       }
       if (!l.unit && !l.flag) continue;  // a bare number after a test name is too weak
       l.provenance = make_provenance(r, spans);
-      e_.labs.push_back(std::move(l));
+      if (confident_value(r, spans["value"])) e_.labs.push_back(std::move(l));
       from = base + m.length(0);
       any = true;
     }
@@ -1590,8 +1605,8 @@ class Builder {
       // Only a printed code belongs in the extraction; the FHIR export adds the codes of known tests.
       p->lab.loinc = p->printed_loinc;
       p->lab.provenance = make_provenance(r, p->spans);
-      e_.labs.push_back(std::move(p->lab));
-      any = true;
+      any = true;  // a row read as a lab stays one even when its value is left out below
+      if (confident_value(r, p->spans["value"])) e_.labs.push_back(std::move(p->lab));
     }
     return any || prose_labs(r);
   }
@@ -1642,8 +1657,8 @@ class Builder {
       if (vitals_time_) vt.time = vitals_time_->first;  // its box is on the row above, added below
       vt.provenance = make_provenance(r, spans);
       if (vitals_time_ && vt.provenance) vt.provenance->fields["time"] = vitals_time_->second;
-      e_.vitals.push_back(std::move(vt));
       any = true;
+      if (confident_value(r, spans["value"])) e_.vitals.push_back(std::move(vt));
     }
     return any;
   }
@@ -1824,6 +1839,45 @@ class Builder {
 };
 
 }  // namespace
+
+namespace {
+
+// Decimals of a plain number ("<0.5", "12", "3.90"); nothing when `s` is not one. `strict`: a leading zero
+// before another digit ("09", "09.1", a misread) does not make a number.
+std::optional<int> plain_number_decimals(std::string_view s, bool strict = false) {
+  static const std::regex num(R"(^[<>]?\s*\d+(?:\.(\d+))?$)");
+  static const std::regex strict_num(R"(^[<>]?\s*(?:0|[1-9]\d*)(?:\.(\d+))?$)");
+  std::match_results<std::string_view::const_iterator> m;
+  if (!std::regex_match(s.begin(), s.end(), m, strict ? strict_num : num)) return std::nullopt;
+  return m[1].matched ? static_cast<int>(m.length(1)) : 0;
+}
+
+// Most decimals among the bounds of a printed numeric range; nothing when it is not one.
+std::optional<int> range_decimals(std::string_view r) {
+  static const std::regex rng(
+      R"(^\s*-?(\d+(?:\.(\d+))?)\s*-\s*(\d+(?:\.(\d+))?)\s*$|^\s*[<>]=?\s*(\d+(?:\.(\d+))?)\s*$)");
+  std::match_results<std::string_view::const_iterator> m;
+  if (!std::regex_match(r.begin(), r.end(), m, rng)) return std::nullopt;
+  int d = 0;
+  for (int g : {2, 4, 6})
+    if (m[g].matched) d = std::max(d, static_cast<int>(m.length(g)));
+  return d;
+}
+
+}  // namespace
+
+bool value_precision_conflicts(const Lab& lab) {
+  if (!lab.reference_range) return false;
+  const auto vd = plain_number_decimals(lab.value);
+  const auto rd = range_decimals(*lab.reference_range);
+  return vd && rd && *vd == 0 && *rd > 0;
+}
+
+bool value_fits_range_precision(std::string_view value, std::string_view range) {
+  const auto vd = plain_number_decimals(value, true);
+  const auto rd = range_decimals(range);
+  return vd && rd && *vd == *rd;
+}
 
 Extraction structure_document(const std::vector<OcrPage>& pages, const Vocabulary& vocab,
                               const StructureOptions& options) {

@@ -16,7 +16,20 @@ namespace mv::extract {
 
 struct StructureOptions {
   bool derive_flags = false;  // fill a lab flag from the printed range when none is printed (no "flag" box)
+  // A lab or vital whose value lies on a word of lower Tesseract confidence (0..1) is left out; 0 = off.
+  // Off by default: on the dev sets it removed almost no wrong values (docs/design/extract.md).
+  double min_value_confidence = 0;
 };
+
+// A lab value printed with fewer decimals than its printed reference range ("39" under "3.5-5.1", "09" under
+// "0.8-1.1"): a laboratory prints a test's results with the precision of its range, so such a value is
+// almost always a dropped decimal point. True when the value is a plain number (optionally `<`/`>`) with no
+// decimal point and the range is `lo-hi`, `<hi` or `>lo` with at least one decimal in a bound.
+bool value_precision_conflicts(const Lab& lab);
+
+// The same test for a re-read value: true when `value` is a plain number (no leading zero before a digit)
+// with as many decimals as the most precise bound of `range` (so it fits the range's precision).
+bool value_fits_range_precision(std::string_view value, std::string_view range);
 
 Extraction structure_document(const std::vector<OcrPage>& pages, const Vocabulary& vocab,
                               const StructureOptions& options = {});

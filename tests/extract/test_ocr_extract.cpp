@@ -13,6 +13,8 @@
 #include "data/synth.hpp"
 #include "extract/extractor.hpp"
 #include "extract/ocr.hpp"
+#include "extract/ocr_extractor.hpp"
+#include "extract/structurer.hpp"
 
 namespace mv::extract {
 namespace {
@@ -136,6 +138,66 @@ TEST(OcrExtract, ScannedFlowsheetTableIsRead) {
   // bar was inverted none were read (0 of 168). 0.857 (144 of 168) once columns past midnight were put on
   // the next day (same day, later).
   EXPECT_GE(recall, 0.80) << r.found << " of " << r.total << " fields";
+}
+
+// A value whose decimal point was lost ("39" under the range "3.5-5.1") is read again from its own box: the
+// re-read of a printed decimal number gives it back; a box holding no number leaves the lab out.
+TEST(OcrExtract, LabValueWithoutTheRangesDecimalsIsReadAgain) {
+  fs::path file;
+  for (const auto& entry : fs::directory_iterator(synth_dir()))
+    if (entry.path().extension() == ".pdf" && entry.path().filename().string().starts_with("lab_results"))
+      file = entry.path();
+  ASSERT_FALSE(file.empty());
+  auto pages = load_pages(file);
+  OcrEngine engine;
+  OcrPage ocr = engine.recognize(pages[0]);
+  const OcrWord* decimal = nullptr;
+  const OcrWord* letters = nullptr;
+  for (const auto& w : ocr.words) {
+    const bool num = w.text.size() >= 3 && w.text.find('.') != std::string::npos &&
+                     w.text.find_first_not_of("0123456789.") == std::string::npos;
+    if (num && w.confidence > 0.9 && !decimal) decimal = &w;
+    if (w.text.size() >= 5 && w.text.find_first_of("0123456789") == std::string::npos && !letters)
+      letters = &w;
+  }
+  ASSERT_NE(decimal, nullptr);
+  ASSERT_NE(letters, nullptr);
+  auto again = engine.reread(pages[0], decimal->box, "0123456789.<>");
+  ASSERT_TRUE(again.has_value());
+  EXPECT_EQ(again->text, decimal->text);
+  EXPECT_GT(again->confidence, 0.5);
+
+  const int decimals = static_cast<int>(decimal->text.size() - decimal->text.find('.') - 1);
+  const std::string range = "1." + std::string(decimals, '0') + "-999." + std::string(decimals, '0');
+  Extraction e;
+  Lab dropped_point;
+  dropped_point.test = "Potassium";
+  dropped_point.value = decimal->text;
+  std::erase(dropped_point.value, '.');
+  dropped_point.reference_range = range;
+  dropped_point.provenance = Provenance{};
+  dropped_point.provenance->confidence = 0.97;
+  dropped_point.provenance->fields["value"] = decimal->box;
+  ASSERT_TRUE(value_precision_conflicts(dropped_point));
+  Lab no_number = dropped_point;
+  no_number.test = "Sodium";
+  no_number.provenance->fields["value"] = letters->box;
+  Lab fine = dropped_point;
+  fine.test = "Chloride";
+  fine.value = "102";
+  fine.reference_range = "98-107";
+  e.labs = {dropped_point, no_number, fine};
+  recheck_lab_values(e, engine, pages);
+  ASSERT_EQ(e.labs.size(), 2u);
+  EXPECT_EQ(e.labs[0].test, "Potassium");
+  EXPECT_EQ(e.labs[0].value, decimal->text);
+  EXPECT_LE(*e.labs[0].provenance->confidence, 0.97);
+  EXPECT_EQ(e.labs[1].test, "Chloride");
+  EXPECT_EQ(e.labs[1].value, "102");
+
+  // The digits-only setting of the re-read does not stay on the pooled Tesseract instance.
+  OcrPage again_page = engine.recognize(pages[0]);
+  EXPECT_EQ(again_page.text(), ocr.text());
 }
 
 TEST(OcrExtract, EmptyPageListIsAnError) {

@@ -54,6 +54,33 @@ Extraction run(const std::vector<std::string>& lines) {
   return structure_document({page_of(lines)}, vocab());
 }
 
+TEST(Structurer, LabValuePrecisionAgainstTheRange) {
+  auto lab = [](std::string value, std::optional<std::string> range) {
+    Lab l;
+    l.test = "Potassium";
+    l.value = std::move(value);
+    l.reference_range = std::move(range);
+    return l;
+  };
+  EXPECT_TRUE(value_precision_conflicts(lab("39", "3.5-5.1")));
+  EXPECT_TRUE(value_precision_conflicts(lab("09", "0.8-1.1")));
+  EXPECT_TRUE(value_precision_conflicts(lab("445", "36.0-46.0")));
+  EXPECT_TRUE(value_precision_conflicts(lab("94", "-8.6-10.3")));  // a rule mark before the range
+  EXPECT_TRUE(value_precision_conflicts(lab("5", "<0.5")));
+  EXPECT_FALSE(value_precision_conflicts(lab("3.9", "3.5-5.1")));
+  EXPECT_FALSE(value_precision_conflicts(lab("96", "70-99")));
+  EXPECT_FALSE(value_precision_conflicts(lab("4.10", "0.74-1.35")));  // more decimals is not a lost point
+  EXPECT_FALSE(value_precision_conflicts(lab("Negative", "Negative")));
+  EXPECT_FALSE(value_precision_conflicts(lab("39", std::nullopt)));
+  EXPECT_TRUE(value_fits_range_precision("1.17", "0.74-1.35"));
+  EXPECT_TRUE(value_fits_range_precision("<0.5", "<0.5"));
+  EXPECT_FALSE(value_fits_range_precision("1.1", "0.74-1.35"));
+  EXPECT_FALSE(value_fits_range_precision("117", "0.74-1.35"));
+  EXPECT_FALSE(value_fits_range_precision("3.9.", "3.5-5.1"));
+  EXPECT_FALSE(value_fits_range_precision("09.1", "36.0-46.0"));  // a leading zero: a misread
+  EXPECT_TRUE(value_fits_range_precision("0.9", "0.8-1.1"));
+}
+
 TEST(Structurer, FollowUpsWithSymbolBulletsAndColonTiming) {
   auto e = run({"Follow-up",
                 "\xC2\xA2\xC2\xAB  Repeat CBC - in 1 week",  // "¢«" for a bullet
