@@ -59,6 +59,25 @@ std::vector<T> download(const cuda::Buffer& b, std::size_t n) {
   return v;
 }
 
+// Mean milliseconds per call of fn over `reps` calls on the default stream, after one warm-up call (CUDA
+// events; for the timing tests, which print and never assert).
+template <typename F>
+float time_ms(F&& fn, int reps) {
+  cudaEvent_t e0, e1;
+  cudaEventCreate(&e0);
+  cudaEventCreate(&e1);
+  fn();
+  cudaEventRecord(e0);
+  for (int i = 0; i < reps; ++i) fn();
+  cudaEventRecord(e1);
+  cudaEventSynchronize(e1);
+  float ms = 0;
+  cudaEventElapsedTime(&ms, e0, e1);
+  cudaEventDestroy(e0);
+  cudaEventDestroy(e1);
+  return ms / static_cast<float>(reps);
+}
+
 // A sequence's KV cache in the engine's paged layout (cuda_ops.hpp), made from contiguous host caches
 // k/v [layers][n_kv][cap][hd] (positions past cap are zero): its pages lie in one device buffer in a
 // shuffled order, so a kernel that ignored the page table would read the wrong positions.

@@ -782,19 +782,7 @@ TEST(CudaTimings, KernelsAt7BShapes) {
   SKIP_WITHOUT_GPU();
   if (!std::getenv("MV_GPU_TIMINGS")) GTEST_SKIP() << "set MV_GPU_TIMINGS=1";
   std::mt19937 rng(1);
-  cudaEvent_t e0, e1;
-  cudaEventCreate(&e0);
-  cudaEventCreate(&e1);
-  auto time_ms = [&](auto&& fn, int reps) {
-    fn();
-    cudaEventRecord(e0);
-    for (int i = 0; i < reps; ++i) fn();
-    cudaEventRecord(e1);
-    cudaEventSynchronize(e1);
-    float ms = 0;
-    cudaEventElapsedTime(&ms, e0, e1);
-    return ms / reps;
-  };
+  using mv::test::time_ms;
   // Vision attention: 6768 patches, 16 heads of 80; windows of 64 and one full segment.
   const int hd = 80, heads = 16;
   const std::int64_t N = 6768, D = heads * hd;
@@ -923,7 +911,5 @@ TEST(CudaTimings, KernelsAt7BShapes) {
                 static_cast<long long>(m), static_cast<long long>(n), static_cast<long long>(k), ms,
                 2.0 * m * n * k / ms / 1e9);
   }
-  cudaEventDestroy(e0);
-  cudaEventDestroy(e1);
 }
 #endif

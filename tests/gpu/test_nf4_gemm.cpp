@@ -236,19 +236,7 @@ TEST(Nf4Gemm, DLinearPartsThroughGemmF32) {
 TEST(Nf4GemmTiming, At7BShapes) {
   SKIP_WITHOUT_GPU();
   if (!std::getenv("MV_GPU_TIMINGS")) GTEST_SKIP() << "set MV_GPU_TIMINGS=1";
-  cudaEvent_t e0, e1;
-  cudaEventCreate(&e0);
-  cudaEventCreate(&e1);
-  auto time_ms = [&](auto&& fn, int reps) {
-    fn();
-    cudaEventRecord(e0);
-    for (int i = 0; i < reps; ++i) fn();
-    cudaEventRecord(e1);
-    cudaEventSynchronize(e1);
-    float ms = 0;
-    cudaEventElapsedTime(&ms, e0, e1);
-    return ms / static_cast<float>(reps);
-  };
+  using mv::test::time_ms;
   struct Shape {
     const char* name;
     std::vector<std::int64_t> parts;  // rows of each NF4 part
@@ -323,8 +311,6 @@ TEST(Nf4GemmTiming, At7BShapes) {
           old_ms, bytes / old_ms / 1e6, old_ms / ms, others.c_str());
     }
   }
-  cudaEventDestroy(e0);
-  cudaEventDestroy(e1);
 }
 
 #endif  // MEDVISION_HAS_CUDA

@@ -606,19 +606,7 @@ TEST(Nf4At7B, LogitsAgainstBf16) {
 TEST(Nf4Timings, KernelsAt7BShapes) {
   SKIP_WITHOUT_GPU();
   if (!std::getenv("MV_GPU_TIMINGS")) GTEST_SKIP() << "set MV_GPU_TIMINGS=1";
-  cudaEvent_t e0, e1;
-  cudaEventCreate(&e0);
-  cudaEventCreate(&e1);
-  auto time_ms = [&](auto&& fn, int reps) {
-    fn();
-    cudaEventRecord(e0);
-    for (int i = 0; i < reps; ++i) fn();
-    cudaEventRecord(e1);
-    cudaEventSynchronize(e1);
-    float ms = 0;
-    cudaEventElapsedTime(&ms, e0, e1);
-    return ms / reps;
-  };
+  using mv::test::time_ms;
   std::mt19937 rng(2);
   std::normal_distribution<float> g(0.0f, 0.02f);
   for (auto [n, k] : {std::array<std::int64_t, 2>{37888, 3584}, {3584, 18944}, {4608, 3584}, {1280, 3420}}) {
@@ -647,7 +635,5 @@ TEST(Nf4Timings, KernelsAt7BShapes) {
         "ms\n",
         static_cast<long long>(n), static_cast<long long>(k), qms, dms);
   }
-  cudaEventDestroy(e0);
-  cudaEventDestroy(e1);
 }
 #endif

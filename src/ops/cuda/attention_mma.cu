@@ -21,10 +21,7 @@ namespace {
 using mma::cp_async16;
 using mma::cp_async_commit;
 using mma::cp_async_wait_all;
-using mma::fast_exp2;
 using mma::ldmatrix_x4;
-using mma::ldmatrix_x4_trans;
-using mma::mma_bf16;
 using mma::pack_bf16;
 using mma::smem_u32;
 
@@ -125,23 +122,11 @@ __global__ void __launch_bounds__(kThreads) attention_mma_kernel(AttnArgs a, flo
     const bf16* kb = Ks + (t & 1) * L::kTile;
     const bf16* vb = Vs + (t & 1) * L::kTile;
 
-    // S[16 × 64] = Q·Kᵀ. One ldmatrix.x4 gives the B fragments of two 8-key n-tiles.
+    // S[16 × 64] = Q·Kᵀ.
     float s[kSTiles][4];
 #pragma unroll
     for (int n = 0; n < kSTiles; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
-    {
-      const int key = (lane & 7) + ((lane >> 4) << 3), dof = ((lane >> 3) & 1) * 8;
-#pragma unroll
-      for (int kk = 0; kk < kKSteps; ++kk) {
-#pragma unroll
-        for (int np = 0; np < kSTiles / 2; ++np) {
-          std::uint32_t b[4];
-          ldmatrix_x4(smem_u32(kb + (np * 16 + key) * P + kk * 16 + dof), b);
-          mma_bf16(s[2 * np], qf[kk], b[0], b[1]);
-          mma_bf16(s[2 * np + 1], qf[kk], b[2], b[3]);
-        }
-      }
-    }
+    mma::qk_tile<kBK, HD>(qf, kb, P, lane, s);
 
     // Online softmax on the registers.
 #pragma unroll
@@ -159,58 +144,9 @@ __global__ void __launch_bounds__(kThreads) attention_mma_kernel(AttnArgs a, flo
           if (col >= k_end || (it.causal >= 0 && col > it.causal + row)) s[n][e] = -INFINITY;
         }
     }
-    float mx[2] = {m_run[0], m_run[1]};
-#pragma unroll
-    for (int n = 0; n < kSTiles; ++n) {
-      mx[0] = fmaxf(mx[0], fmaxf(s[n][0], s[n][1]));
-      mx[1] = fmaxf(mx[1], fmaxf(s[n][2], s[n][3]));
-    }
-    float base[2], corr[2];
-#pragma unroll
-    for (int i = 0; i < 2; ++i) {  // the 4 lanes of a quad share the row
-      mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 1));
-      mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 2));
-      base[i] = mx[i] == -INFINITY ? 0.0f : mx[i];  // a row that has seen no key yet stays at 0
-      corr[i] = fast_exp2(m_run[i] - base[i]);
-      m_run[i] = mx[i];
-    }
-    float rs[2] = {0.0f, 0.0f};
-#pragma unroll
-    for (int n = 0; n < kSTiles; ++n) {
-      s[n][0] = fast_exp2(s[n][0] - base[0]);
-      s[n][1] = fast_exp2(s[n][1] - base[0]);
-      s[n][2] = fast_exp2(s[n][2] - base[1]);
-      s[n][3] = fast_exp2(s[n][3] - base[1]);
-      rs[0] += s[n][0] + s[n][1];
-      rs[1] += s[n][2] + s[n][3];
-    }
-    l_run[0] = l_run[0] * corr[0] + rs[0];
-    l_run[1] = l_run[1] * corr[1] + rs[1];
-#pragma unroll
-    for (int d = 0; d < kDTiles; ++d) {
-      o[d][0] *= corr[0];
-      o[d][1] *= corr[0];
-      o[d][2] *= corr[1];
-      o[d][3] *= corr[1];
-    }
-
-    // O += P·V, 16 keys per step; P's A fragment is two S accumulator tiles packed to bf16.
-    {
-      const int key = (lane & 7) + ((lane >> 3) & 1) * 8, dof = (lane >> 4) * 8;
-#pragma unroll
-      for (int ks = 0; ks < kBK / 16; ++ks) {
-        const std::uint32_t pa[4] = {
-            pack_bf16(s[2 * ks][0], s[2 * ks][1]), pack_bf16(s[2 * ks][2], s[2 * ks][3]),
-            pack_bf16(s[2 * ks + 1][0], s[2 * ks + 1][1]), pack_bf16(s[2 * ks + 1][2], s[2 * ks + 1][3])};
-#pragma unroll
-        for (int dp = 0; dp < HD / 16; ++dp) {
-          std::uint32_t b[4];
-          ldmatrix_x4_trans(smem_u32(vb + (ks * 16 + key) * P + dp * 16 + dof), b);
-          mma_bf16(o[2 * dp], pa, b[0], b[1]);
-          mma_bf16(o[2 * dp + 1], pa, b[2], b[3]);
-        }
-      }
-    }
+    mma::online_softmax(s, m_run, l_run, o);
+    // O += P·V.
+    mma::pv_tile<kBK, HD>(s, vb, P, lane, o);
   }
   cp_async_wait_all();  // the last (empty) group
 

@@ -60,18 +60,6 @@ struct Params {
   float* part_ml;      // [batch][n_heads][splits][2]
 };
 
-// 16-byte global → shared copy (cp.async, L2 only); zero-fills the 16 bytes instead when !valid.
-__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
-  const auto s = static_cast<unsigned>(__cvta_generic_to_shared(dst));
-  const int n = valid ? 16 : 0;
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(src), "r"(n) : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-template <int kN>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(kN) : "memory");
-}
-
 template <int kN>
 __device__ __forceinline__ void load_bf16(const bf16* p, float (&f)[kN]) {
   static_assert(kN == 2 || kN == 4 || kN == 8, "lane width");
@@ -206,7 +194,7 @@ __global__ void __launch_bounds__(kThreads, 2) decode_attn_kernel(const DecodeAt
           const int kv = c / (kTileKeys * chunks), r = c - kv * kTileKeys * chunks;
           const int row = r / chunks, col = (r - row * chunks) * 8;
           const bf16* src = (kv ? vb : kb) + static_cast<std::int64_t>(min(row, rows - 1)) * hd + col;
-          cp_async16(dst0 + kv * tile_elems + row * stride + col, src, row < rows);
+          mma::cp_async16(mma::smem_u32(dst0 + kv * tile_elems + row * stride + col), src, row < rows);
         }
       } else {
         for (int e = tid; e < 2 * kTileKeys * hd8; e += kThreads) {
@@ -221,7 +209,7 @@ __global__ void __launch_bounds__(kThreads, 2) decode_attn_kernel(const DecodeAt
 #pragma unroll
     for (int s = 0; s < kStages - 1; ++s) {
       if (s < ntiles) load_tile(s, s);
-      cp_async_commit();
+      mma::cp_async_commit();
     }
     float m = -FLT_MAX, l = 0.0f;  // running max / sum of head `warp` (warps < nh)
     float acc[kGroup][kPL];
@@ -232,10 +220,10 @@ __global__ void __launch_bounds__(kThreads, 2) decode_attn_kernel(const DecodeAt
     const bool lane_dims = lane * kPL < hd;
 
     for (int t = 0; t < ntiles; ++t) {
-      cp_async_wait<kStages - 2>();
+      mma::cp_async_wait<kStages - 2>();
       __syncthreads();  // tile t is in place for all threads; tile t − 1's stage is free
       if (t + kStages - 1 < ntiles) load_tile(t + kStages - 1, (t + kStages - 1) % kStages);
-      cp_async_commit();
+      mma::cp_async_commit();
       const bf16* kt = tiles + (t % kStages) * 2 * tile_elems;
       const bf16* vt = kt + tile_elems;
       const int nk = min(kTileKeys, k1 - (k0 + t * kTileKeys));
@@ -293,7 +281,7 @@ __global__ void __launch_bounds__(kThreads, 2) decode_attn_kernel(const DecodeAt
         }
       }
     }
-    cp_async_wait<0>();
+    mma::cp_async_wait<0>();
     __syncthreads();  // every warp is done with the tiles: their space holds the warps' partial sums now
 
     float* red = reinterpret_cast<float*>(smem);  // [kWarps][kGroup][hd8]
@@ -486,18 +474,7 @@ __global__ void __launch_bounds__(kMmaThreads)
     float s[kSTiles][4];
 #pragma unroll
     for (int n = 0; n < kSTiles; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
-    {
-      const int key = (lane & 7) + ((lane >> 4) << 3), dof = ((lane >> 3) & 1) * 8;
-#pragma unroll
-      for (int kk = 0; kk < kKSteps; ++kk)
-#pragma unroll
-        for (int np = 0; np < kSTiles / 2; ++np) {
-          std::uint32_t bb[4];
-          mma::ldmatrix_x4(mma::smem_u32(kb + (np * 16 + key) * P + kk * 16 + dof), bb);
-          mma::mma_bf16(s[2 * np], qf[kk], bb[0], bb[1]);
-          mma::mma_bf16(s[2 * np + 1], qf[kk], bb[2], bb[3]);
-        }
-    }
+    mma::qk_tile<kTileKeys, HD>(qf, kb, P, lane, s);
 #pragma unroll
     for (int n = 0; n < kSTiles; ++n)
 #pragma unroll
@@ -505,57 +482,8 @@ __global__ void __launch_bounds__(kMmaThreads)
         const int col = key0 + n * 8 + tq * 2 + (e & 1);
         s[n][e] = col < k1 ? s[n][e] * p.scale : -INFINITY;
       }
-    float mx[2] = {m_run[0], m_run[1]};
-#pragma unroll
-    for (int n = 0; n < kSTiles; ++n) {
-      mx[0] = fmaxf(mx[0], fmaxf(s[n][0], s[n][1]));
-      mx[1] = fmaxf(mx[1], fmaxf(s[n][2], s[n][3]));
-    }
-    float base[2], corr[2];
-#pragma unroll
-    for (int i = 0; i < 2; ++i) {  // the 4 lanes of a quad share the row
-      mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 1));
-      mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 2));
-      base[i] = mx[i] == -INFINITY ? 0.0f : mx[i];
-      corr[i] = mma::fast_exp2(m_run[i] - base[i]);
-      m_run[i] = mx[i];
-    }
-    float rs[2] = {0.0f, 0.0f};
-#pragma unroll
-    for (int n = 0; n < kSTiles; ++n) {
-      s[n][0] = mma::fast_exp2(s[n][0] - base[0]);
-      s[n][1] = mma::fast_exp2(s[n][1] - base[0]);
-      s[n][2] = mma::fast_exp2(s[n][2] - base[1]);
-      s[n][3] = mma::fast_exp2(s[n][3] - base[1]);
-      rs[0] += s[n][0] + s[n][1];
-      rs[1] += s[n][2] + s[n][3];
-    }
-    l_run[0] = l_run[0] * corr[0] + rs[0];
-    l_run[1] = l_run[1] * corr[1] + rs[1];
-#pragma unroll
-    for (int d = 0; d < kDTiles; ++d) {
-      o[d][0] *= corr[0];
-      o[d][1] *= corr[0];
-      o[d][2] *= corr[1];
-      o[d][3] *= corr[1];
-    }
-    {
-      const int key = (lane & 7) + ((lane >> 3) & 1) * 8, dof = (lane >> 4) * 8;
-#pragma unroll
-      for (int ks = 0; ks < kTileKeys / 16; ++ks) {
-        const std::uint32_t pa[4] = {mma::pack_bf16(s[2 * ks][0], s[2 * ks][1]),
-                                     mma::pack_bf16(s[2 * ks][2], s[2 * ks][3]),
-                                     mma::pack_bf16(s[2 * ks + 1][0], s[2 * ks + 1][1]),
-                                     mma::pack_bf16(s[2 * ks + 1][2], s[2 * ks + 1][3])};
-#pragma unroll
-        for (int dp = 0; dp < HD / 16; ++dp) {
-          std::uint32_t bb[4];
-          mma::ldmatrix_x4_trans(mma::smem_u32(vb + (ks * 16 + key) * P + dp * 16 + dof), bb);
-          mma::mma_bf16(o[2 * dp], pa, bb[0], bb[1]);
-          mma::mma_bf16(o[2 * dp + 1], pa, bb[2], bb[3]);
-        }
-      }
-    }
+    mma::online_softmax(s, m_run, l_run, o);
+    mma::pv_tile<kTileKeys, HD>(s, vb, P, lane, o);
     __syncwarp();  // every lane is done with this stage before the next load overwrites it
   }
   mma::cp_async_wait_all();

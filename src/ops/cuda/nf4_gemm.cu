@@ -36,6 +36,7 @@
 #include <cstdint>
 #include <utility>
 
+#include "ops/cuda/mma_utils.cuh"
 #include "ops/cuda/pdl.cuh"
 #include "ops/cuda/weight_formats.hpp"
 
@@ -74,39 +75,14 @@ __host__ __device__ constexpr int phys_pair(int l) {
   return (l & 3) * 8 + ((l >> 3) >> 1) * 4 + ((l >> 3) & 1) * 2 + ((l & 7) >> 2);
 }
 
-__device__ __forceinline__ std::uint32_t smem_u32(const void* p) {
-  return static_cast<std::uint32_t>(__cvta_generic_to_shared(p));
-}
-// 16-byte asynchronous copy global → shared; with valid == false the destination is zero-filled.
-__device__ __forceinline__ void cp_async16(std::uint32_t dst, const void* src, bool valid) {
-  const int n = valid ? 16 : 0;
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(n) : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
-}
-__device__ __forceinline__ void ldmatrix_x4(std::uint32_t addr, std::uint32_t* r) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr)
-               : "memory");
-}
-// d += a·b for one 16×8 tile (bf16 operands, fp32 accumulators).
-__device__ __forceinline__ void mma_bf16(float (&d)[4], const std::uint32_t (&a)[4], std::uint32_t b0,
-                                         std::uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-      "{%0, %1, %2, %3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-// Two floats → one register of two bf16 (round to nearest even), `lo` in the low half.
-__device__ __forceinline__ std::uint32_t pack_bf16(float lo, float hi) {
-  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-  return *reinterpret_cast<const std::uint32_t*>(&v);
-}
+using mma::cp_async16;
+using mma::cp_async_commit;
+using mma::cp_async_wait;
+using mma::ldmatrix_x4;
+using mma::mma_bf16;
+using mma::pack_bf16;
+using mma::smem_u32;
+
 // The two bf16 levels of byte J of word w from this lane's copy of the pair table (entry e at e·128 bytes).
 template <int J>
 __device__ __forceinline__ std::uint32_t lookup(const char* tab_lane, std::uint32_t w) {
