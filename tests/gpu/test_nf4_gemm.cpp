@@ -18,6 +18,7 @@
 #include <memory>
 #include <random>
 #include <string>
+#include <sstream>
 #include <vector>
 
 #include "common/numeric.hpp"
@@ -124,7 +125,7 @@ TEST(Nf4Gemm, MatchesEmulationAndCpuNf4Linear) {
     std::vector<float> bias(static_cast<std::size_t>(n));
     for (auto& v : bias) v = g(rng);
     auto dbias = upload(bias);
-    for (int m : {9, 16, 17, 31, 32, 40, 48, 64}) {
+    for (int m : {1, 2, 5, 8, 9, 16, 17, 31, 32, 40, 48, 64}) {
       std::vector<float> x(static_cast<std::size_t>(m * k)), xr(x.size());
       for (std::size_t i = 0; i < x.size(); ++i) {
         x[i] = g(rng) * (i % 101 == 0 ? 30.0f : 1.0f);
@@ -229,6 +230,61 @@ TEST(Nf4Gemm, DLinearPartsThroughGemmF32) {
   }
 }
 
+// The fused inputs (cuda::GemvInput) through DLinear::gemv, which takes NF4 weights to the fused GEMM:
+// its first kernel RMS-normalises x or forms silu(gate)·up, as rms_norm_f32 / silu_mul_f32 do, then
+// rounds to bf16. Against the CPU NF4 linear on the input formed in fp32 on the CPU and rounded to bf16.
+TEST(Nf4Gemm, FusedInputsThroughDLinearGemv) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937 rng(13);
+  std::normal_distribution<float> g(0.0f, 1.0f);
+  const std::int64_t k = 448, n = 200;
+  qwen25vl::Linear lin;
+  const auto w = make_weight(n, k, rng);
+  lin.w = w->matrix();
+  qwen25vl::cudaeng::DLinear dl;
+  {
+    qwen25vl::cudaeng::Uploader up(nullptr);
+    dl = qwen25vl::cudaeng::fuse(up, {&lin});
+  }
+  if (!dl.nf4_gemm_usable()) GTEST_SKIP() << "the fused NF4 GEMM is off (MV_NF4_GEMM=0) or unsupported";
+  cuda::Gemm gemm;
+  cuda::Buffer scratch;
+  const qwen25vl::cudaeng::LinearContext lc{nullptr, &gemm, &scratch};
+  std::vector<float> norm_w(static_cast<std::size_t>(k));
+  for (auto& v : norm_w) v = 1.0f + 0.3f * g(rng);
+  auto dnorm = upload(norm_w);
+  const float eps = 1e-6f;
+  for (const int m : {1, 3, 12}) {
+    for (const cuda::GemvIn kind : {cuda::GemvIn::kRmsNorm, cuda::GemvIn::kSiluMul}) {
+      const std::int64_t ldx = kind == cuda::GemvIn::kSiluMul ? 2 * k : k;
+      std::vector<float> x(static_cast<std::size_t>(m * ldx));
+      for (auto& v : x) v = 3.0f * g(rng);
+      std::vector<float> in(static_cast<std::size_t>(m * k));
+      for (int i = 0; i < m; ++i) {
+        const float* xr = x.data() + i * ldx;
+        double ss = 0;
+        for (std::int64_t j = 0; j < k; ++j) ss += static_cast<double>(xr[j]) * xr[j];
+        const float inv = static_cast<float>(1.0 / std::sqrt(ss / static_cast<double>(k) + eps));
+        for (std::int64_t j = 0; j < k; ++j) {
+          const float v = kind == cuda::GemvIn::kRmsNorm
+                              ? norm_w[static_cast<std::size_t>(j)] * (xr[j] * inv)
+                              : xr[j] / (1.0f + std::exp(-xr[j])) * xr[k + j];
+          in[static_cast<std::size_t>(i * k + j)] = bf16_round(v);
+        }
+      }
+      std::vector<float> want(static_cast<std::size_t>(m * n));
+      ops::linear(in.data(), m, lin.w, nullptr, want.data(), nullptr);
+      auto dx = upload(x);
+      cuda::Buffer dy(static_cast<std::size_t>(m * n) * 4);
+      dl.gemv(lc, dx.as<float>(), m, dy.as<float>(), false,
+              cuda::GemvInput{kind, kind == cuda::GemvIn::kRmsNorm ? dnorm.as<float>() : nullptr, eps});
+      const auto got = download<float>(dy, want.size());
+      // Rounding of the formed input to bf16 may differ in the last place where the CPU's fp32 input does.
+      EXPECT_LE(rel_l2(got, want), 4e-3) << m << " rows, input kind " << static_cast<int>(kind);
+    }
+  }
+}
+
 // Timings at the 7B decode shapes (printed, never asserted; only with MV_GPU_TIMINGS=1): the fused GEMM
 // (chosen k ranges, and a few forced ones) against what gemm_f32 did before it, dequantizing every part to
 // bf16 and running one cuBLASLt GEMM on the [hi; lo] bf16 split of x (2·m rows) plus the half sum. GB/s
@@ -277,7 +333,15 @@ TEST(Nf4GemmTiming, At7BShapes) {
     auto x = upload(xv);
     cuda::Buffer y(static_cast<std::size_t>(64 * n) * 4), y2(static_cast<std::size_t>(128 * n) * 4);
     cuda::Buffer wb(static_cast<std::size_t>(n * k) * 2), hl(static_cast<std::size_t>(128 * k) * 2);
-    for (int m : {16, 32}) {
+    std::vector<int> row_counts{16, 32};  // MV_NF4_GEMM_ROWS="1 8 16" overrides
+    if (const char* e = std::getenv("MV_NF4_GEMM_ROWS")) {
+      row_counts.clear();
+      for (std::istringstream in(e); in;) {
+        int r = 0;
+        if (in >> r && r >= 1 && r <= 64) row_counts.push_back(r);
+      }
+    }
+    for (int m : row_counts) {
       const int auto_splits = cuda::nf4_gemm_splits(m, parts.data(), np, n, k);
       cuda::Buffer ws(std::max(cuda::nf4_gemm_workspace(m, parts.data(), np, n, k, 0),
                                cuda::nf4_gemm_workspace(m, parts.data(), np, n, k, 16)));

@@ -16,6 +16,7 @@
 # $OUT/serve_c{C}.json, then SIGTERM and a check that the server exits 0 (bundle medvision-chat-load too);
 # with "nf4gemm" (no full test_gpu run): the fused NF4 GEMM tests and timings, then the NF4 7B decode
 # benchmark at concurrency 32 (MV_CONCURRENCY overrides) with the fused GEMM and with MV_NF4_GEMM=0.
+# With "setup": only the unpacking, the fixture path and the tokenizer (for commands run after it).
 # Logs go to $OUT.
 set -o pipefail
 cd "$(dirname "$0")/../.."
@@ -27,7 +28,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.used,memory.total,clocks.sm,cl
 date -u | tee -a "$OUT/gpu.txt"
 if [ "${1:-}" != bench-only ] && [ "${1:-}" != logits ] && [ "${1:-}" != nf4 ] && [ "${1:-}" != decode ] &&
   [ "${1:-}" != lora ] && [ "${1:-}" != profile ] && [ "${1:-}" != serve ] &&
-  [ "${1:-}" != attn ] && [ "${1:-}" != nf4gemm ]; then
+  [ "${1:-}" != attn ] && [ "${1:-}" != nf4gemm ] && [ "${1:-}" != setup ]; then
   MV_GPU_TIMINGS=1 test_gpu 2>&1 | tee "$OUT/test_gpu.log"
 fi
 if [ "${1:-}" = logits ]; then

@@ -113,9 +113,12 @@ void DLinear::gemm(const LinearContext& c, const bf16* a, std::int64_t rows, flo
     case WeightFormat::kNF4: {
       const std::int64_t ld = lda();
       if (rows <= kNf4GemvGemmRows) {
-        // A decode batch: the fused GEMV over groups of kGemvMaxRows rows on the widened activations
-        // reads the packed weight rows/kGemvMaxRows times, less than writing and reading a bf16 copy.
-        auto* x32 = static_cast<float*>(scratch(c, n_act * 4 + (ld != in ? n_act * 2 : 0)));
+        // A decode batch: the fused NF4 GEMM (nf4_gemm_usable), else the fused GEMV over groups of
+        // kGemvMaxRows rows, on the widened activations: both read the packed weight once per call, less
+        // than writing and reading a bf16 copy.
+        const bool fused = nf4_gemm_usable();
+        const std::size_t x_bytes = (n_act * 4 + (ld != in ? n_act * 2 : 0) + 255) & ~std::size_t{255};
+        auto* x32 = static_cast<float*>(scratch(c, x_bytes + (fused ? nf4_gemm_scratch(rows) : 0)));
         if (ld != in) {  // padded rows (pad_in): drop the padding first
           auto* packed = reinterpret_cast<bf16*>(x32 + n_act);
           cuda::check(cudaMemcpy2DAsync(packed, static_cast<std::size_t>(in) * sizeof(bf16), a,
@@ -126,6 +129,7 @@ void DLinear::gemm(const LinearContext& c, const bf16* a, std::int64_t rows, flo
           a = packed;
         }
         cuda::bf16_to_f32(c.stream, a, rows * in, x32);
+        if (fused && nf4_gemm_parts(c, x32, rows, y, accumulate, {}, x_bytes)) return;
         for (std::int64_t r0 = 0; r0 < rows; r0 += cuda::kGemvMaxRows) {
           const int m = static_cast<int>(std::min<std::int64_t>(cuda::kGemvMaxRows, rows - r0));
           gemv(c, x32 + r0 * in, m, y + r0 * out, accumulate);
@@ -156,32 +160,60 @@ void DLinear::gemm(const LinearContext& c, const bf16* a, std::int64_t rows, flo
 }
 
 namespace {
-// MV_NF4_GEMM=0 turns the fused NF4 GEMM off (decode batches then dequantize to bf16 as before).
-bool nf4_gemm_enabled() {
-  static const bool on = [] {
+// MV_NF4_GEMM=0 turns the fused NF4 GEMM off (decode batches then dequantize to bf16 as before, one
+// sequence runs the NF4 GEMV); MV_NF4_GEMM=2 leaves one sequence to the NF4 GEMV (the fused GEMM from two
+// rows on), for comparisons.
+int nf4_gemm_mode() {
+  static const int mode = [] {
     const char* e = std::getenv("MV_NF4_GEMM");
-    return e == nullptr || std::strcmp(e, "0") != 0;
+    if (e == nullptr) return 1;
+    if (std::strcmp(e, "0") == 0) return 0;
+    return std::strcmp(e, "2") == 0 ? 2 : 1;
   }();
-  return on;
+  return mode;
 }
 }  // namespace
 
-bool DLinear::nf4_gemm_parts(const LinearContext& c, const float* x, std::int64_t rows, float* y,
-                             bool accumulate) const {
-  if (!nf4_gemm_enabled() || parts.empty() || parts.size() > static_cast<std::size_t>(cuda::kNf4GemmMaxParts))
+bool DLinear::nf4_gemm_usable() const {
+  if (format != WeightFormat::kNF4 || nf4_gemm_mode() == 0 || parts.empty() ||
+      parts.size() > static_cast<std::size_t>(cuda::kNf4GemmMaxParts))
     return false;
-  cuda::Nf4GemmPart gp[cuda::kNf4GemmMaxParts];
-  for (std::size_t i = 0; i < parts.size(); ++i) {
-    const Nf4Part& p = parts[i];
+  for (const Nf4Part& p : parts)
     if (p.dense.size() || !cuda::nf4_gemm_supports(p.ref, in)) return false;
-    gp[i] = cuda::Nf4GemmPart{p.ref, p.row0, p.rows};
+  return true;
+}
+
+namespace {
+int gemm_parts(const std::vector<Nf4Part>& parts, cuda::Nf4GemmPart* gp) {
+  for (std::size_t i = 0; i < parts.size(); ++i) gp[i] = cuda::Nf4GemmPart{parts[i].ref, parts[i].row0, parts[i].rows};
+  return static_cast<int>(parts.size());
+}
+}  // namespace
+
+std::size_t DLinear::nf4_gemm_scratch(std::int64_t rows) const {
+  cuda::Nf4GemmPart gp[cuda::kNf4GemmMaxParts];
+  const int np = gemm_parts(parts, gp);
+  std::size_t most = 0;
+  for (std::int64_t r0 = 0; r0 < rows; r0 += cuda::kNf4GemmMaxRows) {
+    const int m = static_cast<int>(std::min<std::int64_t>(cuda::kNf4GemmMaxRows, rows - r0));
+    most = std::max(most, cuda::nf4_gemm_workspace(m, gp, np, out, in));
   }
-  const int np = static_cast<int>(parts.size());
+  return (most + 255) & ~std::size_t{255};
+}
+
+bool DLinear::nf4_gemm_parts(const LinearContext& c, const float* x, std::int64_t rows, float* y, bool accumulate,
+                             const cuda::GemvInput& input, std::size_t reserve) const {
+  if (!nf4_gemm_usable() || (rows == 1 && nf4_gemm_mode() == 2)) return false;
+  cuda::Nf4GemmPart gp[cuda::kNf4GemmMaxParts];
+  const int np = gemm_parts(parts, gp);
+  // Row stride of x: the SwiGLU input holds gate and up side by side.
+  const std::int64_t ldx = input.kind == cuda::GemvIn::kSiluMul ? 2 * in : in;
   for (std::int64_t r0 = 0; r0 < rows; r0 += cuda::kNf4GemmMaxRows) {
     const int m = static_cast<int>(std::min<std::int64_t>(cuda::kNf4GemmMaxRows, rows - r0));
     const std::size_t ws = cuda::nf4_gemm_workspace(m, gp, np, out, in);
-    void* w = scratch(c, ws);
-    cuda::nf4_gemm(c.stream, x + r0 * in, m, gp, np, out, in, bias(), y + r0 * out, out, accumulate, w, ws);
+    void* w = static_cast<char*>(scratch(c, reserve + ws)) + reserve;
+    cuda::nf4_gemm(c.stream, x + r0 * ldx, m, gp, np, out, in, bias(), y + r0 * out, out, accumulate, w, ws, 0,
+                   input);
   }
   return true;
 }
@@ -189,11 +221,10 @@ bool DLinear::nf4_gemm_parts(const LinearContext& c, const float* x, std::int64_
 void DLinear::gemm_f32(const LinearContext& c, const float* x, std::int64_t rows, float* y,
                        bool accumulate) const {
   if (rows <= 0) return;
-  // NF4 from 2 rows on: the fused NF4 GEMM (tensor cores, each packed byte read once per 64 rows) when every
-  // part qualifies (cuda::nf4_gemm_supports) and MV_NF4_GEMM is not 0. On the H100 its 16-row tile takes
-  // no longer than the NF4 GEMV with one row (37888×3584: 0.058 against 0.062 ms) and 2 rows of the GEMV
-  // take 0.099 ms.
-  if (format == WeightFormat::kNF4 && rows > 1 && nf4_gemm_parts(c, x, rows, y, accumulate)) return;
+  // NF4: the fused NF4 GEMM (tensor cores, each packed byte read once per 64 rows) when every part
+  // qualifies (nf4_gemm_usable). On the H100 it takes no longer at one row than the NF4 GEMV (37888×3584:
+  // 0.054 against 0.062 ms), and 8 rows no longer than one.
+  if (format == WeightFormat::kNF4 && nf4_gemm_parts(c, x, rows, y, accumulate)) return;
   // Otherwise the NF4 GEMV's time grows with its rows (issue-bound: 0.31 ms for 37888×3584 at 8 rows
   // against 0.33 ms to dequantize it), so the weight is dequantized to bf16 once and multiplied like a
   // bf16 weight.
@@ -233,6 +264,7 @@ void DLinear::gemv(const LinearContext& c, const float* x, int rows, float* y, b
                        input);
       return;
     case WeightFormat::kNF4: {
+      if (nf4_gemm_parts(c, x, rows, y, accumulate, input)) return;  // the input formed in its first kernel
       // The NF4 GEMV is bound by its instruction issue, not by memory: a norm or SwiGLU product taken in
       // every block costs it more than a kernel of its own (measured on the H100: 7B decode 181 -> 144
       // tok/s), so the input is formed once here and the GEMV reads it plainly.

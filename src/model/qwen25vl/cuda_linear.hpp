@@ -71,7 +71,8 @@ struct DLinear {
   void gemm(const LinearContext& c, const bf16* a, std::int64_t rows, float* y, bool accumulate) const;
   // The same for a few rows (rows <= cuda::kGemvMaxRows) with fp32 activations (no rounding); `input` says
   // how x is read (plain, RMS-normalised, or the SwiGLU product of a gate/up output: cuda::GemvInput; the
-  // fused kinds take rows <= cuda::kGemvFusedMaxRows).
+  // fused kinds take rows <= cuda::kGemvFusedMaxRows). NF4 weights with nf4_gemm_usable() take up to
+  // cuda::kNf4GemmMaxRows rows of any kind, by the fused NF4 GEMM (x rounded to bf16).
   void gemv(const LinearContext& c, const float* x, int rows, float* y, bool accumulate,
             const cuda::GemvInput& input = {}) const;
   // Any number of rows with fp32 activations, nearly unrounded (decode batches above kGemvMaxRows):
@@ -80,10 +81,16 @@ struct DLinear {
   // dequantization of the weight (unless the fused NF4 GEMM takes it: nf4_gemm_parts); other formats (and
   // NF4 up to kGemvMaxRows) run the fp32 GEMV in groups.
   void gemm_f32(const LinearContext& c, const float* x, std::int64_t rows, float* y, bool accumulate) const;
-  // NF4: gemm_f32 by the fused NF4 GEMM (cuda::nf4_gemm, in launches of up to 64 rows) when every part is
-  // NF4 and qualifies and MV_NF4_GEMM is not 0; false (nothing done) otherwise.
-  bool nf4_gemm_parts(const LinearContext& c, const float* x, std::int64_t rows, float* y,
-                      bool accumulate) const;
+  // NF4: y = (x as `input` forms it)·Wᵀ by the fused NF4 GEMM (cuda::nf4_gemm, in launches of up to 64
+  // rows) when nf4_gemm_usable(); false (nothing done) otherwise.
+  // The GEMM's workspace lies in the scratch buffer from byte `reserve` on (x may lie below it: the caller
+  // has sized the buffer with nf4_gemm_scratch()).
+  bool nf4_gemm_parts(const LinearContext& c, const float* x, std::int64_t rows, float* y, bool accumulate,
+                      const cuda::GemvInput& input = {}, std::size_t reserve = 0) const;
+  // Workspace bytes nf4_gemm_parts needs for `rows` rows (256-byte multiple).
+  std::size_t nf4_gemm_scratch(std::int64_t rows) const;
+  // Every part is NF4 and qualifies for the fused GEMM (cuda::nf4_gemm_supports), and MV_NF4_GEMM is not 0.
+  bool nf4_gemm_usable() const;
   // Makes gemm() multiply over new_in columns, the weight's columns from `in` on being zero, so that the
   // GEMM's inner dimension is 16-byte aligned: cuBLASLt picks its fast kernels only then (the vision MLP's
   // 3420 is not). Callers then pass activation rows of lda() = new_in elements whose padding is finite

@@ -898,9 +898,13 @@ class CudaModel final : public Model {
     const float eps = static_cast<float>(t.rms_norm_eps);
     const std::int64_t nq = nh_ * hd_, nkv = nkv_ * hd_, half = hd_ / 2;
     const int rows = static_cast<int>(B);
-    // NF4 weights: the GEMV for one sequence only; from two on, the fused NF4 GEMM of gemm_f32 is faster.
-    const bool nf4 = !layers_.empty() && layers_.front().gate_up.format == cudaeng::WeightFormat::kNF4;
-    const bool gemv = B <= (nf4 ? 1 : kDecodeGemvRows);
+    // Which linears take their input fused (DLinear::gemv with a cuda::GemvInput): dense weights up to
+    // kDecodeGemvRows sequences (the fp32 GEMV); NF4 weights up to kNf4GemmMaxRows by the fused NF4 GEMM,
+    // whose first kernel forms the input, else one sequence by the NF4 GEMV.
+    auto fused = [&](const DLinear& lin) {
+      if (lin.format != cudaeng::WeightFormat::kNF4) return B <= kDecodeGemvRows;
+      return B <= (lin.nf4_gemm_usable() ? cuda::kNf4GemmMaxRows : 1);
+    };
     const DecodeLayout lay = decode_layout(B);
     const char* d = din_.as<char>();
     const auto* seqs = reinterpret_cast<const cuda::DecodeSeq*>(d + lay.seqs);
@@ -918,7 +922,7 @@ class CudaModel final : public Model {
     // With the GEMV, each RMSNorm and the SwiGLU product are taken by the GEMV that reads them (its blocks
     // normalise x, or form silu(gate)·up, on the fly: cuda::GemvInput) instead of by kernels of their own.
     auto norm_linear = [&](const Buffer& nw, const DLinear& lin, float* out) {
-      if (gemv) {
+      if (fused(lin)) {
         lin.gemv(lc_, x, rows, out, false, cuda::GemvInput{cuda::GemvIn::kRmsNorm, nw.as<float>(), eps});
       } else {
         cuda::rms_norm_f32(stream_, x, B, H_, H_, nw.as<float>(), eps, h32);
@@ -926,7 +930,7 @@ class CudaModel final : public Model {
       }
     };
     auto linear = [&](const DLinear& lin, const float* in, float* out, bool accumulate) {
-      if (gemv)
+      if (fused(lin))
         lin.gemv(lc_, in, rows, out, accumulate);
       else
         lin.gemm_f32(lc_, in, B, out, accumulate);
@@ -974,7 +978,7 @@ class CudaModel final : public Model {
       cuda::decode_attention(stream_, da);
       linear(L.o, h32, x, true);
       norm_linear(L.post_norm, L.gate_up, y);
-      if (gemv) {
+      if (fused(L.down)) {
         L.down.gemv(lc_, y, rows, x, true, cuda::GemvInput{cuda::GemvIn::kSiluMul});
       } else {
         cuda::silu_mul_f32(stream_, y, B, I_, h32);

@@ -34,8 +34,10 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 #include <utility>
 
+#include "ops/cuda/device_math.cuh"
 #include "ops/cuda/mma_utils.cuh"
 #include "ops/cuda/pdl.cuh"
 #include "ops/cuda/weight_formats.hpp"
@@ -90,35 +92,89 @@ __device__ __forceinline__ std::uint32_t lookup(const char* tab_lane, std::uint3
   return *reinterpret_cast<const std::uint32_t*>(tab_lane + off);
 }
 
-// x [m, k] fp32 → xb [mpad, k] bf16 in the permuted order, rows m .. mpad − 1 zero.
-__global__ void __launch_bounds__(256)
-    nf4_gemm_prep_kernel(const float* __restrict__ x, int m, int mpad, std::int64_t k, std::uint32_t* xb) {
-  pdl_wait();  // x comes from the previous kernel, and xb may still be read by the one before
-  pdl_trigger();
-  const std::int64_t half = k >> 1, total = static_cast<std::int64_t>(mpad) * half;
-  for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < total;
-       i += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
-    const std::int64_t row = i / half, l = i - row * half;
-    float2 v = make_float2(0.0f, 0.0f);
-    if (row < m)
-      v = __ldg(reinterpret_cast<const float2*>(x + row * k + (l >> 5) * 64) +
-                phys_pair(static_cast<int>(l & 31)));
-    xb[i] = pack_bf16(v.x, v.y);
+// The activation a GEMM row multiplies at element j of input row i (GemvIn, as the GEMV reads it).
+// kRmsNorm: the caller passes the row's 1/rms in inv.
+template <GemvIn IN>
+__device__ __forceinline__ float input_at(const float* __restrict__ x, std::int64_t k, int i, std::int64_t j,
+                                          const float* __restrict__ norm_w, float inv) {
+  if constexpr (IN == GemvIn::kSiluMul) {
+    const float* g = x + static_cast<std::int64_t>(i) * 2 * k;
+    return silu_times(g[j], g[k + j]);
+  } else if constexpr (IN == GemvIn::kRmsNorm) {
+    return norm_w[j] * (x[static_cast<std::int64_t>(i) * k + j] * inv);  // rms_norm_f32's order
+  } else {
+    return x[static_cast<std::int64_t>(i) * k + j];
   }
 }
 
-template <int T>
+// x [m, k] fp32 (formed as IN says) → xb [mpad, k] bf16 in the permuted order, rows m .. mpad − 1 zero;
+// also zeroes the split counters of the GEMM that follows. Plain and SwiGLU inputs: a grid-stride loop
+// over element pairs; RMS-normalised inputs: one block per padded row (the block sums the row's squares).
+template <GemvIn IN>
+__global__ void __launch_bounds__(256)
+    nf4_gemm_prep_kernel(const float* __restrict__ x, int m, int mpad, std::int64_t k,
+                         const float* __restrict__ norm_w, float eps, std::uint32_t* xb, unsigned* counters,
+                         int ncounters) {
+  pdl_wait();  // x comes from the previous kernel, and xb may still be read by the one before
+  pdl_trigger();
+  if (blockIdx.x == 0)
+    for (int i = threadIdx.x; i < ncounters; i += blockDim.x) counters[i] = 0u;
+  const std::int64_t half = k >> 1;
+  if constexpr (IN == GemvIn::kRmsNorm) {
+    __shared__ float part[8];
+    const int row = blockIdx.x;
+    if (row >= mpad) return;
+    std::uint32_t* dst = xb + row * half;
+    if (row >= m) {
+      for (std::int64_t l = threadIdx.x; l < half; l += blockDim.x) dst[l] = 0u;
+      return;
+    }
+    const float* xr = x + row * k;
+    float ss = 0.0f;
+    for (std::int64_t j = threadIdx.x; j < k; j += blockDim.x) ss += xr[j] * xr[j];
+    ss = warp_sum(ss);
+    if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = ss;
+    __syncthreads();
+    ss = 0.0f;
+    for (int w = 0; w < static_cast<int>(blockDim.x >> 5); ++w) ss += part[w];
+    const float inv = rsqrtf(ss / static_cast<float>(k) + eps);
+    for (std::int64_t l = threadIdx.x; l < half; l += blockDim.x) {
+      const std::int64_t j = (l >> 5) * 64 + 2 * phys_pair(static_cast<int>(l & 31));
+      dst[l] = pack_bf16(input_at<IN>(x, k, row, j, norm_w, inv), input_at<IN>(x, k, row, j + 1, norm_w, inv));
+    }
+  } else {
+    const std::int64_t total = static_cast<std::int64_t>(mpad) * half;
+    for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < total;
+         i += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+      const std::int64_t row = i / half, l = i - row * half;
+      float a = 0.0f, b = 0.0f;
+      if (row < m) {
+        const std::int64_t j = (l >> 5) * 64 + 2 * phys_pair(static_cast<int>(l & 31));
+        if constexpr (IN == GemvIn::kPlain) {
+          const float2 v = __ldg(reinterpret_cast<const float2*>(x + row * k + j));
+          a = v.x;
+          b = v.y;
+        } else {
+          a = input_at<IN>(x, k, static_cast<int>(row), j, norm_w, 0.0f);
+          b = input_at<IN>(x, k, static_cast<int>(row), j + 1, norm_w, 0.0f);
+        }
+      }
+      xb[i] = pack_bf16(a, b);
+    }
+  }
+}
+
+// T: 8-sequence tiles of the batch; D: steps of weight bytes held in registers ahead of the one computed.
+template <int T, int D>
 __global__ void __launch_bounds__(kThreads, T <= 2 ? 2 : 1)
     nf4_gemm_kernel(const __grid_constant__ PartsArg P, const std::uint32_t* __restrict__ xb, std::int64_t k,
                     int m, std::int64_t n, int blocks_per_split, const float* __restrict__ bias, float* y,
-                    std::int64_t ldy, bool accumulate, float* ws) {
+                    std::int64_t ldy, bool accumulate, float* ws, unsigned* counters) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
   __trap();  // mma.sync bf16, ldmatrix and cp.async need sm_80; nf4_gemm_supports() keeps older GPUs away
 #else
   constexpr int MP = 8 * T;  // padded activation rows
-  // Steps of weight bytes in registers ahead of the one computed: two where the registers allow it (one
-  // block per SM, 8 warps: more bytes in flight per warp), else one.
-  constexpr int D = (T == 4 || T == 6) ? 2 : 1;
+  static_assert(D >= 1 && D <= 3, "one to three register stages ahead");
   struct Stage {
     uint2 c[kMTiles][2][2];  // [tile][row g / g + 8][block]: this lane's 8 bytes of codes
     float f[kMTiles];        // the scale row/block of this lane: nested scale (or the fp32 scale)
@@ -209,11 +265,12 @@ __global__ void __launch_bounds__(kThreads, T <= 2 ? 2 : 1)
     }
   };
 
-  // Register stages: the step being computed and the next D − 1.
-  Stage cw{}, n1{};
-  if (!idle) load_w(0, cw);
-  if constexpr (D == 2) {
-    if (!idle && nsteps > 1) load_w(1, n1);
+  // Register stages: the step being computed (rs[0]) and the next D − 1.
+  Stage rs[D];
+#pragma unroll
+  for (int d = 0; d < D; ++d) {
+    rs[d] = Stage{};
+    if (!idle && d < nsteps) load_w(d, rs[d]);
   }
   pdl_wait();  // the activations are written by the preparation kernel
   load_x(0, 0);
@@ -241,7 +298,7 @@ __global__ void __launch_bounds__(kThreads, T <= 2 ? 2 : 1)
       float own[kMTiles];  // the scale of row half t&1, block t>>1 of each tile
 #pragma unroll
       for (int i = 0; i < kMTiles; ++i)
-        own[i] = dq ? __fadd_rn(__fmul_rn(ncode[cw.q[i]], cw.f[i]), off) : cw.f[i];
+        own[i] = dq ? __fadd_rn(__fmul_rn(ncode[rs[0].q[i]], rs[0].f[i]), off) : rs[0].f[i];
 #pragma unroll
       for (int b = 0; b < 2; ++b) {
         if (b == 1 && !two) break;
@@ -258,8 +315,8 @@ __global__ void __launch_bounds__(kThreads, T <= 2 ? 2 : 1)
           for (int ii = 0; ii < IG; ++ii) {
 #pragma unroll
             for (int s = 0; s < 4; ++s) {
-              const std::uint32_t w0 = (s >> 1) ? cw.c[i0 + ii][0][b].y : cw.c[i0 + ii][0][b].x;
-              const std::uint32_t w1 = (s >> 1) ? cw.c[i0 + ii][1][b].y : cw.c[i0 + ii][1][b].x;
+              const std::uint32_t w0 = (s >> 1) ? rs[0].c[i0 + ii][0][b].y : rs[0].c[i0 + ii][0][b].x;
+              const std::uint32_t w1 = (s >> 1) ? rs[0].c[i0 + ii][1][b].y : rs[0].c[i0 + ii][1][b].x;
               if (s & 1) {
                 a[ii][s][0] = lookup<2>(tab_lane, w0);
                 a[ii][s][1] = lookup<2>(tab_lane, w1);
@@ -297,41 +354,64 @@ __global__ void __launch_bounds__(kThreads, T <= 2 ? 2 : 1)
         }
       }
     }
-    if constexpr (D == 2) {
-      cw = n1;
-      n1 = nw;
-    } else {
-      cw = nw;
-    }
+#pragma unroll
+    for (int d = 0; d + 1 < D; ++d) rs[d] = rs[d + 1];
+    rs[D - 1] = nw;
   }
   cp_async_wait<0>();
   pdl_trigger();
-  if (idle) return;
   // C fragment: c0, c1 = (row g, sequences 2t, 2t + 1), c2, c3 = (row g + 8, the same sequences).
   const bool split = gridDim.y > 1;
+  if (!idle) {
 #pragma unroll
-  for (int i = 0; i < kMTiles; ++i)
+    for (int i = 0; i < kMTiles; ++i)
 #pragma unroll
-    for (int j = 0; j < T; ++j)
+      for (int j = 0; j < T; ++j)
 #pragma unroll
-      for (int c = 0; c < 4; ++c) {
-        const std::int64_t r = wrow + 16 * i + g + 8 * (c >> 1);
-        const int tok = 8 * j + 2 * t + (c & 1);
-        if (r >= nrows || tok >= m) continue;
-        const std::int64_t gr = grow0 + r;
-        float v = acc[i][j][c];
-        if (split) {
-          ws[(static_cast<std::int64_t>(blockIdx.y) * m + tok) * n + gr] = v;
-        } else {
-          if (bias) v += bias[gr];
-          if (accumulate) v += y[tok * ldy + gr];
-          y[tok * ldy + gr] = v;
+        for (int c = 0; c < 4; ++c) {
+          const std::int64_t r = wrow + 16 * i + g + 8 * (c >> 1);
+          const int tok = 8 * j + 2 * t + (c & 1);
+          if (r >= nrows || tok >= m) continue;
+          const std::int64_t gr = grow0 + r;
+          float v = acc[i][j][c];
+          if (split) {
+            ws[(static_cast<std::int64_t>(blockIdx.y) * m + tok) * n + gr] = v;
+          } else {
+            if (bias) v += bias[gr];
+            if (accumulate) v += y[tok * ldy + gr];
+            y[tok * ldy + gr] = v;
+          }
         }
-      }
+  }
+  if (!split || counters == nullptr) return;  // without counters, nf4_gemm_reduce_kernel adds the splits
+  // Split-K: the block of this row tile that finishes last adds the partial sums of all k ranges in
+  // split order (deterministic whatever the order of arrival), then the bias and the old y.
+  __shared__ bool last;
+  __threadfence();  // this block's partial sums are visible before its arrival is counted
+  __syncthreads();
+  if (tid == 0) last = atomicAdd(counters + blockIdx.x, 1u) == gridDim.y - 1;
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  const std::int64_t trow0 = wrow - warp * kWarpRows;  // the tile's first row (part-local)
+  const int splits = static_cast<int>(gridDim.y);
+  const std::int64_t total = static_cast<std::int64_t>(m) * n;
+  for (int e = tid; e < kTileRows * m; e += kThreads) {
+    const int tok = e / kTileRows;
+    const std::int64_t r = trow0 + (e - tok * kTileRows);
+    if (r >= nrows) continue;
+    const std::int64_t gr = grow0 + r, i = static_cast<std::int64_t>(tok) * n + gr;
+    float v = __ldcg(ws + i);
+    for (int sp = 1; sp < splits; ++sp) v += __ldcg(ws + sp * total + i);
+    if (bias) v += bias[gr];
+    if (accumulate) v += y[tok * ldy + gr];
+    y[tok * ldy + gr] = v;
+  }
 #endif
 }
 
-// y = Σ_s ws[s] (in split order) + bias (+ y).
+// y = Σ_s ws[s] (in split order) + bias (+ y): the split sums of larger batches, where one block per row
+// tile adding them at the end of the GEMM would take longer than a kernel of its own.
 __global__ void __launch_bounds__(256)
     nf4_gemm_reduce_kernel(const float* __restrict__ ws, int splits, int m, std::int64_t n,
                            const float* __restrict__ bias, float* y, std::int64_t ldy, bool accumulate) {
@@ -349,12 +429,18 @@ __global__ void __launch_bounds__(256)
   }
 }
 
+// Batches up to this many sequences add their split sums in the GEMM (the last block of each row tile),
+// larger ones in nf4_gemm_reduce_kernel (H100: 16 rows of the 7B q/k/v in 14 splits took 0.0265 ms with
+// the in-kernel sums against 0.0125 ms with the separate kernel).
+constexpr int kInKernelSplitRows = 2;
+
 struct Plan {
   int T = 0;          // 8-sequence tiles (padded rows / 8)
+  int D = 1;          // register stages of weight bytes ahead
   int tiles = 0;      // 256-row tiles over all parts
   int splits = 1;     // k ranges
   int per_split = 0;  // 64-element blocks per k range (even)
-  std::size_t xb_bytes = 0, ws_bytes = 0;
+  std::size_t xb_bytes = 0, ws_bytes = 0, counter_bytes = 0;
 };
 
 int multiprocessors() {
@@ -365,9 +451,22 @@ int multiprocessors() {
   return sms;
 }
 
+// Register stages ahead for T sequence tiles: MV_NF4_GEMM_DEPTH (1..3) overrides the default for 8 and 16
+// sequences (a tuning knob; the default is the measured best).
+int depth_for(int T) {
+  static const int env = [] {
+    const char* e = std::getenv("MV_NF4_GEMM_DEPTH");
+    const int v = e ? std::atoi(e) : 0;
+    return v >= 1 && v <= 3 ? v : 0;
+  }();
+  if (T <= 2) return env ? env : 1;
+  return (T == 4 || T == 6) ? 2 : 1;
+}
+
 Plan make_plan(int m, const Nf4GemmPart* parts, int nparts, std::int64_t n, std::int64_t k, int splits) {
   Plan pl;
-  pl.T = m <= 16 ? 2 : m <= 32 ? 4 : m <= 48 ? 6 : 8;
+  pl.T = m <= 8 ? 1 : m <= 16 ? 2 : m <= 32 ? 4 : m <= 48 ? 6 : 8;
+  pl.D = depth_for(pl.T);
   for (int i = 0; i < nparts; ++i) pl.tiles += static_cast<int>((parts[i].rows + kTileRows - 1) / kTileRows);
   const std::int64_t kb = k / 64;
   // Number of k ranges: the one that minimizes an estimate of the bytes moved: the NF4 bytes times the
@@ -400,9 +499,13 @@ Plan make_plan(int m, const Nf4GemmPart* parts, int nparts, std::int64_t n, std:
   pl.splits = static_cast<int>(count);
   pl.xb_bytes = (static_cast<std::size_t>(8 * pl.T) * static_cast<std::size_t>(k) * sizeof(bf16) + 255) &
                 ~std::size_t{255};
-  pl.ws_bytes = pl.splits > 1 ? static_cast<std::size_t>(pl.splits) * static_cast<std::size_t>(m) *
-                                    static_cast<std::size_t>(n) * sizeof(float)
+  pl.ws_bytes = pl.splits > 1 ? (static_cast<std::size_t>(pl.splits) * static_cast<std::size_t>(m) *
+                                     static_cast<std::size_t>(n) * sizeof(float) +
+                                 255) &
+                                    ~std::size_t{255}
                               : 0;
+  pl.counter_bytes =
+      pl.splits > 1 && m <= kInKernelSplitRows ? static_cast<std::size_t>(pl.tiles) * sizeof(unsigned) : 0;
   return pl;
 }
 
@@ -421,20 +524,34 @@ void validate(int m, const Nf4GemmPart* parts, int nparts, std::int64_t n, std::
   if (row != n) check(cudaErrorInvalidValue, "nf4_gemm: the parts must cover the output rows in order");
 }
 
-template <int T>
+template <int T, int D>
 void launch(cudaStream_t s, const Plan& pl, const PartsArg& pa, const std::uint32_t* xb, std::int64_t k,
             int m, std::int64_t n, const float* bias, float* y, std::int64_t ldy, bool accumulate,
-            float* ws) {
+            float* ws, unsigned* counters) {
   constexpr std::size_t bytes = smem_bytes<T>();
   static const bool configured = [] {
-    check(cudaFuncSetAttribute(nf4_gemm_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+    check(cudaFuncSetAttribute(nf4_gemm_kernel<T, D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                static_cast<int>(bytes)),
           "nf4_gemm: shared memory attribute");
     return true;
   }();
   (void)configured;
-  launch_pdl(nf4_gemm_kernel<T>, dim3(static_cast<unsigned>(pl.tiles), static_cast<unsigned>(pl.splits)),
-             dim3(kThreads), bytes, s, pa, xb, k, m, n, pl.per_split, bias, y, ldy, accumulate, ws);
+  launch_pdl(nf4_gemm_kernel<T, D>, dim3(static_cast<unsigned>(pl.tiles), static_cast<unsigned>(pl.splits)),
+             dim3(kThreads), bytes, s, pa, xb, k, m, n, pl.per_split, bias, y, ldy, accumulate, ws, counters);
+}
+
+template <int T>
+void launch_depth(cudaStream_t s, const Plan& pl, const PartsArg& pa, const std::uint32_t* xb, std::int64_t k,
+                  int m, std::int64_t n, const float* bias, float* y, std::int64_t ldy, bool accumulate,
+                  float* ws, unsigned* counters) {
+  if constexpr (T <= 2) {
+    if (pl.D == 3) return launch<T, 3>(s, pl, pa, xb, k, m, n, bias, y, ldy, accumulate, ws, counters);
+    if (pl.D == 2) return launch<T, 2>(s, pl, pa, xb, k, m, n, bias, y, ldy, accumulate, ws, counters);
+    return launch<T, 1>(s, pl, pa, xb, k, m, n, bias, y, ldy, accumulate, ws, counters);
+  } else {
+    constexpr int kD = (T == 4 || T == 6) ? 2 : 1;
+    launch<T, kD>(s, pl, pa, xb, k, m, n, bias, y, ldy, accumulate, ws, counters);
+  }
 }
 
 }  // namespace
@@ -454,7 +571,7 @@ bool nf4_gemm_supports(const Nf4Ref& q, std::int64_t k) {
 std::size_t nf4_gemm_workspace(int m, const Nf4GemmPart* parts, int nparts, std::int64_t n, std::int64_t k,
                                int splits) {
   const Plan pl = make_plan(std::clamp(m, 1, kNf4GemmMaxRows), parts, nparts, n, k, splits);
-  return pl.xb_bytes + pl.ws_bytes;
+  return pl.xb_bytes + pl.ws_bytes + pl.counter_bytes;
 }
 
 int nf4_gemm_splits(int m, const Nf4GemmPart* parts, int nparts, std::int64_t n, std::int64_t k) {
@@ -463,12 +580,14 @@ int nf4_gemm_splits(int m, const Nf4GemmPart* parts, int nparts, std::int64_t n,
 
 void nf4_gemm(cudaStream_t s, const float* x, int m, const Nf4GemmPart* parts, int nparts, std::int64_t n,
               std::int64_t k, const float* bias, float* y, std::int64_t ldy, bool accumulate, void* workspace,
-              std::size_t workspace_bytes, int splits) {
+              std::size_t workspace_bytes, int splits, const GemvInput& input) {
   validate(m, parts, nparts, n, k);
   if (reinterpret_cast<std::uintptr_t>(x) % 8 != 0)
     check(cudaErrorInvalidValue, "nf4_gemm: x not 8-byte aligned");
+  if (input.kind == GemvIn::kRmsNorm && input.norm_w == nullptr)
+    check(cudaErrorInvalidValue, "nf4_gemm: RMS-normalised input without norm weights");
   const Plan pl = make_plan(m, parts, nparts, n, k, splits);
-  if (workspace == nullptr || workspace_bytes < pl.xb_bytes + pl.ws_bytes ||
+  if (workspace == nullptr || workspace_bytes < pl.xb_bytes + pl.ws_bytes + pl.counter_bytes ||
       reinterpret_cast<std::uintptr_t>(workspace) % 256 != 0)
     check(cudaErrorInvalidValue, "nf4_gemm: workspace too small or not 256-byte aligned");
   PartsArg pa{};
@@ -481,30 +600,51 @@ void nf4_gemm(cudaStream_t s, const float* x, int m, const Nf4GemmPart* parts, i
     tiles += static_cast<int>((parts[i].rows + kTileRows - 1) / kTileRows);
     pa.tile_end[i] = tiles;
   }
-  auto* xb = static_cast<std::uint32_t*>(workspace);
-  float* ws = pl.ws_bytes ? reinterpret_cast<float*>(static_cast<char*>(workspace) + pl.xb_bytes) : nullptr;
+  auto* base = static_cast<char*>(workspace);
+  auto* xb = reinterpret_cast<std::uint32_t*>(base);
+  float* ws = pl.ws_bytes ? reinterpret_cast<float*>(base + pl.xb_bytes) : nullptr;
+  auto* counters =
+      pl.counter_bytes ? reinterpret_cast<unsigned*>(base + pl.xb_bytes + pl.ws_bytes) : nullptr;
+  const int ncounters = pl.counter_bytes ? pl.tiles : 0;
   {
-    const std::int64_t total = static_cast<std::int64_t>(8 * pl.T) * (k / 2);
+    const int mpad = 8 * pl.T;
+    const std::int64_t total = static_cast<std::int64_t>(mpad) * (k / 2);
     const auto blocks = static_cast<unsigned>(std::min<std::int64_t>((total + 255) / 256, 1024));
-    launch_pdl(nf4_gemm_prep_kernel, dim3(blocks), dim3(256), 0, s, x, m, 8 * pl.T, k, xb);
+    switch (input.kind) {
+      case GemvIn::kRmsNorm:
+        launch_pdl(nf4_gemm_prep_kernel<GemvIn::kRmsNorm>, dim3(static_cast<unsigned>(mpad)), dim3(256), 0, s,
+                   x, m, mpad, k, input.norm_w, input.eps, xb, counters, ncounters);
+        break;
+      case GemvIn::kSiluMul:
+        launch_pdl(nf4_gemm_prep_kernel<GemvIn::kSiluMul>, dim3(blocks), dim3(256), 0, s, x, m, mpad, k,
+                   static_cast<const float*>(nullptr), 0.0f, xb, counters, ncounters);
+        break;
+      default:
+        launch_pdl(nf4_gemm_prep_kernel<GemvIn::kPlain>, dim3(blocks), dim3(256), 0, s, x, m, mpad, k,
+                   static_cast<const float*>(nullptr), 0.0f, xb, counters, ncounters);
+        break;
+    }
     check_launch("nf4_gemm (activations)");
   }
   switch (pl.T) {
+    case 1:
+      launch_depth<1>(s, pl, pa, xb, k, m, n, bias, y, ldy, accumulate, ws, counters);
+      break;
     case 2:
-      launch<2>(s, pl, pa, xb, k, m, n, bias, y, ldy, accumulate, ws);
+      launch_depth<2>(s, pl, pa, xb, k, m, n, bias, y, ldy, accumulate, ws, counters);
       break;
     case 4:
-      launch<4>(s, pl, pa, xb, k, m, n, bias, y, ldy, accumulate, ws);
+      launch_depth<4>(s, pl, pa, xb, k, m, n, bias, y, ldy, accumulate, ws, counters);
       break;
     case 6:
-      launch<6>(s, pl, pa, xb, k, m, n, bias, y, ldy, accumulate, ws);
+      launch_depth<6>(s, pl, pa, xb, k, m, n, bias, y, ldy, accumulate, ws, counters);
       break;
     default:
-      launch<8>(s, pl, pa, xb, k, m, n, bias, y, ldy, accumulate, ws);
+      launch_depth<8>(s, pl, pa, xb, k, m, n, bias, y, ldy, accumulate, ws, counters);
       break;
   }
   check_launch("nf4_gemm");
-  if (pl.splits > 1) {
+  if (pl.splits > 1 && counters == nullptr) {
     const std::int64_t total = static_cast<std::int64_t>(m) * n;
     const auto blocks = static_cast<unsigned>(std::min<std::int64_t>((total + 255) / 256, 4096));
     launch_pdl(nf4_gemm_reduce_kernel, dim3(blocks), dim3(256), 0, s, static_cast<const float*>(ws),

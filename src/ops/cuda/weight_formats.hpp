@@ -85,7 +85,7 @@ std::size_t nf4_gemm_workspace(int m, const Nf4GemmPart* parts, int nparts, std:
 int nf4_gemm_splits(int m, const Nf4GemmPart* parts, int nparts, std::int64_t n, std::int64_t k);
 void nf4_gemm(cudaStream_t s, const float* x, int m, const Nf4GemmPart* parts, int nparts, std::int64_t n,
               std::int64_t k, const float* bias, float* y, std::int64_t ldy, bool accumulate, void* workspace,
-              std::size_t workspace_bytes, int splits = 0);
+              std::size_t workspace_bytes, int splits = 0, const GemvInput& input = {});
 
 // ---- dense weights in their own type -----------------------------------------------------------------
 // GEMV with a weight of type wt (f32, f16 or bf16) and output row stride ldy; `in` says how x is read
