@@ -61,9 +61,13 @@ constexpr std::size_t kTabBytes = kTabWords * 4;
 constexpr std::size_t kTablesBytes = kTabBytes + 256 * 4 + 16 * 4;  // + nested map + 16 levels
 static_assert(kTablesBytes % 16 == 0, "the activation stages must be 16-byte aligned");
 
-template <int T>
+// One 8-sequence tile (T = 1) whose k range has at most kXAllK elements stages the whole range once
+// (XALL: no barrier per step). Row pitch kXAllK + 8: ldmatrix rows in distinct bank groups.
+constexpr int kXAllK = 1152;
+constexpr int kXAllPitch = kXAllK + 8;
+template <int T, bool XALL>
 constexpr std::size_t smem_bytes() {
-  return kTablesBytes + sizeof(bf16) * kStages * 8 * T * kPitch;
+  return kTablesBytes + sizeof(bf16) * (XALL ? 8 * T * kXAllPitch : kStages * 8 * T * kPitch);
 }
 
 struct PartsArg {
@@ -179,10 +183,11 @@ __global__ void __launch_bounds__(IN == GemvIn::kRmsNorm ? kPrepNormThreads : 25
   }
 }
 
-// T: 8-sequence tiles of the batch; D: steps of weight bytes held in registers ahead of the one computed.
+// T: 8-sequence tiles of the batch; D: steps of weight bytes held in registers ahead of the one computed;
+// XALL: the block's whole activation range is staged once (see kXAllK).
 // (One 16-row tile per warp, with three blocks per SM, was measured slower on the H100: 37888×3584 at one
 // row 0.0563 against 0.0515 ms.)
-template <int T, int D>
+template <int T, int D, bool XALL>
 __global__ void __launch_bounds__(kThreads, T <= 2 ? 2 : 1)
     nf4_gemm_kernel(const __grid_constant__ PartsArg P, const std::uint32_t* __restrict__ xb, std::int64_t k,
                     int m, std::int64_t n, int blocks_per_split, const float* __restrict__ bias, float* y,
@@ -292,10 +297,22 @@ __global__ void __launch_bounds__(kThreads, T <= 2 ? 2 : 1)
     if (!idle && d < nsteps) load_w(d, rs[d]);
   }
   pdl_wait();  // the activations are written by the preparation kernel
-  load_x(0, 0);
-  cp_async_commit();
-  if (nsteps > 1) load_x(1, 1);
-  cp_async_commit();
+  if constexpr (XALL) {
+    const int chunks = static_cast<int>((b_end - b_begin) * 8);  // 16-byte pieces of a row
+    const auto* src = reinterpret_cast<const bf16*>(xb) + b_begin * 64;
+    for (int i = tid; i < MP * chunks; i += kThreads) {
+      const int r = i / chunks, c = i - r * chunks;
+      cp_async16(smem_u32(xs + r * kXAllPitch + c * 8), src + r * k + c * 8, true);
+    }
+    cp_async_commit();
+    cp_async_wait<0>();
+    __syncthreads();
+  } else {
+    load_x(0, 0);
+    cp_async_commit();
+    if (nsteps > 1) load_x(1, 1);
+    cp_async_commit();
+  }
 
   float acc[kMTiles][T][4];
 #pragma unroll
@@ -308,12 +325,15 @@ __global__ void __launch_bounds__(kThreads, T <= 2 ? 2 : 1)
   for (int st = 0; st < nsteps; ++st) {
     Stage nw{};  // step st + D
     if (st + D < nsteps && !idle) load_w(st + D, nw);
-    cp_async_wait<1>();  // step st's activations have landed for this thread ...
-    __syncthreads();     // ... and for all; every warp is done with step st − 1's stage
-    if (st + 2 < nsteps) load_x(st + 2, (st + 2) % kStages);
-    cp_async_commit();
+    if constexpr (!XALL) {
+      cp_async_wait<1>();  // step st's activations have landed for this thread ...
+      __syncthreads();     // ... and for all; every warp is done with step st − 1's stage
+      if (st + 2 < nsteps) load_x(st + 2, (st + 2) % kStages);
+      cp_async_commit();
+    }
+    constexpr int XP = XALL ? kXAllPitch : kPitch;  // row pitch of the staged activations
     if (!idle) {
-      const bf16* xst = xs + (st % kStages) * (MP * kPitch);
+      const bf16* xst = XALL ? xs + st * kStepK : xs + (st % kStages) * (MP * kPitch);
       const bool two = b_begin + 2 * st + 1 < b_end;
       float own[kMTiles];  // the scale of row half t&1, block t>>1 of each tile
 #pragma unroll
@@ -356,7 +376,7 @@ __global__ void __launch_bounds__(kThreads, T <= 2 ? 2 : 1)
             // (k-step 2·x4 + (lane>>4), half (lane>>3)&1).
             std::uint32_t bf[8];
             const bf16* base =
-                xst + (8 * j + (lane & 7)) * kPitch + b * 64 + 8 * ((lane >> 3) & 1) + 16 * (lane >> 4);
+                xst + (8 * j + (lane & 7)) * XP + b * 64 + 8 * ((lane >> 3) & 1) + 16 * (lane >> 4);
             ldmatrix_x4(smem_u32(base), bf);
             ldmatrix_x4(smem_u32(base + 32), bf + 4);
 #pragma unroll
@@ -457,6 +477,7 @@ constexpr int kInKernelSplitRows = 2;
 struct Plan {
   int T = 0;          // 8-sequence tiles (padded rows / 8)
   int D = 1;          // register stages of weight bytes ahead
+  bool xall = false;  // T = 1 and the k range fits kXAllK: staged once per block
   int tiles = 0;      // 256-row tiles over all parts
   int splits = 1;     // k ranges
   int per_split = 0;  // 64-element blocks per k range (even)
@@ -481,6 +502,15 @@ int depth_for(int T) {
   }();
   if (T <= 2) return env ? env : 1;
   return (T == 4 || T == 6) ? 2 : 1;
+}
+
+// MV_NF4_GEMM_XALL=0 keeps the per-step activation stages for one 8-sequence tile too (a tuning knob).
+bool xall_enabled() {
+  static const bool on = [] {
+    const char* e = std::getenv("MV_NF4_GEMM_XALL");
+    return e == nullptr || e[0] != '0';
+  }();
+  return on;
 }
 
 Plan make_plan(int m, const Nf4GemmPart* parts, int nparts, std::int64_t n, std::int64_t k, int splits) {
@@ -517,6 +547,7 @@ Plan make_plan(int m, const Nf4GemmPart* parts, int nparts, std::int64_t n, std:
   const auto [count, per] = ranges(s);
   pl.per_split = static_cast<int>(per);
   pl.splits = static_cast<int>(count);
+  pl.xall = pl.T == 1 && per * 64 <= kXAllK && xall_enabled();
   pl.xb_bytes = (static_cast<std::size_t>(8 * pl.T) * static_cast<std::size_t>(k) * sizeof(bf16) + 255) &
                 ~std::size_t{255};
   pl.ws_bytes = pl.splits > 1 ? (static_cast<std::size_t>(pl.splits) * static_cast<std::size_t>(m) *
@@ -544,19 +575,19 @@ void validate(int m, const Nf4GemmPart* parts, int nparts, std::int64_t n, std::
   if (row != n) check(cudaErrorInvalidValue, "nf4_gemm: the parts must cover the output rows in order");
 }
 
-template <int T, int D>
+template <int T, int D, bool XALL = false>
 void launch(cudaStream_t s, const Plan& pl, const PartsArg& pa, const std::uint32_t* xb, std::int64_t k,
             int m, std::int64_t n, const float* bias, float* y, std::int64_t ldy, bool accumulate,
             float* ws, unsigned* counters) {
-  constexpr std::size_t bytes = smem_bytes<T>();
+  constexpr std::size_t bytes = smem_bytes<T, XALL>();
   static const bool configured = [] {
-    check(cudaFuncSetAttribute(nf4_gemm_kernel<T, D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+    check(cudaFuncSetAttribute(nf4_gemm_kernel<T, D, XALL>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                static_cast<int>(bytes)),
           "nf4_gemm: shared memory attribute");
     return true;
   }();
   (void)configured;
-  launch_pdl(nf4_gemm_kernel<T, D>, dim3(static_cast<unsigned>(pl.tiles), static_cast<unsigned>(pl.splits)),
+  launch_pdl(nf4_gemm_kernel<T, D, XALL>, dim3(static_cast<unsigned>(pl.tiles), static_cast<unsigned>(pl.splits)),
              dim3(kThreads), bytes, s, pa, xb, k, m, n, pl.per_split, bias, y, ldy, accumulate, ws, counters);
 }
 
@@ -564,6 +595,12 @@ template <int T>
 void launch_depth(cudaStream_t s, const Plan& pl, const PartsArg& pa, const std::uint32_t* xb, std::int64_t k,
                   int m, std::int64_t n, const float* bias, float* y, std::int64_t ldy, bool accumulate,
                   float* ws, unsigned* counters) {
+  if constexpr (T == 1) {
+    if (pl.xall) {
+      if (pl.D == 2) return launch<T, 2, true>(s, pl, pa, xb, k, m, n, bias, y, ldy, accumulate, ws, counters);
+      return launch<T, 1, true>(s, pl, pa, xb, k, m, n, bias, y, ldy, accumulate, ws, counters);
+    }
+  }
   if constexpr (T <= 2) {
     if (pl.D == 3) return launch<T, 3>(s, pl, pa, xb, k, m, n, bias, y, ldy, accumulate, ws, counters);
     if (pl.D == 2) return launch<T, 2>(s, pl, pa, xb, k, m, n, bias, y, ldy, accumulate, ws, counters);
