@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cctype>
 #include <charconv>
+#include <cstring>
 #include <nlohmann/json.hpp>
 #include <regex>
 
@@ -158,6 +159,8 @@ Vocabulary Vocabulary::load(const std::filesystem::path& data_dir) {
       if (!x.loinc.empty()) v.vital_loinc[to_lower(n)] = x.loinc;
     }
     for (const auto& u : x.units) v.vital_units.push_back(u);
+    for (const auto& n : {x.name, x.abbr})
+      if (!n.empty()) v.vital_units_of[to_lower(n)] = x.units;
   }
   for (const auto& [code, w] : t.routes) {
     v.route_abbr.push_back(w.abbr);
@@ -172,6 +175,11 @@ Vocabulary Vocabulary::load(const std::filesystem::path& data_dir) {
   if (!t.prn_words.long_form.empty()) v.prn_words.push_back(t.prn_words.long_form);
   for (const auto& a : t.allergies) v.allergens.push_back(a.substance);
   for (const auto& x : t.vaccines) {
+    for (const auto* list : {&x.manufacturers, &x.sites})
+      for (const auto& m : *list) {
+        auto& dst = list == &x.manufacturers ? v.vaccine_manufacturers : v.vaccine_sites;
+        if (std::find(dst.begin(), dst.end(), m) == dst.end()) dst.push_back(m);
+      }
     v.vaccines.push_back(x.name);
     if (!x.short_name.empty()) v.vaccines.push_back(x.short_name);
   }
@@ -187,6 +195,33 @@ Vocabulary Vocabulary::load(const std::filesystem::path& data_dir) {
       if (auto k = c.rfind(", "); k != std::string::npos) v.credentials.push_back(c.substr(k + 2));
     }
   for (const auto& f : t.orders) v.followups.push_back(f.text);
+
+  // Physiologically possible bounds of vitals (vitals.json "possible": {"unit": [low, high]}): a value
+  // outside them is a misread (value_checks.hpp).
+  {
+    const auto vitals_file = dir / "clinical" / "vitals.json";
+    const auto vj = load_json(vitals_file);
+    if (vj.contains("vitals") && vj["vitals"].is_array())
+      for (const auto& x : vj["vitals"]) {
+        if (!x.is_object() || !x.contains("possible")) continue;
+        const auto& pb = x["possible"];
+        if (!pb.is_object())
+          fail(Errc::kInvalidInput, "{}: vital \"{}\": \"possible\" must be an object of unit -> [low, high]",
+               vitals_file.string(), x.value("id", std::string()));
+        std::map<std::string, std::pair<double, double>> bounds;
+        for (const auto& [unit, b] : pb.items()) {
+          if (!b.is_array() || b.size() != 2 || !b[0].is_number() || !b[1].is_number() ||
+              b[0].get<double>() > b[1].get<double>())
+            fail(Errc::kInvalidInput,
+                 "{}: vital \"{}\": possible[\"{}\"] must be [low, high] with low <= high",
+                 vitals_file.string(), x.value("id", std::string()), unit);
+          bounds[unit] = {b[0].get<double>(), b[1].get<double>()};
+        }
+        for (const char* key : {"name", "abbr"})
+          if (x.contains(key) && x[key].is_string() && !x[key].get<std::string>().empty())
+            v.vital_bounds[to_lower(x[key].get<std::string>())] = bounds;
+      }
+  }
 
   auto sections_file = dir / "extract" / "sections.json";
   auto sj = load_json(sections_file);
@@ -496,7 +531,57 @@ std::size_t edit_distance(std::string_view a, std::string_view b) {
   return row[b.size()];
 }
 
+// A unit as compared with the vocabulary: letter case folded (OCR confuses l/L, u/U in small print) and
+// the power sign of "x10^3" in the forms OCR reads it ("x10°3", "x10*3", "x10%3", "x10*°6") made "^".
+std::string unit_compare_form(std::string_view u) {
+  std::string s = to_lower(u);
+  static const std::regex power("x10(?:\xC2\xB0|[*%^])+");  // \xC2\xB0: the degree sign
+  return std::regex_replace(s, power, "x10^");
+}
+
 }  // namespace
+
+std::optional<std::string> nearest_term(std::string_view printed, const std::vector<std::string>& terms) {
+  const std::string t = to_lower(printed);
+  if (t.empty()) return std::nullopt;
+  std::optional<std::string> best;
+  std::size_t best_d = std::string::npos, ties = 0;
+  for (const auto& term : terms) {
+    const std::size_t d = edit_distance(t, to_lower(term));
+    if (d < best_d)
+      best = term, best_d = d, ties = 1;
+    else if (d == best_d && best && to_lower(*best) != to_lower(term))
+      ++ties;
+  }
+  if (!best) return std::nullopt;
+  if (best_d == 0) return best;
+  const std::size_t allowed = std::min(t.size(), best->size()) >= 8 ? 2 : 1;
+  if (best_d <= allowed && ties == 1) return best;
+  return std::nullopt;
+}
+
+std::string snap_vital_unit(std::string_view printed, std::string_view vital_lower, const Vocabulary& v) {
+  auto it = v.vital_units_of.find(std::string(vital_lower));
+  if (it == v.vital_units_of.end()) return std::string(printed);
+  std::string t(printed);
+  while (!t.empty() && std::strchr("([|'\"", t.front())) t.erase(t.begin());
+  while (!t.empty() && std::strchr(")]|.,", t.back())) t.pop_back();
+  if (t.empty()) return std::string(printed);
+  const std::string tc = unit_compare_form(t);
+  std::string best;
+  std::size_t best_d = std::string::npos, ties = 0;
+  for (const auto& u : it->second) {
+    const std::size_t d = edit_distance(tc, unit_compare_form(u));
+    if (d < best_d)
+      best = u, best_d = d, ties = 1;
+    else if (d == best_d)
+      ++ties;
+  }
+  if (best_d == 0) return best;
+  const std::size_t allowed = std::max(best.size(), t.size()) >= 4 ? 2 : 1;
+  if (best_d <= allowed && ties == 1) return best;
+  return std::string(printed);
+}
 
 std::string snap_lab_unit(std::string_view printed, std::string_view test_lower, const Vocabulary& v) {
   // OCR reads a table rule or speck before a unit as a quote or slash ("‘g/dL", "/mg/dL", "_mg/dL") and
@@ -531,8 +616,9 @@ std::string snap_lab_unit(std::string_view printed, std::string_view test_lower,
   if (auto it = v.lab_unit.find(std::string(test_lower)); it != v.lab_unit.end()) usual = it->second;
   std::string best;
   std::size_t best_d = std::string::npos;
+  const std::string tc = unit_compare_form(t);
   for (const auto& u : v.lab_units) {
-    std::size_t d = edit_distance(t, u);
+    std::size_t d = edit_distance(tc, unit_compare_form(u));
     if (d < best_d || (d == best_d && u == usual)) best = u, best_d = d;
   }
   if (best_d == 0) return best;
@@ -549,19 +635,29 @@ std::optional<ParsedLab> parse_lab_row(std::string_view text, const Vocabulary& 
   // Extend the name over a printed qualifier that follows it without a column gap: "LDL Cholesterol (calc)".
   std::string s(text);
   std::size_t e = ns.second;
+  std::optional<std::pair<std::string, Span>> unit_after_name;  // "Glucose (mg/dL)": the unit, not the name
   if (e + 1 < s.size() && s[e] == ' ' && s[e + 1] == '(') {
     std::size_t close = s.find(')', e);
     if (close != std::string::npos && close - e < 20 &&
-        s.substr(e, close - e).find("  ") == std::string::npos)
-      e = close + 1;
+        s.substr(e, close - e).find("  ") == std::string::npos) {
+      const std::string inner = s.substr(e + 2, close - e - 2);
+      const bool is_unit =
+          std::find(v.lab_units.begin(), v.lab_units.end(), inner) != v.lab_units.end() ||
+          (inner.find('/') != std::string::npos &&
+           snap_lab_unit(inner, to_lower(s.substr(ns.first, ns.second - ns.first)), v) != inner);
+      if (is_unit)
+        unit_after_name = std::make_pair(inner, Span{e + 2, close});
+      else
+        e = close + 1;
+    }
   }
   ns.second = e;
   p.lab.test = s.substr(ns.first, ns.second - ns.first);
   // A name that differs from the vocabulary's only in letter case was misread ("co2"): the vocabulary's.
   if (ns.second == name->second.second && p.lab.test != name->first) p.lab.test = name->first;
   p.spans["test"] = ns;
-  std::string rest = s.substr(ns.second);
-  std::size_t off = ns.second;
+  const std::size_t off = unit_after_name ? unit_after_name->second.second + 1 : ns.second;
+  std::string rest = s.substr(off);
   if (rest.find_first_not_of(" :") == std::string::npos) return std::nullopt;
   // Tokens of the rest, split on whitespace but keeping cells: we walk tokens left to right.
   struct Tok {
@@ -581,10 +677,40 @@ std::optional<ParsedLab> parse_lab_row(std::string_view text, const Vocabulary& 
   }
   static const std::regex num_re(R"(^[<>]?=?\d+(?:[.,]\d+)?$)");
   static const std::regex range_re(R"(^[<>]=?\s?\d+(?:\.\d+)?$|^-?\d+(?:\.\d+)?-\d+(?:\.\d+)?$)");
+  // OCR reads a zero as the letter O inside numbers ("O.1-1.2", "1O.5"): in a token of digits, decimal
+  // points, range dashes and comparators, an O next to a digit or point is a zero.
+  static const std::regex numeric_shape(R"(^[<>]?=?[0-9Oo.]+(?:-[0-9Oo.]+)?$)");
+  for (auto& tk : toks)
+    if (tk.t.find_first_of("Oo") != std::string::npos &&
+        tk.t.find_first_of("0123456789") != std::string::npos && std::regex_match(tk.t, numeric_shape))
+      for (char& ch : tk.t)
+        if (ch == 'O' || ch == 'o') ch = '0';
   std::string lname = to_lower(p.lab.test);
   static const std::regex loinc_re(R"(^\d{1,5}-\d$)");
+  // A qualitative result or normal of one or more words ("Not Detected") starting at token k, within one
+  // cell: the number of tokens, or 0.
+  auto qualitative_at = [&](std::size_t k) -> std::size_t {
+    std::size_t best = 0;
+    for (const auto& r : v.lab_results) {
+      const std::string lr = to_lower(r);
+      std::string joined;
+      std::size_t n = 0;
+      for (std::size_t j = k; j < toks.size() && joined.size() < lr.size(); ++j, ++n) {
+        if (j > k && toks[j].cell_start) break;
+        if (!joined.empty()) joined += ' ';
+        joined += to_lower(toks[j].t);
+      }
+      if (joined == lr && n > best) best = n;
+    }
+    return best;
+  };
+  auto join_tokens = [&](std::size_t k, std::size_t n) {
+    return s.substr(toks[k].sp.first, toks[k + n - 1].sp.second - toks[k].sp.first);
+  };
   bool qualitative_range = false;
-  int skipped = 0;  // words between the name and the value
+  bool unit_before_value = false;  // a unit cell came before any value: the result column was not read
+  bool flag_before_value = false;  // likewise a flag cell
+  int skipped = 0;                 // words between the name and the value
   for (std::size_t k = 0; k < toks.size(); ++k) {
     const std::string& t = toks[k].t;
     std::string lt = to_lower(t);
@@ -598,6 +724,20 @@ std::optional<ParsedLab> parse_lab_row(std::string_view text, const Vocabulary& 
     // value
     if (p.lab.value.empty()) {
       if (std::regex_match(t, num_re) && !(k + 1 < toks.size() && toks[k + 1].t == "-")) {
+        // A result table prints the result before its unit, so a number after a unit cell is the
+        // reference range ("eGFR  mL/min/1.73m2  >60" with the result cell lost): no result in this row.
+        if (unit_before_value || flag_before_value) return std::nullopt;
+        // A number followed by a time word is a time, not a result ("Troponin I, repeat in 3 hours").
+        if (k + 1 < toks.size()) {
+          std::string nx = to_lower(toks[k + 1].t);
+          while (!nx.empty() && std::ispunct(static_cast<unsigned char>(nx.back()))) nx.pop_back();
+          static const std::vector<std::string> time_words = {
+              "min", "mins", "minute", "minutes", "hour",  "hours",  "hr", "hrs", "day",   "days",
+              "wk",  "wks",  "week",   "weeks",   "month", "months", "mo", "yr",  "years", "year"};
+          if (!toks[k + 1].cell_start &&
+              std::find(time_words.begin(), time_words.end(), nx) != time_words.end())
+            return std::nullopt;
+        }
         p.lab.value = t;
         p.spans["value"] = toks[k].sp;
         continue;
@@ -614,13 +754,26 @@ std::optional<ParsedLab> parse_lab_row(std::string_view text, const Vocabulary& 
           continue;
         }
       }
-      auto q = std::find_if(v.lab_results.begin(), v.lab_results.end(),
-                            [&](const std::string& r) { return to_lower(r) == lt; });
-      if (q != v.lab_results.end()) {
-        p.lab.value = t;
-        p.spans["value"] = toks[k].sp;
+      if (std::size_t n = qualitative_at(k)) {
+        if (unit_before_value || flag_before_value) return std::nullopt;
+        p.lab.value = join_tokens(k, n);
+        p.spans["value"] = {toks[k].sp.first, toks[k + n - 1].sp.second};
+        k += n - 1;
         continue;
       }
+      // A flag cell before any value: a result table prints the flag after the result, so the result
+      // cell was lost and a number further on belongs to another column ("Creatinine  CRIT HIGH  4.10"
+      // with 4.10 under "Prior").
+      if (toks[k].cell_start && normalise_flag(t, v)) flag_before_value = true;
+      if (toks[k].cell_start && k + 1 < toks.size() && !toks[k + 1].cell_start &&
+          normalise_flag(t + " " + toks[k + 1].t, v))
+        flag_before_value = true;
+      // A unit cell (not a unit in parentheses, which labels the name: "Glucose, fasting (mg/dL)").
+      if (toks[k].cell_start && t.front() != '(' &&
+          (std::any_of(v.lab_units.begin(), v.lab_units.end(),
+                       [&](const std::string& u) { return u == t; }) ||
+           (t.find('/') != std::string::npos && snap_lab_unit(t, lname, v) != t)))
+        unit_before_value = true;
       // Text before the value (method, specimen: "Glucose, fasting  95"): skipped, but only a few words; a
       // sentence that starts with a test name ("INR check at the clinic: in 3 days") is not a result row.
       if (++skipped > 3) return std::nullopt;
@@ -663,21 +816,19 @@ std::optional<ParsedLab> parse_lab_row(std::string_view text, const Vocabulary& 
         k += 2;
         continue;
       }
-      auto q = std::find_if(v.lab_results.begin(), v.lab_results.end(),
-                            [&](const std::string& r) { return to_lower(r) == lt; });
-      if (q != v.lab_results.end()) {
-        p.lab.reference_range = t;
-        p.spans["reference_range"] = toks[k].sp;
+      if (std::size_t n = qualitative_at(k)) {
+        p.lab.reference_range = join_tokens(k, n);
+        p.spans["reference_range"] = {toks[k].sp.first, toks[k + n - 1].sp.second};
         qualitative_range = true;
+        k += n - 1;
         continue;
       }
     } else if (qualitative_range) {
-      // A later qualitative word replaces an earlier one: a prior-result column comes before the range.
-      auto q = std::find_if(v.lab_results.begin(), v.lab_results.end(),
-                            [&](const std::string& r) { return to_lower(r) == lt; });
-      if (q != v.lab_results.end()) {
-        p.lab.reference_range = t;
-        p.spans["reference_range"] = toks[k].sp;
+      // A later qualitative result replaces an earlier one: a prior-result column comes before the range.
+      if (std::size_t n = qualitative_at(k)) {
+        p.lab.reference_range = join_tokens(k, n);
+        p.spans["reference_range"] = {toks[k].sp.first, toks[k + n - 1].sp.second};
+        k += n - 1;
         continue;
       }
     }
@@ -695,6 +846,12 @@ std::optional<ParsedLab> parse_lab_row(std::string_view text, const Vocabulary& 
     }
   }
   if (p.lab.value.empty()) return std::nullopt;
+  if (!p.lab.unit && unit_after_name) {
+    const auto& [u, sp] = *unit_after_name;
+    const bool known = std::find(v.lab_units.begin(), v.lab_units.end(), u) != v.lab_units.end();
+    p.lab.unit = known ? u : snap_lab_unit(u, lname, v);
+    p.spans["unit"] = sp;
+  }
   if (auto it = v.lab_loinc.find(lname); it != v.lab_loinc.end()) p.lab.loinc = it->second;
   return p;
 }

@@ -28,7 +28,11 @@ struct Vocabulary {
   std::map<std::string, std::string> vital_loinc;  // lower-case vital name -> LOINC
   std::vector<std::string> route_abbr, route_long, freq_words, prn_words;
   std::vector<std::string> allergens, vaccines, procedures, followups;
+  std::vector<std::string> vaccine_manufacturers, vaccine_sites;  // data/clinical/vaccines.json
   std::vector<std::string> dose_units, strength_units, lab_units, vital_units;
+  std::map<std::string, std::vector<std::string>> vital_units_of;  // lower-case vital name -> printed units
+  // lower-case vital name -> printed unit -> physiologically possible {low, high} (vitals.json "possible")
+  std::map<std::string, std::map<std::string, std::pair<double, double>>> vital_bounds;
   std::vector<std::string> strength_tail_units;              // units after a slash or "per" in a strength
   std::map<std::string, std::vector<std::string>> sections;  // kind -> headings
   std::map<std::string, std::vector<std::string>> labels;    // field -> labels
@@ -79,6 +83,16 @@ std::optional<ParsedLab> parse_lab_row(std::string_view text, const Vocabulary& 
 // to one (leading quote/slash marks of a table rule dropped, "mg/dt" -> "mg/dL"); `test_lower` is the test
 // name in lower case (its usual unit wins a tie). Returns the text unchanged when nothing is close.
 std::string snap_lab_unit(std::string_view printed, std::string_view test_lower, const Vocabulary& v);
+
+// Lexicon-constrained reading of a misread term: the entry of `terms` nearest to `printed` (letter case
+// folded) when it is equal, or within edit distance 1 (2 when both have 8 or more characters) and no other
+// entry is as near; nothing otherwise (the printed text is then kept: nothing is invented).
+std::optional<std::string> nearest_term(std::string_view printed, const std::vector<std::string>& terms);
+
+// A vital's unit as OCR printed it ("bom", "mmiig"), read as the nearest printed unit of that vital
+// (data/clinical/vitals.json) when it is close (edit distance 1, or 2 for units of 4 or more characters;
+// letter case folded) and no other unit of the vital is as close; otherwise returned unchanged.
+std::string snap_vital_unit(std::string_view printed, std::string_view vital_lower, const Vocabulary& v);
 
 // Flag of a numeric value against a printed range ("3.5-5.1", "<200", ">60"): N, H or L; nullopt when the
 // value or the range cannot be read as numbers.

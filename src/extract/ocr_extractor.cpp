@@ -32,8 +32,15 @@ void recheck_lab_values(Extraction& e, OcrEngine& engine, const std::vector<Page
       kept.push_back(std::move(lab));
       continue;
     }
-    // The value cell is read again alone, upscaled, with digits only; a reading that has the range's
-    // precision replaces the first one, otherwise the lab is left out.
+    // A value with more decimals than its range may as well be right under a range that lost its point
+    // ("16.6" under "135-175"): no re-read can tell which, so the lab is left out.
+    if (!value_has_fewer_decimals_than_range(lab)) {
+      spdlog::debug("OCR: lab left out, its value has more decimals than its range");  // no PHI
+      continue;
+    }
+    // A value with fewer decimals (a lost decimal point): the value cell is read again alone, upscaled,
+    // with digits only; a reading that has the range's precision replaces the first one, otherwise the
+    // lab is left out.
     std::optional<OcrEngine::Reread> again;
     if (lab.provenance && lab.provenance->page >= 1 &&
         lab.provenance->page <= static_cast<int>(pages.size())) {

@@ -12,6 +12,8 @@
 #include <regex>
 #include <set>
 
+#include "extract/value_checks.hpp"
+
 namespace mv::extract {
 
 namespace {
@@ -31,12 +33,30 @@ struct RowView {
     v.box = r.box;
     v.height = r.height;
     for (const auto& c : r.cells) {
+      // A vertical bar (or bracket, underscore) alone is a piece of a table rule or box edge at the start or
+      // end of a cell ("| Varicella", "Negative for neoplasm.  |", "_ WILLIAMS, JAMES P"): dropped. Between
+      // two words of a cell it is the letter I, which print sets as a bar ("T wave inversions in | and aVL",
+      // "Troponin |, repeat").
+      std::vector<std::string> texts;
+      std::vector<const OcrWord*> ws;
+      for (int wi : c.words) {
+        texts.push_back(p.words[wi].text);
+        ws.push_back(&p.words[wi]);
+      }
+      auto is_bar = [](const std::string& t) {
+        return !t.empty() && t.find_first_not_of("|[]_") == std::string::npos;
+      };
+      while (!texts.empty() && is_bar(texts.front())) texts.erase(texts.begin()), ws.erase(ws.begin());
+      while (!texts.empty() && is_bar(texts.back())) texts.pop_back(), ws.pop_back();
+      if (texts.empty()) continue;
+      for (auto& t : texts)
+        if (t == "|" || (t.size() == 2 && t[0] == '|' && std::strchr(",.;:", t[1]))) t[0] = 'I';
       if (!v.text.empty()) v.text += "  ";
       std::size_t cb = v.text.size();
-      for (std::size_t k = 0; k < c.words.size(); ++k) {
+      for (std::size_t k = 0; k < texts.size(); ++k) {
         if (k) v.text += ' ';
-        const OcrWord& w = p.words[c.words[k]];
-        std::string t = w.text;
+        const OcrWord& w = *ws[k];
+        std::string t = texts[k];
         if (auto it = fixes.find(t); it != fixes.end())
           t = it->second;
         else if (t.size() > 2 && t.front() == '(' && t.back() == ')')
@@ -179,7 +199,8 @@ class Builder {
       pi.dpi = p.dpi;
       e_.pages.push_back(pi);
       std::vector<RowView> rows;
-      for (const auto& r : p.rows) rows.push_back(RowView::of(p, r, v_.ocr_fixes));
+      for (const auto& r : p.rows)
+        if (auto rv = RowView::of(p, r, v_.ocr_fixes); !rv.cells.empty()) rows.push_back(std::move(rv));
       grid_.reset();
       if (&p == &pages.front()) header(rows, p);
       for (std::size_t i = 0; i < rows.size(); ++i) i = row(rows, i);
@@ -698,6 +719,14 @@ class Builder {
             x1 = r.words[k + 1].second->box.x1;
           }
         }
+        // A column time stands alone in its cell (with its AM/PM): a time inside a field's value
+        // ("Collected: 2023-06-03 9:30 AM  Reported: 2023-06-03 6:25 PM") does not start a grid.
+        {
+          std::size_t words_in_cell = 0;
+          for (const auto& [sp2, w2] : r.words)
+            if (sp2.first >= r.cells[c].first && sp2.second <= r.cells[c].second) ++words_in_cell;
+          if (words_in_cell > (marker.empty() ? 1u : 2u)) continue;
+        }
         if (!std::regex_match(t, hhmm)) {
           static const std::regex time_shape(R"(^\d{1,2}[:.]\d{2}$)");
           if (std::regex_match(t, time_shape)) misread.push_back((w->box.x0 + x1) / 2);
@@ -865,7 +894,11 @@ class Builder {
         l.test = name;
         l.value = v.value;
         spans["test"] = name_span;
-        if (!unit.empty()) l.unit = unit, spans["unit"] = unit_span;
+        if (!unit.empty()) {
+          const bool known = std::find(v_.lab_units.begin(), v_.lab_units.end(), unit) != v_.lab_units.end();
+          l.unit = known ? unit : snap_lab_unit(unit, to_lower(name), v_);
+          spans["unit"] = unit_span;
+        }
         if (range) l.reference_range = range, spans["reference_range"] = range_span;
         if (v.flag)
           l.flag = v.flag, spans["flag"] = v.fs;
@@ -880,7 +913,7 @@ class Builder {
         x.name = name;
         x.value = v.value;
         spans["name"] = name_span;
-        if (!unit.empty()) x.unit = unit, spans["unit"] = unit_span;
+        if (!unit.empty()) x.unit = snap_vital_unit(unit, to_lower(name), v_), spans["unit"] = unit_span;
         if (!when.empty()) x.time = when;
         x.provenance = make_provenance(r, spans);
         if (!confident_value(r, v.vs)) continue;
@@ -1017,7 +1050,10 @@ class Builder {
     static const std::regex icd_cell(R"((?:^|  )([A-Z][0-9][0-9AB]\.[0-9A-Z]{1,4})(?=  |$))");
     // Bare codes are not looked for among results and orders ("O2 Saturation" is not code O02).
     const bool listy = section_ != "labs" && section_ != "vitals" && section_ != "medications";
-    static const std::regex icd_label(R"(\bICD-?10(?:-CM)?:?\s*([A-Z][0-9][0-9AB](?:\.[0-9A-Z]{1,4})?)\b)");
+    // The label as printed or with its I read as a bar or "!" after a rule ("|CD-10:", "|!CD-10:",
+    // "|ICD-10:").
+    static const std::regex icd_label(
+        R"((?:\bICD|[|!]+I?CD)-?10(?:-CM)?:?\s*([A-Z][0-9][0-9AB](?:\.[0-9A-Z]{1,4})?)\b)");
     bool has_code = std::regex_search(sub, m, icd_paren) || std::regex_search(sub, m, icd_label) ||
                     (listy && (std::regex_search(sub, m, icd_lead) || std::regex_search(sub, m, icd_cell)));
     // Tesseract often reads the letter I of a code as the digit 1 ("(135.0)", "148.91 Atrial ...", "110").
@@ -1057,7 +1093,7 @@ class Builder {
     // "S72.001A").
     bool code_below = false;
     if (!has_code) {
-      static const std::regex code_label(R"(\s*\bICD-?10(?:-CM)?:?\s*$)");
+      static const std::regex code_label(R"(\s*(?:\bICD|[|!]+I?CD)-?10(?:-CM)?:?\s*$)");
       std::smatch lm;
       std::string body = t.substr(start, text_end - start);
       if (std::regex_search(body, lm, code_label)) {
@@ -1132,7 +1168,7 @@ class Builder {
     }
     // The code may close the continued line in a cell of its own ("osteopenia.  ICD-10: S72.001A").
     static const std::regex code_cell(
-        R"(  (?:ICD-?10(?:-CM)?:?\s*|\()([A-Z][0-9][0-9AB](?:\.[0-9A-Z]{1,4})?)\)?\s*$)");
+        R"(  (?:(?:[|!]+I?|I)CD-?10(?:-CM)?:?\s*|\()([A-Z][0-9][0-9AB](?:\.[0-9A-Z]{1,4})?)\)?\s*$)");
     std::smatch cm;
     std::optional<std::pair<std::string, Span>> code;
     std::size_t cells = r.cells.size();
@@ -1382,6 +1418,8 @@ class Builder {
         // The side glued to the site ("Rdeltoid"): "R deltoid".
         if (t.size() > 4 && (t[0] == 'L' || t[0] == 'R') && std::islower(static_cast<unsigned char>(t[1])))
           t.insert(1, " ");
+        // A site of the vaccine vocabulary OCR misread by a letter or a space ("R upperarm").
+        if (auto n = nearest_term(t, v_.vaccine_sites)) t = *n;
         im.site = t;
         spans["site"] = cell_span;
         continue;
@@ -1399,6 +1437,8 @@ class Builder {
         }
       }
       if (!im.manufacturer && !has_digit(t) && t.size() > 3) {
+        // A manufacturer of the vaccine vocabulary misread by a letter or two ("GlaxoSmithKlin").
+        if (auto n = nearest_term(t, v_.vaccine_manufacturers)) t = *n;
         im.manufacturer = t;
         spans["manufacturer"] = r.cells[c];
       }
@@ -1870,7 +1910,14 @@ bool value_precision_conflicts(const Lab& lab) {
   if (!lab.reference_range) return false;
   const auto vd = plain_number_decimals(lab.value);
   const auto rd = range_decimals(*lab.reference_range);
-  return vd && rd && *vd == 0 && *rd > 0;
+  return vd && rd && *vd != *rd;
+}
+
+bool value_has_fewer_decimals_than_range(const Lab& lab) {
+  if (!lab.reference_range) return false;
+  const auto vd = plain_number_decimals(lab.value);
+  const auto rd = range_decimals(*lab.reference_range);
+  return vd && rd && *vd < *rd;
 }
 
 bool value_fits_range_precision(std::string_view value, std::string_view range) {
@@ -1882,7 +1929,9 @@ bool value_fits_range_precision(std::string_view value, std::string_view range) 
 Extraction structure_document(const std::vector<OcrPage>& pages, const Vocabulary& vocab,
                               const StructureOptions& options) {
   Builder b(vocab, options);
-  return b.run(pages);
+  Extraction e = b.run(pages);
+  check_values(e, vocab);
+  return e;
 }
 
 }  // namespace mv::extract

@@ -21,11 +21,16 @@ struct StructureOptions {
   double min_value_confidence = 0;
 };
 
-// A lab value printed with fewer decimals than its printed reference range ("39" under "3.5-5.1", "09" under
-// "0.8-1.1"): a laboratory prints a test's results with the precision of its range, so such a value is
-// almost always a dropped decimal point. True when the value is a plain number (optionally `<`/`>`) with no
-// decimal point and the range is `lo-hi`, `<hi` or `>lo` with at least one decimal in a bound.
+// A lab value printed with other decimals than its printed reference range ("39" under "3.5-5.1", "09" under
+// "0.8-1.1", "17.11" under "22.0-26.0", "16.6" under "135-175"): a laboratory prints a test's results with
+// the precision of its range, so one of the two was misread (a dropped or stray decimal point). True when the
+// value is a plain number (optionally `<`/`>`) and the range is `lo-hi`, `<hi` or `>lo`, and the value's
+// decimals differ from the most precise bound's.
 bool value_precision_conflicts(const Lab& lab);
+
+// True when the lab's value is a plain number with fewer decimals than its printed range (a lost decimal
+// point; only such a value is replaced by a re-read that fits the range).
+bool value_has_fewer_decimals_than_range(const Lab& lab);
 
 // The same test for a re-read value: true when `value` is a plain number (no leading zero before a digit)
 // with as many decimals as the most precise bound of `range` (so it fits the range's precision).

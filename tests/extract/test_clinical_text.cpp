@@ -239,5 +239,98 @@ TEST(PageRange, ParsesAndRejects) {
   EXPECT_THROW(parse_page_range("a"), Error);
 }
 
+// Rows as OCR read them on the scanned dev documents.
+TEST(LabRowParse, QualitativeResultOfTwoWords) {
+  auto l = parse_lab_row("SARS-CoV-2 PCR  Not Detected  Not Detected", vocab());
+  ASSERT_TRUE(l);
+  EXPECT_EQ(l->lab.value, "Not Detected");
+  EXPECT_EQ(l->lab.reference_range, "Not Detected");
+  auto d = parse_lab_row("SARS-CoV-2 PCR  Detected  A  Not Detected", vocab());
+  ASSERT_TRUE(d);
+  EXPECT_EQ(d->lab.value, "Detected");
+  EXPECT_EQ(d->lab.flag, "A");
+  EXPECT_EQ(d->lab.reference_range, "Not Detected");
+}
+
+TEST(LabRowParse, ARangeAfterTheUnitIsNotTheResult) {
+  // The result cell was lost: what follows the unit is the reference range.
+  EXPECT_FALSE(parse_lab_row("eGFR  mL/min/1.73m2  >60", vocab()));
+  EXPECT_FALSE(parse_lab_row("HDL Cholesterol  aa  mg/dL  >40", vocab()));
+  auto l = parse_lab_row("HDL Cholesterol  45  mg/dl  >40", vocab());
+  ASSERT_TRUE(l);
+  EXPECT_EQ(l->lab.value, "45");
+  EXPECT_EQ(l->lab.reference_range, ">40");
+}
+
+TEST(LabRowParse, AFlagBeforeTheNumberMeansTheResultWasLost) {
+  // A complex panel whose shaded result column OCR lost: the number is the prior result.
+  EXPECT_FALSE(parse_lab_row("Creatinine 2160-0  CRIT HIGH  4.10  mg/dL  0.74-1.35", vocab()));
+  EXPECT_FALSE(parse_lab_row("Glucose 2345-7  LOW  96  mg/dL  70-99", vocab()));
+  auto l = parse_lab_row("Glucose 2345-7  64  LOW  mg/dL  70-99", vocab());
+  ASSERT_TRUE(l);
+  EXPECT_EQ(l->lab.value, "64");
+  EXPECT_EQ(l->lab.flag, "L");
+}
+
+TEST(LabRowParse, LetterOInANumberIsZero) {
+  auto l = parse_lab_row("Total Bilirubin  0.4  mg/dl  O.1-1.2", vocab());
+  ASSERT_TRUE(l);
+  EXPECT_EQ(l->lab.reference_range, "0.1-1.2");
+}
+
+TEST(LabRowParse, UnitInParenthesesAfterTheName) {
+  auto l = parse_lab_row("HCO3 (mmol/L)  20.1  22.0-26.0", vocab());
+  ASSERT_TRUE(l);
+  EXPECT_EQ(l->lab.test, "HCO3");
+  EXPECT_EQ(l->lab.unit, "mmol/L");
+  EXPECT_EQ(l->lab.value, "20.1");
+  EXPECT_EQ(l->lab.reference_range, "22.0-26.0");
+  // A qualifier that is not a unit stays part of the name.
+  auto q = parse_lab_row("LDL Cholesterol (calc)  145  H*  mg/dL  <100", vocab());
+  ASSERT_TRUE(q);
+  EXPECT_EQ(q->lab.test, "LDL Cholesterol (calc)");
+  EXPECT_EQ(q->lab.value, "145");
+}
+
+TEST(LabRowParse, ANumberWithATimeWordIsNotAResult) {
+  EXPECT_FALSE(parse_lab_row("Troponin I, repeat in 3 hours", vocab()));
+  auto l = parse_lab_row("Troponin I  0.03  ng/mL  <0.04", vocab());
+  ASSERT_TRUE(l);
+  EXPECT_EQ(l->lab.value, "0.03");
+}
+
+TEST(UnitSnap, MisreadLabAndVitalUnits) {
+  EXPECT_EQ(snap_lab_unit("x10\xC2\xB0"
+                          "3/ul",
+                          "white blood cell count", vocab()),
+            "x10^3/uL");
+  EXPECT_EQ(snap_lab_unit("x10*\xC2\xB0"
+                          "6/uL",
+                          "red blood cell count", vocab()),
+            "x10^6/uL");
+  EXPECT_EQ(snap_lab_unit("mUmin/1.73m2", "egfr", vocab()), "mL/min/1.73m2");
+  EXPECT_EQ(snap_lab_unit("mg/dl", "glucose", vocab()), "mg/dL");
+  EXPECT_EQ(snap_vital_unit("bom", "hr", vocab()), "bpm");
+  EXPECT_EQ(snap_vital_unit("mmiig", "map", vocab()), "mmHg");
+  EXPECT_EQ(snap_vital_unit("\xC2\xB0"
+                            "F",
+                            "temp", vocab()),
+            "\xC2\xB0"
+            "F");
+  EXPECT_EQ(snap_vital_unit("beats", "hr", vocab()), "beats");  // nothing close: kept as printed
+}
+
+TEST(Lexicon, NearestTermOnlyWhenCloseAndUnique) {
+  const std::vector<std::string> makers = {"GlaxoSmithKline", "Merck", "Pfizer", "Pfizer-BioNTech"};
+  EXPECT_EQ(nearest_term("GlaxoSmithKlin", makers), "GlaxoSmithKline");
+  EXPECT_EQ(nearest_term("merck", makers), "Merck");
+  EXPECT_EQ(nearest_term("Merek", makers), "Merck");
+  EXPECT_FALSE(nearest_term("Mrk", makers));      // two edits on a short name
+  EXPECT_FALSE(nearest_term("Novavax", makers));  // not in the vocabulary: kept, never replaced
+  const std::vector<std::string> sites = {"L deltoid", "R deltoid", "L upper arm", "R upper arm"};
+  EXPECT_EQ(nearest_term("R upperarm", sites), "R upper arm");
+  EXPECT_FALSE(nearest_term("X deltoid", sites));  // as near to L as to R
+}
+
 }  // namespace
 }  // namespace mv::extract

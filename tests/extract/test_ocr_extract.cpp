@@ -186,7 +186,14 @@ TEST(OcrExtract, LabValueWithoutTheRangesDecimalsIsReadAgain) {
   fine.test = "Chloride";
   fine.value = "102";
   fine.reference_range = "98-107";
-  e.labs = {dropped_point, no_number, fine};
+  // More decimals than the range ("16.6" under "135-175"): either may be the misread, so the lab is left
+  // out whatever a re-read gives.
+  Lab more_decimals = dropped_point;
+  more_decimals.test = "Hemoglobin";
+  more_decimals.value = decimal->text;
+  more_decimals.reference_range = "1-999";
+  ASSERT_TRUE(value_precision_conflicts(more_decimals));
+  e.labs = {dropped_point, no_number, fine, more_decimals};
   recheck_lab_values(e, engine, pages);
   ASSERT_EQ(e.labs.size(), 2u);
   EXPECT_EQ(e.labs[0].test, "Potassium");

@@ -2,7 +2,8 @@
 // diagnosis codes with the letter I read as 1, wrapped diagnoses and vaccine names, side-by-side lab tables,
 // page footers and 12-hour flowsheet columns, misread flowsheet times and flag marks, prescriber pads and
 // wrapped provider names, diagnosis tables, pathology diagnoses, flowsheets past midnight, vaccine tables
-// with wrapped cells, study paragraphs, allergy lists over two rows, identifier look-alikes.
+// with wrapped cells, study paragraphs, allergy lists over two rows, identifier look-alikes, table-rule bars,
+// the ICD label with a barred I, flowsheet unit snapping and impossible vitals, vaccine lexicon, times in fields.
 #include <gtest/gtest.h>
 
 #include <string>
@@ -69,7 +70,11 @@ TEST(Structurer, LabValuePrecisionAgainstTheRange) {
   EXPECT_TRUE(value_precision_conflicts(lab("5", "<0.5")));
   EXPECT_FALSE(value_precision_conflicts(lab("3.9", "3.5-5.1")));
   EXPECT_FALSE(value_precision_conflicts(lab("96", "70-99")));
-  EXPECT_FALSE(value_precision_conflicts(lab("4.10", "0.74-1.35")));  // more decimals is not a lost point
+  EXPECT_FALSE(value_precision_conflicts(lab("4.10", "0.74-1.35")));
+  EXPECT_TRUE(value_precision_conflicts(lab("17.11", "22.0-26.0")));  // a stray point or digit
+  EXPECT_TRUE(value_precision_conflicts(lab("16.6", "135-175")));     // or the range lost its points
+  EXPECT_TRUE(value_has_fewer_decimals_than_range(lab("39", "3.5-5.1")));
+  EXPECT_FALSE(value_has_fewer_decimals_than_range(lab("16.6", "135-175")));
   EXPECT_FALSE(value_precision_conflicts(lab("Negative", "Negative")));
   EXPECT_FALSE(value_precision_conflicts(lab("39", std::nullopt)));
   EXPECT_TRUE(value_fits_range_precision("1.17", "0.74-1.35"));
@@ -406,6 +411,93 @@ TEST(Structurer, IdentifierAndProviderLookAlikes) {
   auto f = run({"MRN: $791307"});
   ASSERT_TRUE(f.patient && f.patient->mrn);
   EXPECT_EQ(*f.patient->mrn, "S791307");
+}
+
+// Rows as OCR read them on the scanned dev documents (value checks, docs/design/extract.md).
+TEST(Structurer, TableRuleBarsAndTheLetterI) {
+  // A bar alone at the start or end of a cell is a piece of a rule; between words it is the letter I.
+  auto e = run(
+      {"Diagnostic Studies:",
+       "12-lead electrocardiogram: Sinus rhythm at 78 bpm with 1-2 mm ST depression in leads V4-V6. T wave "
+       "inversions in | and aVL.  |",
+       "Vaccines Administered", "Vaccine  Date  Dose  Manufacturer  Lot #  Route  Site",
+       "| Varicella  Apr 3, 2021  1  Merck  DY948  sc  L deltoid"});
+  ASSERT_EQ(e.procedures.size(), 1u);
+  ASSERT_TRUE(e.procedures[0].findings);
+  EXPECT_EQ(
+      *e.procedures[0].findings,
+      "Sinus rhythm at 78 bpm with 1-2 mm ST depression in leads V4-V6. T wave inversions in I and aVL.");
+  ASSERT_EQ(e.immunizations.size(), 1u);
+  EXPECT_EQ(e.immunizations[0].vaccine, "Varicella");
+}
+
+TEST(Structurer, PathologyCodeLabelWithItsIReadAsABar) {
+  auto e = run({"Final Diagnosis",
+                "FINAL DIAGNOSIS - A. Gallbladder: Acute and chronic cholecystitis with cholelithiasis.  "
+                "|CD-10: K80.00"});
+  ASSERT_EQ(e.diagnoses.size(), 1u);
+  EXPECT_EQ(e.diagnoses[0].text, "Acute and chronic cholecystitis with cholelithiasis");
+  EXPECT_EQ(e.diagnoses[0].icd10, "K80.00");
+  auto f =
+      run({"Final Diagnosis",
+           "Diagnosis - A. Colon, sigmoid, polyp: Tubular adenoma. Negative for high-grade dysplasia and "
+           "malignancy. |!CD-10:",
+           "D12.5"});
+  ASSERT_EQ(f.diagnoses.size(), 1u);
+  EXPECT_EQ(f.diagnoses[0].text, "Tubular adenoma. Negative for high-grade dysplasia and malignancy");
+  EXPECT_EQ(f.diagnoses[0].icd10, "D12.5");
+}
+
+TEST(Structurer, FlowsheetUnitsSnappedAndImpossibleTemperaturesLeftOut) {
+  OcrPage p = page_at({{{"Date:", 50}, {"08/17/2024", 110}},
+                       {{"Parameter", 50}, {"07:00", 300}, {"09:00", 500}, {"11:00", 700}},
+                       {{"MAP", 50}, {"(mmiig)", 90}, {"93", 315}, {"86", 515}, {"96", 715}},
+                       {{"HR", 50}, {"(bom)", 80}, {"82", 315}, {"87", 515}, {"83", 715}},
+                       {{"Temp", 50},
+                        {"(\xC2\xB0"
+                         "F)",
+                         100},
+                        {"161.0", 305},
+                        {"1601.4", 500},
+                        {"101.4", 705}}});
+  auto e = structure_document({p}, vocab());
+  ASSERT_EQ(e.vitals.size(), 7u);
+  for (int i = 0; i < 3; ++i) EXPECT_EQ(e.vitals[i].unit, "mmHg");
+  for (int i = 3; i < 6; ++i) EXPECT_EQ(e.vitals[i].unit, "bpm");
+  EXPECT_EQ(e.vitals[6].value, "101.4");  // 161.0 and 1601.4 degrees F are not possible
+  EXPECT_EQ(e.vitals[6].time, "2024-08-17T11:00");
+}
+
+TEST(Structurer, LabTableWithAMisreadTimeHeader) {
+  // The header's first time was misread ("65:18"), so the rows are read as lab rows with the unit after
+  // the name; a value with a leading zero is left out and a reversed range dropped.
+  auto e = run({"LABORATORY", "Test  65:18  16:18  Reference", "HCO3 (mmol/L)  20.1  20.6 L *  22.0-26.0",
+                "Lactic Acid (mmol/L)  06.6  6.5  6.5-2.2", "Glucose (mg/dL)  93  76  768-99"});
+  ASSERT_EQ(e.labs.size(), 2u);
+  EXPECT_EQ(e.labs[0].test, "HCO3");
+  EXPECT_EQ(e.labs[0].unit, "mmol/L");
+  EXPECT_EQ(e.labs[0].value, "20.1");
+  EXPECT_EQ(e.labs[1].test, "Glucose");
+  EXPECT_EQ(e.labs[1].unit, "mg/dL");
+  EXPECT_EQ(e.labs[1].value, "93");
+  EXPECT_FALSE(e.labs[1].reference_range);
+}
+
+TEST(Structurer, VaccineManufacturerAndSiteFromTheVocabulary) {
+  auto e = run({"Vaccines Administered", "Vaccine  Date  Dose  Manufacturer  Lot #  Route  Site",
+                "Hep B  06/02/2017  1  GlaxoSmithKlin  HF6282  IM  Rupperarm"});
+  ASSERT_EQ(e.immunizations.size(), 1u);
+  EXPECT_EQ(e.immunizations[0].manufacturer, "GlaxoSmithKline");
+  EXPECT_EQ(e.immunizations[0].site, "R upper arm");
+}
+
+TEST(Structurer, TimesInsideFieldValuesDoNotStartAFlowsheetGrid) {
+  auto e = run({"Collected: 2023-06-03 9:30 AM  Reported: 2023-06-03 6:25 PM", "Basic Metabolic Panel (BMP)",
+                "Test  Result  Flag  Units  Reference Range", "Potassium  3.9  mmol/L  3.5-5.1"});
+  ASSERT_EQ(e.labs.size(), 1u);
+  EXPECT_EQ(e.labs[0].value, "3.9");
+  EXPECT_EQ(e.labs[0].unit, "mmol/L");
+  EXPECT_EQ(e.labs[0].reference_range, "3.5-5.1");
 }
 
 }  // namespace
