@@ -159,7 +159,7 @@ TEST(Nf4Cuda, SizesAndRandomMatrixBitIdentical) {
   SKIP_WITHOUT_GPU();
   std::mt19937 rng(5);
   std::normal_distribution<float> g(0.0f, 0.02f);
-  for (std::int64_t n : {1, 2, 63, 65, 127, 129, 1000, 4097, 64 * 256 + 13, 64 * 257, 300 * 3420}) {
+  for (std::int64_t n : {1, 2, 63, 65, 127, 129, 1000, 4097, 6144, 64 * 256 + 13, 64 * 257, 300 * 3420}) {
     std::vector<float> v(static_cast<std::size_t>(n));
     for (auto& x : v) x = g(rng);
     if (n > 200) v[100] = 0.5f;  // one large block maximum moves the offset and the nested scales
