@@ -58,6 +58,7 @@ struct Params {
   unsigned* counters;  // [work_batch][n_kv][hgroups]
   float* part_o;       // [batch][n_heads][splits][hd]
   float* part_ml;      // [batch][n_heads][splits][2]
+  int mma_min_keys;    // fewest keys of a split of the tensor-core kernel
 };
 
 template <int kN>
@@ -371,7 +372,7 @@ __global__ void __launch_bounds__(kMmaThreads)
   pdl_trigger();  // the next kernel (the o projection's GEMV) may start loading its weights
   const DecodeSeq sq = a.seqs[b];
   const int len = max(sq.len, 0);
-  const int chunk = max(kTileKeys * kMmaMinTiles, round_up((len + p.splits - 1) / p.splits, kTileKeys));
+  const int chunk = max(p.mma_min_keys, round_up((len + p.splits - 1) / p.splits, kTileKeys));
   const int n_used = (len + chunk - 1) / chunk;
   const int k0 = split * chunk, k1 = min(len, k0 + chunk);
   float* out = a.out + static_cast<std::int64_t>(b) * a.out_stride + static_cast<std::int64_t>(h0) * HD;
@@ -598,6 +599,17 @@ bool mma_allowed_by_env() {
   return allowed;
 }
 
+// Fewest 32-key tiles of a tensor-core split: kMmaMinTiles, or MV_DECODE_ATTN_MIN_TILES (1..64, a tuning
+// knob); read once.
+int mma_min_tiles() {
+  static const int tiles = [] {
+    const char* e = std::getenv("MV_DECODE_ATTN_MIN_TILES");
+    const int v = e ? std::atoi(e) : 0;
+    return v >= 1 && v <= 64 ? v : kMmaMinTiles;
+  }();
+  return tiles;
+}
+
 bool mma_shape(int group, int hd) {
   return hd % 16 == 0 && hd >= 16 && hd <= 128 && group <= kMmaRows && device_attr(2) >= 8 &&
          mma_smem_bytes(hd) <= static_cast<std::size_t>(device_attr(1)) && mma_allowed_by_env();
@@ -716,6 +728,7 @@ void decode_attention(cudaStream_t s, const DecodeAttnArgs& a) {
   p.splits = G.splits;
   p.stride = G.stride;
   p.hd8 = G.hd8;
+  p.mma_min_keys = kTileKeys * mma_min_tiles();
   if (G.splits > 1) {
     if (a.work == nullptr || a.work_batch < a.batch)
       check(cudaErrorInvalidValue, "decode_attention: workspace missing or sized for a smaller batch");
