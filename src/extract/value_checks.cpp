@@ -1,5 +1,7 @@
 #include "extract/value_checks.hpp"
 
+#include <algorithm>
+#include <cctype>
 #include <charconv>
 #include <regex>
 
@@ -60,7 +62,46 @@ bool vital_impossible(const Vital& vital, const Vocabulary& v) {
   return true;
 }
 
+bool implausible_name(std::string_view name) {
+  while (!name.empty() && std::isspace(static_cast<unsigned char>(name.back()))) name.remove_suffix(1);
+  for (char c : name) {
+    const auto u = static_cast<unsigned char>(c);
+    if (!(u >= 0x80 || std::isalpha(u) || c == ' ' || c == '.' || c == ',' || c == '\'' || c == '-'))
+      return true;
+  }
+  if (name.find("..") != std::string_view::npos) return true;
+  if (name.find(',') != std::string_view::npos) return false;
+  const auto sp = name.find_last_of(' ');
+  if (sp == std::string_view::npos) return false;  // a single word: nothing to say
+  const std::string_view last = name.substr(sp + 1);
+  return last.size() == 1 && std::isalpha(static_cast<unsigned char>(last[0]));
+}
+
+bool malformed_identifier(std::string_view id) {
+  return std::any_of(id.begin(), id.end(),
+                     [](char c) { return !(std::isalnum(static_cast<unsigned char>(c)) || c == '-'); });
+}
+
 void check_values(Extraction& e, const Vocabulary& v) {
+  if (e.patient) {
+    auto& p = *e.patient;
+    if (p.name && implausible_name(*p.name)) {
+      spdlog::debug("OCR: patient name dropped, it cannot be a name");  // no PHI
+      p.name.reset();
+      if (p.provenance) p.provenance->fields.erase("name");
+    }
+    if (p.mrn && malformed_identifier(*p.mrn)) {
+      spdlog::debug("OCR: MRN dropped, it holds a character that is not a letter, digit or hyphen");
+      p.mrn.reset();
+      if (p.provenance) p.provenance->fields.erase("mrn");
+    }
+  }
+  if (e.encounter && e.encounter->provider && implausible_name(*e.encounter->provider)) {
+    spdlog::debug("OCR: provider dropped, it cannot be a name");
+    e.encounter->provider.reset();
+    if (e.encounter->provenance) e.encounter->provenance->fields.erase("provider");
+  }
+
   std::erase_if(e.labs, [](const Lab& l) {
     const bool out = malformed_number(l.value);
     if (out) spdlog::debug("OCR: lab left out, its value is not a well-formed number");  // no PHI

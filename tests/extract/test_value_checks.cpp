@@ -1,5 +1,6 @@
 // Value consistency checks of the OCR extractor (src/extract/value_checks.*), on values read from the
-// scanned dev documents: malformed numbers, reversed reference ranges, vitals outside the possible bounds.
+// scanned dev documents: malformed numbers, reversed reference ranges, vitals outside the possible bounds,
+// names that cannot be names, malformed identifiers.
 #include <gtest/gtest.h>
 
 #include "extract/clinical_text.hpp"
@@ -61,6 +62,30 @@ TEST(ValueChecks, VitalsOutsidePossibleBounds) {
   EXPECT_FALSE(vital_impossible(vital("HR", "162", "bpm"), v));
 }
 
+// Names and MRNs as the OCR read them from the dev scans (seeds 7000 and 8000), with the printed ones.
+TEST(ValueChecks, ImplausibleNames) {
+  EXPECT_TRUE(implausible_name("Chery! A. Patel"));             // Cheryl A. Patel
+  EXPECT_TRUE(implausible_name("Samuel! R. Chavez, BSN, RN"));  // Samuel R. Chavez, BSN, RN
+  EXPECT_TRUE(implausible_name("Maria L.. Brooks, MD"));        // Maria L. Brooks, MD
+  EXPECT_TRUE(implausible_name("Michael L"));                   // Michael L. Campbell
+  EXPECT_TRUE(implausible_name("George M "));                   // George M. Perez, MD
+  EXPECT_TRUE(implausible_name("THOMPSON, GREGORY _ Date of Birth: Aug 7, 1963"));
+  EXPECT_FALSE(implausible_name("TURNER, TERESA H"));  // LAST, FIRST M ends in an initial
+  EXPECT_FALSE(implausible_name("Cheryl A. Patel"));
+  EXPECT_FALSE(implausible_name("Samuel R. Chavez, BSN, RN"));
+  EXPECT_FALSE(implausible_name("Mary O'Neil-Brooks, PA-C"));
+  EXPECT_FALSE(implausible_name("Zoë Müller"));
+  EXPECT_FALSE(implausible_name("Angela King"));
+}
+
+TEST(ValueChecks, MalformedIdentifiers) {
+  EXPECT_TRUE(malformed_identifier("!244700"));  // I244700
+  EXPECT_TRUE(malformed_identifier("|356214"));  // I356214
+  EXPECT_FALSE(malformed_identifier("I244700"));
+  EXPECT_FALSE(malformed_identifier("67984950"));
+  EXPECT_FALSE(malformed_identifier("MRN-0042"));
+}
+
 TEST(ValueChecks, AppliedToAnExtraction) {
   Extraction e;
   Lab lactate;
@@ -83,7 +108,21 @@ TEST(ValueChecks, AppliedToAnExtraction) {
   potassium.provenance->fields["flag"] = BBox{1, 2, 3, 4};
   e.labs = {lactate, glucose, potassium};
   e.vitals = {vital("Temp", "161.0", "°F"), vital("Temp", "101.4", "°F")};
+  e.patient = Patient{};
+  e.patient->name = "Chery! A. Patel";
+  e.patient->mrn = "|879369";
+  e.patient->sex = "female";
+  e.patient->provenance = Provenance{};
+  e.patient->provenance->fields["name"] = BBox{1, 2, 3, 4};
+  e.patient->provenance->fields["mrn"] = BBox{5, 6, 7, 8};
+  e.encounter = Encounter{};
+  e.encounter->provider = "Samuel R. Chavez, BSN, RN";
   check_values(e, vocab());
+  EXPECT_FALSE(e.patient->name);
+  EXPECT_FALSE(e.patient->mrn);
+  EXPECT_EQ(e.patient->sex, "female");
+  EXPECT_TRUE(e.patient->provenance->fields.empty());
+  EXPECT_EQ(e.encounter->provider, "Samuel R. Chavez, BSN, RN");
   ASSERT_EQ(e.labs.size(), 2u);
   EXPECT_EQ(e.labs[0].test, "Glucose");
   EXPECT_EQ(e.labs[0].value, "93");
