@@ -891,8 +891,8 @@ class CudaModel final : public Model {
 
   // The decode forward of B rows (every layer, final norm, lm_head, and the argmax when greedy), reading
   // its per-step inputs from din_; enqueues only (no host synchronisation, no allocation), so that it can
-  // be captured. B <= kDecodeGemvRows: GEMV on fp32 activations (no rounding); larger batches: cuBLASLt on
-  // bf16 activations, as prefill does.
+  // be captured. Dense weights, B <= kDecodeGemvRows: GEMV on fp32 activations (no rounding); larger
+  // batches: the split bf16 GEMM (gemm_f32). NF4 weights: the fused NF4 GEMM up to kNf4GemmMaxRows (fused).
   void enqueue_decode(std::int64_t B, bool greedy) {
     const TextConfig& t = config_.text;
     const float eps = static_cast<float>(t.rms_norm_eps);

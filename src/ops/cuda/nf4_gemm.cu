@@ -28,7 +28,8 @@
 // The activation tile of a step (padded rows × 128 bf16) is copied by cp.async into one of three
 // shared-memory stages; the weight bytes and scale codes of the next step are loaded into registers
 // while the current step is computed. With one split the block writes y (+ bias, + y); with several, each
-// split writes its partial sums to a workspace and a third kernel adds them in split order (deterministic)
+// split writes its partial sums to a workspace, and the last block of each row tile (1-2 sequences) or a
+// third kernel (more) adds them in split order (deterministic)
 // with the bias and the old y.
 #include <cuda_bf16.h>
 
@@ -100,19 +101,17 @@ __device__ __forceinline__ std::uint32_t lookup(const char* tab, std::uint32_t l
   return *reinterpret_cast<const std::uint32_t*>(tab + off);
 }
 
-// The activation a GEMM row multiplies at element j of input row i (GemvIn, as the GEMV reads it).
-// kRmsNorm: the caller passes the row's 1/rms in inv.
-template <GemvIn IN>
-__device__ __forceinline__ float input_at(const float* __restrict__ x, std::int64_t k, int i, std::int64_t j,
-                                          const float* __restrict__ norm_w, float inv) {
-  if constexpr (IN == GemvIn::kSiluMul) {
-    const float* g = x + static_cast<std::int64_t>(i) * 2 * k;
-    return silu_times(g[j], g[k + j]);
-  } else if constexpr (IN == GemvIn::kRmsNorm) {
-    return norm_w[j] * (x[static_cast<std::int64_t>(i) * k + j] * inv);  // rms_norm_f32's order
-  } else {
-    return x[static_cast<std::int64_t>(i) * k + j];
-  }
+// y[tok, r] = Σ_s ws[s][tok][r] in split order, + bias[r], + the old y when accumulating: the split-K sums
+// of both paths (the last block of a row tile, nf4_gemm_reduce_kernel), so they give the same bits.
+__device__ __forceinline__ void store_split_sum(const float* ws, int splits, std::int64_t total, std::int64_t n,
+                                                std::int64_t tok, std::int64_t r, const float* bias, float* y,
+                                                std::int64_t ldy, bool accumulate) {
+  const std::int64_t i = tok * n + r;
+  float v = __ldcg(ws + i);
+  for (int sp = 1; sp < splits; ++sp) v += __ldcg(ws + sp * total + i);
+  if (bias) v += bias[r];
+  if (accumulate) v += y[tok * ldy + r];
+  y[tok * ldy + r] = v;
 }
 
 constexpr int kPrepNormThreads = 1024;
@@ -173,9 +172,10 @@ __global__ void __launch_bounds__(IN == GemvIn::kRmsNorm ? kPrepNormThreads : 25
           const float2 v = __ldg(reinterpret_cast<const float2*>(x + row * k + j));
           a = v.x;
           b = v.y;
-        } else {
-          a = input_at<IN>(x, k, static_cast<int>(row), j, norm_w, 0.0f);
-          b = input_at<IN>(x, k, static_cast<int>(row), j + 1, norm_w, 0.0f);
+        } else {  // kSiluMul: gate and up side by side in a row of 2k
+          const float* gr = x + row * 2 * k;
+          a = silu_times(gr[j], gr[k + j]);
+          b = silu_times(gr[j + 1], gr[k + j + 1]);
         }
       }
       xb[i] = pack_bf16(a, b);
@@ -440,12 +440,7 @@ __global__ void __launch_bounds__(kThreads, T <= 2 ? 2 : 1)
     const int tok = e / kTileRows;
     const std::int64_t r = trow0 + (e - tok * kTileRows);
     if (r >= nrows) continue;
-    const std::int64_t gr = grow0 + r, i = static_cast<std::int64_t>(tok) * n + gr;
-    float v = __ldcg(ws + i);
-    for (int sp = 1; sp < splits; ++sp) v += __ldcg(ws + sp * total + i);
-    if (bias) v += bias[gr];
-    if (accumulate) v += y[tok * ldy + gr];
-    y[tok * ldy + gr] = v;
+    store_split_sum(ws, splits, total, n, tok, grow0 + r, bias, y, ldy, accumulate);
   }
 #endif
 }
@@ -460,12 +455,8 @@ __global__ void __launch_bounds__(256)
   const std::int64_t total = static_cast<std::int64_t>(m) * n;
   for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < total;
        i += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
-    const std::int64_t tok = i / n, r = i - tok * n;
-    float v = ws[i];
-    for (int s = 1; s < splits; ++s) v += ws[s * total + i];
-    if (bias) v += bias[r];
-    if (accumulate) v += y[tok * ldy + r];
-    y[tok * ldy + r] = v;
+    const std::int64_t tok = i / n;
+    store_split_sum(ws, splits, total, n, tok, i - tok * n, bias, y, ldy, accumulate);
   }
 }
 

@@ -66,7 +66,8 @@ void nf4_gemv(cudaStream_t s, const float* x, int m, const Nf4Ref& q, std::int64
 // ---- fused NF4 GEMM for decode batches (nf4_gemm.cu) ---------------------------------------------------
 // y[i·ldy + r] = Σ_j x[i·k + j] · w[r, j] + bias[r] (+ y when accumulate) for m <= kNf4GemmMaxRows rows on
 // tensor cores (mma.sync, fp32 accumulators): x is rounded to bf16, w = bf16(code level) · a' of its block
-// (within half a bf16 ulp of W', like a bf16 dequantization), each packed byte read once. The output rows
+// (within half a bf16 ulp of W', like a bf16 dequantization), each packed byte read once. `input` forms x
+// as the GEMV's does (kSiluMul: x holds [m, 2k], gate then up), in the GEMM's first kernel. The output rows
 // [0, n) are the parts in order (up to kNf4GemmMaxParts NF4 tensors, e.g. q/k/v, each with its own blocks).
 // Needs nf4_gemm_supports() for every part and a device workspace of nf4_gemm_workspace() bytes (256-byte
 // aligned). splits > 0 forces the number of k ranges (0: chosen from the shape and the GPU); with several,
